@@ -30,6 +30,8 @@ __all__ = [
     "drop_incomplete_blocks",
     "condition_label",
     "natural_key",
+    "DatasetSummary",
+    "summarize_by_dataset",
 ]
 
 # Metrics where a smaller value is better; anything else is treated as higher-is-better unless told.
@@ -90,7 +92,8 @@ class ScoreTable:
     n_values [N, k] int: case values averaged in each cell. blocks / conditions: the value tuples of
     the block / condition columns, in sorted (natural) order. n_missing_values: case rows whose
     metric was empty or NaN and was left out of the cell means. dropped_blocks: (block, missing
-    conditions) for every block removed by drop_incomplete_blocks.
+    conditions) for every block removed by drop_incomplete_blocks. class_name: the class the rows
+    were restricted to (None: all rows).
     """
 
     source: str
@@ -106,6 +109,7 @@ class ScoreTable:
     n_rows: int
     n_missing_values: int
     filters: tuple[RowFilter, ...] = ()
+    class_name: str | None = None
     dropped_blocks: tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -285,7 +289,8 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
                       block_columns=tuple(config.block_columns),
                       condition_columns=tuple(config.condition_columns), k_column=config.k_column,
                       blocks=blocks, conditions=conditions, scores=scores, n_values=n_values,
-                      n_rows=n_rows, n_missing_values=n_missing, filters=tuple(config.filters))
+                      n_rows=n_rows, n_missing_values=n_missing, filters=tuple(config.filters),
+                      class_name=config.class_name)
 
 
 def load_score_table(path: str | Path, config: ScoreTableConfig) -> ScoreTable:
@@ -314,3 +319,36 @@ def drop_incomplete_blocks(table: ScoreTable) -> ScoreTable:
     keep = np.nonzero(complete)[0]
     return replace(table, blocks=tuple(table.blocks[i] for i in keep), scores=table.scores[keep],
                    n_values=table.n_values[keep], dropped_blocks=table.dropped_blocks + dropped)
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """Per-condition mean and standard error of the block scores of one dataset.
+
+    mean [k], standard_error [k] (sample s.d. / sqrt(n_blocks); NaN with a single block).
+    """
+
+    dataset: str
+    n_blocks: int
+    mean: np.ndarray
+    standard_error: np.ndarray
+
+
+def summarize_by_dataset(table: ScoreTable, dataset_column: str | None = "dataset") -> list[DatasetSummary]:
+    """Mean ± standard error over the blocks of each dataset (all blocks as one group, called "all",
+    when `dataset_column` is None or not a block column). Missing cells are ignored per condition."""
+    if dataset_column is not None and dataset_column in table.block_columns:
+        position = table.block_columns.index(dataset_column)
+        names = sorted({b[position] for b in table.blocks}, key=natural_key)
+        groups = [(name, [i for i, b in enumerate(table.blocks) if b[position] == name]) for name in names]
+    else:
+        groups = [("all", list(range(len(table.blocks))))]
+    summaries = []
+    for name, rows in groups:
+        columns = [col[~np.isnan(col)] for col in table.scores[rows].T]
+        mean = np.array([col.mean() if col.size else np.nan for col in columns])
+        standard_error = np.array([col.std(ddof=1) / np.sqrt(col.size) if col.size > 1 else np.nan
+                                   for col in columns])
+        summaries.append(DatasetSummary(dataset=name, n_blocks=len(rows), mean=mean,
+                                        standard_error=standard_error))
+    return summaries

@@ -1,0 +1,131 @@
+"""`nemenyi_report.py RESULTS_DIR` / `stylepair-report`: the comparison report from study results.
+
+Reads RESULTS_DIR/cases.csv (or any tidy CSV of scores), builds the blocks × conditions matrix,
+runs Friedman / Iman–Davenport / Nemenyi / Bonferroni–Dunn / Holm (Wilcoxon for two conditions)
+and writes report.md, report.tex, ranks.csv, pvalues.csv, cd_diagram.png/.pdf and score_vs_k.png.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segmentation.report import ReportConfig, make_report
+from segmentation.score_table import ScoreTableConfig, load_score_table, parse_filter
+
+__all__ = ["build_parser", "main"]
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not columns:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return columns
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must lie in (0, 1), got {text}")
+    return value
+
+
+def _filter(text: str):
+    try:
+        return parse_filter(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: …)' only where a default means something: not for flags, None or empty lists."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default is None or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The report's argument parser (every option with its default in --help)."""
+    parser = argparse.ArgumentParser(
+        prog="nemenyi_report.py",
+        description=("Compare training conditions over independent blocks with rank statistics "
+                     "(Demšar 2006): Friedman and Iman–Davenport omnibus tests, Nemenyi critical "
+                     "difference and pairwise p-values, Bonferroni–Dunn and Holm against the baseline, "
+                     "the Wilcoxon signed-rank test for two conditions, and optionally Holm-corrected "
+                     "pairwise Wilcoxon tests. Blocks with a missing condition (unfinished runs) are "
+                     "dropped and counted."),
+        epilog=("Writes report.md, report.tex, ranks.csv, pvalues.csv, cd_diagram.png/.pdf and "
+                "score_vs_k.png into --out. Example: nemenyi_report.py results/ --metric hd95 "
+                "--class tumour --filter n_real=20"),
+        formatter_class=_HelpFormatter)
+    parser.add_argument("results", type=Path,
+                        help="study results directory (containing cases.csv) or a tidy CSV file of scores")
+    parser.add_argument("--metric", default="dice", help="score column to compare")
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument("--lower-is-better", dest="higher_is_better", action="store_false", default=None,
+                           help="rank small scores best (default: inferred from the metric name; hd95 and "
+                                "other distances are lower-is-better)")
+    direction.add_argument("--higher-is-better", dest="higher_is_better", action="store_true", default=None,
+                           help="rank large scores best (default: inferred from the metric name)")
+    parser.add_argument("--class", dest="class_name", default="foreground",
+                        help="keep only rows of this class (label name); 'all' keeps every row")
+    parser.add_argument("--class-column", default="class", help="column holding the class name")
+    parser.add_argument("--block", type=_columns, default="dataset,fold",
+                        help="comma-separated columns whose values make one block (independent unit)")
+    parser.add_argument("--condition", type=_columns, default="arm,n_synthetic",
+                        help="comma-separated columns whose values make one condition")
+    parser.add_argument("--replicate", type=_columns, default="case,repeat",
+                        help="columns averaged over inside one block × condition cell")
+    parser.add_argument("--k-column", default="n_synthetic",
+                        help="condition column holding the number of added synthetic patients (x of score_vs_k)")
+    parser.add_argument("--dataset-column", default="dataset",
+                        help="block column naming the dataset (per-dataset tables and panels)")
+    parser.add_argument("--filter", dest="filters", type=_filter, action="append", default=[],
+                        metavar="COLUMN=VALUE",
+                        help="keep only rows with COLUMN=VALUE (or drop them with COLUMN!=VALUE); repeatable")
+    parser.add_argument("--baseline", default="real",
+                        help="baseline condition: its label (e.g. 'real', 'pair +50'), its values "
+                             "joined by commas, or a first-column value naming one condition")
+    parser.add_argument("--alpha", type=_alpha, default=0.05, help="significance level")
+    parser.add_argument("--pairwise-wilcoxon", action="store_true",
+                        help="also run Holm-corrected Wilcoxon signed-rank tests for every pair (Benavoli et al. 2016)")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the figures (drawn by default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: RESULTS/report for a directory, "
+                             "<csv name>_report next to a CSV file)")
+    return parser
+
+
+def _default_out(results: Path) -> Path:
+    return results / "report" if results.is_dir() else results.with_name(f"{results.stem}_report")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, build the score table, write the report; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    table_config = ScoreTableConfig(
+        metric=args.metric, higher_is_better=args.higher_is_better,
+        class_name=None if args.class_name == "all" else args.class_name, class_column=args.class_column,
+        block_columns=args.block, condition_columns=args.condition, replicate_columns=args.replicate,
+        k_column=args.k_column, filters=tuple(args.filters))
+    report_config = ReportConfig(alpha=args.alpha, baseline=args.baseline, pairwise_wilcoxon=args.pairwise_wilcoxon,
+                                 dataset_column=args.dataset_column, plots=args.plots)
+    out = args.out if args.out is not None else _default_out(args.results)
+    try:
+        table = load_score_table(args.results, table_config)
+        files = make_report(table, out, report_config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"nemenyi_report: error: {error}", file=sys.stderr)
+        return 2
+    print(f"report written to {files.markdown.parent}:")
+    for path in (files.markdown, files.latex, files.ranks_csv, files.pvalues_csv, files.cd_png, files.cd_pdf,
+                 files.score_vs_k_png):
+        if path is not None:
+            print(f"  {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
