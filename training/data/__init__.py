@@ -1,0 +1,22 @@
+"""Data in: dataset readers (MSD, nnU-Net v2 raw, folder-per-patient), validation, preprocessing,
+the on-disk slice cache, patient-level splits and the embedded phantom patients."""
+from training.data.cache import IntensityScale, SliceBatch, SliceCache, cache_location, open_slice_cache
+from training.data.errors import DataError, DatasetError, DataWarning, PatientError, PatientErrors
+from training.data.loader import LAYOUTS, detect_layout, load_dataset
+from training.data.phantoms import (PHANTOM_LABELS, PHANTOM_MODALITIES, default_phantom_dataset,
+                                    generate_phantom_patient, write_phantom_dataset)
+from training.data.preprocess import (CaseInfo, IntensityNorm, PreprocessConfig, PreprocessedCase,
+                                      load_preprocess_config, preprocess_config_from_dict, preprocess_patient,
+                                      restore_labels)
+from training.data.records import Dataset, IntensityStats, Patient, PatientStats
+from training.data.splits import Fold, Splits, make_splits
+from training.data.torch_dataset import SliceDataset
+
+__all__ = [
+    "CaseInfo", "DataError", "DataWarning", "Dataset", "DatasetError", "Fold", "IntensityNorm", "IntensityScale",
+    "IntensityStats", "LAYOUTS", "PHANTOM_LABELS", "PHANTOM_MODALITIES", "Patient", "PatientError",
+    "PatientErrors", "PatientStats", "PreprocessConfig", "PreprocessedCase", "SliceBatch", "SliceCache",
+    "SliceDataset", "Splits", "cache_location", "default_phantom_dataset", "detect_layout",
+    "generate_phantom_patient", "load_dataset", "load_preprocess_config", "make_splits", "open_slice_cache",
+    "preprocess_config_from_dict", "preprocess_patient", "restore_labels", "write_phantom_dataset",
+]

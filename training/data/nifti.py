@@ -1,0 +1,136 @@
+"""NIfTI input/output through nibabel, always in the canonical (RAS+) orientation.
+
+Every volume is reoriented with the same transform as ``nibabel.as_closest_canonical`` (axes
+permuted/flipped so that voxel axes point Right, Anterior, Superior), so that axial slices are
+``volume[..., k]`` along the last spatial axis for every dataset.  Headers are read without loading
+voxels; voxels are read on demand.  Every failure becomes a `PatientError` naming the file.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+
+from training.data.errors import PatientError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def is_nifti_name(name: str) -> bool:
+    """True when ``name`` ends in ``.nii`` or ``.nii.gz`` and is not a hidden/AppleDouble file."""
+    return name.endswith(NIFTI_ENDINGS) and not name.startswith(".")
+
+
+def strip_nifti_ending(name: str) -> str:
+    """``"case_0000.nii.gz" -> "case_0000"``."""
+    for ending in NIFTI_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """Geometry of one NIfTI file after canonical reorientation (no voxels read).
+
+    shape: spatial shape (X, Y, Z) in canonical orientation; n_channels: size of the 4th axis
+    (1 for a 3D file); affine: 4x4 voxel-to-world (mm) matrix of the canonical array.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    n_channels: int
+    affine: np.ndarray
+    orientation: np.ndarray  # nibabel ornt array that takes the stored array to canonical
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the canonical axes (column norms of the affine)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def _load(path: Path, case_id: str) -> nib.Nifti1Image:
+    if not path.is_file():
+        raise PatientError(case_id, path, "file is missing")
+    if os.path.getsize(path) == 0:
+        raise PatientError(case_id, path, "file is empty (0 bytes)")
+    try:
+        img = nib.load(str(path))
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise PatientError(case_id, path, f"truncated or corrupt gzip file ({exc})") from exc
+    except Exception as exc:  # nibabel raises many types for non-NIfTI content
+        raise PatientError(case_id, path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise PatientError(case_id, path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
+    return img
+
+
+def read_header(path: Path, case_id: str) -> VolumeHeader:
+    """Read the geometry of ``path`` (3D, or 4D with channels last) without loading voxels.
+
+    Raises `PatientError` when the file is missing, empty, not NIfTI, or not 3D/4D.
+    """
+    path = Path(path)
+    img = _load(path, case_id)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 5 and shape[3] == 1:  # some writers store vector data as (X, Y, Z, 1, C)
+        shape = shape[:3] + shape[4:]
+    if len(shape) not in (3, 4):
+        raise PatientError(case_id, path, f"expected a 3D or 4D volume, found shape {shape}")
+    if min(shape) < 1:
+        raise PatientError(case_id, path, f"volume has an empty axis, shape {shape}")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise PatientError(case_id, path, "affine is missing, singular or not finite")
+    ornt = orientations.io_orientation(affine)
+    canonical_affine = affine @ orientations.inv_ornt_aff(ornt, shape[:3])
+    canonical_shape = tuple(int(shape[int(axis)]) for axis in ornt[:, 0])
+    return VolumeHeader(
+        path=path,
+        shape=canonical_shape,  # type: ignore[arg-type]
+        n_channels=shape[3] if len(shape) == 4 else 1,
+        affine=np.asarray(canonical_affine, dtype=np.float64),
+        orientation=ornt,
+    )
+
+
+def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
+    """Load the voxels of ``header.path`` reoriented to canonical: float32 [X, Y, Z] or [X, Y, Z, C].
+
+    Scaling (scl_slope/inter) is applied.  Raises `PatientError` for truncated/corrupt data.
+    """
+    img = _load(header.path, case_id)
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        raise PatientError(case_id, header.path, f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    return np.ascontiguousarray(orientations.apply_orientation(data, header.orientation))
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``array`` ([X, Y, Z] or [X, Y, Z, C]) with ``affine`` to ``path`` atomically.
+
+    The temporary file sits next to the target and is renamed over it, so readers never see a
+    half-written volume.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    ending = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{ending}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
