@@ -1,0 +1,115 @@
+"""`sample_patients.py` / `stylepair-sample`: synthetic patients from trained generators, written as
+an nnU-Net v2 raw dataset (imagesTr/, labelsTr/, dataset.json) with synthesis.json beside it."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from training.checkpoint import CheckpointError
+from training.sampling import (MAX_REJECTIONS_PER_PATIENT, QualityGateError, load_source, resolve_device,
+                               sample_to_directory)
+from training.synthetic_dataset import OutputDirError, QualityGate, SamplingSettings
+
+DESCRIPTION = """\
+Sample synthetic patients (stacks of axial slices with their masks) from trained generators and
+write them as an nnU-Net v2 raw dataset: DIR/imagesTr/SYN_XXXX_000m.nii.gz (one file per modality),
+DIR/labelsTr/SYN_XXXX.nii.gz, DIR/dataset.json, plus DIR/synthesis.json (generators, checkpoint
+SHA-256, seeds, psi, versions, rejections)."""
+
+EPILOG = """\
+examples:
+  python sample_patients.py --gan checkpoints/tiny-baseline --patients 20 --out synthetic/baseline
+  python sample_patients.py --mask-gan checkpoints/tiny-mask --image-gan checkpoints/tiny-conditional \\
+      --patients 20 --out synthetic/pair --psi 0.8 --preview
+
+A run dir means its newest snapshot whose checksums verify; a snapshot dir is used as given. The
+EMA generator is sampled. Each candidate patient j is drawn from the seed (--seed, j), so the same
+command writes identical files; --append continues after the candidates used before, so appended
+patients are new ones even with the same --seed. Rerunning an interrupted command (same settings)
+resumes it: only the missing patients are written.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every optional argument; the epilog keeps its line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.required else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of sample_patients.py (every option with its default in --help)."""
+    parser = argparse.ArgumentParser(prog="sample_patients.py", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_HelpFormatter)
+    source = parser.add_argument_group("generators (either --gan, or --mask-gan with --image-gan)")
+    source.add_argument("--gan", metavar="RUN", default=None,
+                        help="a baseline run: one generator for images and masks")
+    source.add_argument("--mask-gan", metavar="RUN", default=None,
+                        help="a mask run: the first half of the pair pipeline")
+    source.add_argument("--image-gan", metavar="RUN", default=None,
+                        help="a conditional run: the images for the masks of --mask-gan")
+    out = parser.add_argument_group("output")
+    out.add_argument("--patients", type=int, required=True, help="number of patients to write")
+    out.add_argument("--out", metavar="DIR", required=True, help="output dataset folder (nnU-Net v2 raw)")
+    mode = out.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true",
+                      help="add --patients new patients to an existing synthetic dataset in DIR")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace imagesTr/, labelsTr/, dataset.json, synthesis.json and preview.png in DIR")
+    out.add_argument("--preview", action="store_true",
+                     help="write DIR/preview.png: modalities and mask overlay of a few patients")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--psi", type=float, default=1.0, help="truncation psi (1: none, 0: the mean w)")
+    sampling.add_argument("--cutoff", type=int, default=None,
+                          help="truncate only the first CUTOFF w layers; None: all layers")
+    sampling.add_argument("--seed", type=int, default=0, help="random seed")
+    sampling.add_argument("--slices", type=int, default=None,
+                          help="slices per patient; None: drawn from the training patients' slice counts")
+    sampling.add_argument("--batch", type=int, default=16, help="slices per generator call")
+    sampling.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    gate = parser.add_argument_group(
+        "quality gate (rejected candidates are counted in synthesis.json and replaced by new ones; "
+        f"more than {MAX_REJECTIONS_PER_PATIENT} rejections per requested patient stop the run)")
+    gate.add_argument("--min-label-fraction", type=float, default=0.0,
+                      help="reject patients whose non-background voxel fraction is below this")
+    gate.add_argument("--max-label-fraction", type=float, default=1.0,
+                      help="reject patients whose non-background voxel fraction is above this")
+    gate.add_argument("--keep-empty", action="store_true", help="accept patients whose mask is all background")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse argv (default sys.argv[1:]), sample, print a summary; exit status 0 on success, 2 on a
+    usage error (bad arguments, refused directory, incompatible generators)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.gan is None and args.mask_gan is None and args.image_gan is None:
+        parser.error("give --gan RUN (baseline) or --mask-gan RUN --image-gan RUN (pair)")
+    try:
+        device = resolve_device(args.device)
+        source = load_source(args.gan, args.mask_gan, args.image_gan, device=device)
+        gate = QualityGate(args.min_label_fraction, args.max_label_fraction, args.keep_empty)
+        settings = SamplingSettings(source.pipeline, source.generators, args.patients, args.seed, args.psi,
+                                    args.cutoff, args.slices, gate)
+        report = sample_to_directory(source, settings, args.out, batch=args.batch, device=device,
+                                     append=args.append, overwrite=args.overwrite, preview=args.preview,
+                                     progress=not args.quiet)
+    except (OutputDirError, CheckpointError, ValueError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except QualityGateError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    if report.action == "complete":
+        print(f"{report.out_dir}: already complete ({report.total} patients), nothing to do")
+    else:
+        rejected = sum(report.rejected.values())
+        reasons = ", ".join(f"{why}: {n}" for why, n in sorted(report.rejected.items()))
+        print(f"{report.out_dir}: {report.action}, wrote {report.written} patients ({report.total} in the "
+              f"dataset); quality gate rejected {rejected}" + (f" ({reasons})" if reasons else ""))
+    if report.preview is not None:
+        print(f"preview: {report.preview}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

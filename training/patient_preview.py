@@ -1,0 +1,86 @@
+"""Preview montages of patients: modalities and mask overlay, a few axial slices per patient."""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from training.synthetic_dataset import FILE_ENDING, atomic_write_bytes
+
+@dataclass
+class PreviewCase:
+    """One patient of a preview: images [M, X, Y, Z] (any units), labels [X, Y, Z] real values."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def read_case(root: Path, case_id: str, n_modalities: int) -> PreviewCase:
+    """Read back one case of an nnU-Net raw dataset written by NnUNetRawWriter (arrays as stored)."""
+    root = Path(root)
+    images = np.stack([np.asarray(nib.load(root / "imagesTr" / f"{case_id}_{m:04d}{FILE_ENDING}").dataobj,
+                                  dtype=np.float32) for m in range(n_modalities)])
+    labels = np.asarray(nib.load(root / "labelsTr" / f"{case_id}{FILE_ENDING}").dataobj)
+    return PreviewCase(case_id, images, labels)
+
+
+def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]], modalities: Sequence[str],
+                  label_values: Sequence[int], label_names: Sequence[str], slices_per_case: int = 3) -> Path:
+    """A PNG montage: one row per case (grouped, each group titled), for each of `slices_per_case`
+    evenly spaced axial slices the M modalities (1st-99th percentile window per case and modality)
+    followed by the first modality with the mask overlaid (one colour per label, legend below).
+    Written atomically; returns path."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    cases = [(group, case) for group, members in groups for case in members]
+    if not cases:
+        raise ValueError("a preview needs at least one case")
+    M = len(modalities)
+    columns = slices_per_case * (M + 1)
+    colours = colormaps["tab10"].colors
+    label_cmap = ListedColormap([colours[i % len(colours)] for i in range(len(label_values))])
+    value_to_index = {int(v): i for i, v in enumerate(label_values)}
+    figure = Figure(figsize=(1.25 * columns, 1.3 * len(cases) + 0.8), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(cases), columns, squeeze=False)
+    for row, (group, case) in enumerate(cases):
+        assert case.images.shape[0] == M and case.images.shape[1:] == case.labels.shape
+        depth = case.labels.shape[2]
+        windows = [np.percentile(case.images[m], [1, 99]) for m in range(M)]
+        indices = np.vectorize(lambda v: value_to_index.get(int(v), 0))(case.labels)
+        for s in range(slices_per_case):
+            k = min(depth - 1, int(round((s + 1) * depth / (slices_per_case + 1))))
+            for m in range(M + 1):
+                ax = axes[row, s * (M + 1) + m]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                plane = case.images[min(m, M - 1), :, :, k].T  # rows = y (anterior up), cols = x
+                low, high = windows[min(m, M - 1)]
+                ax.imshow(plane, cmap="gray", vmin=low, vmax=high if high > low else low + 1, origin="lower")
+                if m == M:
+                    overlay = np.ma.masked_equal(indices[:, :, k].T, 0)
+                    ax.imshow(overlay, cmap=label_cmap, vmin=0, vmax=len(label_values) - 1, alpha=0.55,
+                              origin="lower", interpolation="nearest")
+                if row == 0:
+                    ax.set_title(f"{modalities[m] if m < M else 'mask'}\nz {k + 1}/{depth}", fontsize=7)
+                else:
+                    ax.set_title(f"z {k + 1}/{depth}", fontsize=6)
+                if s == 0 and m == 0:
+                    ax.set_ylabel(f"{group}\n{case.name}", fontsize=7)
+    handles = [Patch(color=colours[i % len(colours)], label=f"{value}: {name}")
+               for i, (value, name) in enumerate(zip(label_values, label_names)) if i > 0]
+    figure.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.5 / (1.3 * len(cases) + 0.8), 1, 1))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,569 @@
+"""Sampling synthetic patients from trained generators into an nnU-Net v2 raw dataset.
+
+A synthetic patient is a stack of S axial slices. When the generator was trained with the slice
+position as its label (cond "slice-position", c_dim 1), all slices of one patient share one patient
+latent z and slice k gets c = k / (S - 1), so anatomy changes smoothly along the stack; otherwise
+every slice gets its own latent. S is drawn from the slice counts of the real training patients.
+
+The path of one patient through this module:
+
+    load_source         run dir(s) -> EMA generator(s) as a SliceGenerator + what the real data
+                        looked like (modalities, labels, intensity ranges, header, slice counts)
+    plan_patient        candidate index -> slice count, latents [S, z_dim], positions [S, c_dim]
+    PatientSampler      plans -> network calls of `batch` slices spanning patient boundaries
+                        -> images [S, M, H, W] in [-1, 1], label indices [S, H, W]
+    QualityGate         rejects empty / implausible masks and non-finite images (counted)
+    to_volumes          -> images [M, X, Y, Z] in intensity units, labels [X, Y, Z] real values
+    sample_to_directory writes them with training.synthetic_dataset (nnU-Net v2 raw layout,
+                        dataset.json, synthesis.json; resume / append / overwrite / refuse) and
+                        training.patient_preview (PNG montage)
+
+Every random number of candidate j is drawn from a generator seeded by (seed, j), so a patient does
+not depend on the batch size, on the device or on where an interrupted run resumed.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from training.data.cache import IntensityScale
+from training.patient_preview import read_case, write_preview
+from training.synthetic_dataset import (PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
+                                        SamplingSession, SamplingSettings, SynthesisLog, now_utc,
+                                        open_output)
+
+CASE_PREFIX = "SYN"
+
+
+# ----------------------------------------------------------------------------------------------
+# What the synthetic dataset inherits from the real one
+
+
+@dataclass
+class SourceDataset:
+    """The real training data as far as synthetic patients must imitate it.
+
+    modalities: channel names (M); label_values: real label values, sorted, 0 first (L);
+    label_names: one per label value; resolution: slice side H = W; intensity: one range per
+    modality; affine: 4x4 voxel -> mm of a generated volume (slice grid i, j; slice index k);
+    slices_per_patient: slice counts of the training patients, drawn from for each patient.
+    """
+
+    modalities: list[str]
+    label_values: list[int]
+    label_names: list[str]
+    resolution: int
+    intensity: list[IntensityScale]
+    affine: np.ndarray
+    slices_per_patient: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.intensity) != len(self.modalities):
+            raise ValueError(
+                f"{len(self.intensity)} intensity ranges for {len(self.modalities)} modalities "
+                f"{self.modalities}")
+        if len(self.label_names) != len(self.label_values) or len(self.label_values) < 2:
+            raise ValueError(
+                f"need >= 2 labels with one name each, got values {self.label_values} and names "
+                f"{self.label_names}")
+        if self.label_values[0] != 0 or sorted(self.label_values) != list(self.label_values):
+            raise ValueError(f"label values must be sorted with background 0 first: {self.label_values}")
+        if np.asarray(self.affine).shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got shape {np.asarray(self.affine).shape}")
+        if not self.slices_per_patient or min(self.slices_per_patient) < 1:
+            raise ValueError(f"slices_per_patient must be non-empty positive counts: {self.slices_per_patient}")
+
+# ----------------------------------------------------------------------------------------------
+# Slice generators: one network call for a batch of slices
+
+
+class SliceGenerator(Protocol):
+    """Maps latents and slice positions to image slices and label indices.
+
+    z_dims: the latent sizes it takes (one per generator of the pipeline); c_dim: 1 when slices
+    are conditioned on their position, else 0; image_channels M; label_channels L; resolution.
+    __call__(latents [N, z_dim] per entry of z_dims, c [N, c_dim] in [0, 1], truncation_psi,
+    truncation_cutoff, noise_mode) -> (images [N, M, H, W] float in [-1, 1], labels [N, H, W] long
+    label indices in [0, L)).
+    """
+
+    z_dims: tuple[int, ...]
+    c_dim: int
+    image_channels: int
+    label_channels: int
+    resolution: int
+
+    def __call__(self, latents: Sequence[torch.Tensor], c: torch.Tensor, truncation_psi: float,
+                 truncation_cutoff: int | None, noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class BaselineSlices:
+    """A baseline generator: one network outputs the M modalities and the L mask channels."""
+
+    def __init__(self, generator: torch.nn.Module, image_channels: int, label_channels: int):
+        if generator.variant != "baseline":
+            raise ValueError(f"BaselineSlices needs a baseline generator, got variant {generator.variant!r}")
+        if generator.out_channels != image_channels + label_channels:
+            raise ValueError(
+                f"generator outputs {generator.out_channels} channels, expected {image_channels} "
+                f"modalities + {label_channels} labels")
+        self.generator = generator
+        self.z_dims = (generator.z_dim,)
+        self.c_dim = generator.c_dim
+        self.image_channels = image_channels
+        self.label_channels = label_channels
+        self.resolution = generator.img_resolution
+
+    def __call__(self, latents, c, truncation_psi, truncation_cutoff, noise_mode):
+        from gan import channels_to_labels
+
+        (z,) = latents
+        out = self.generator(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                             noise_mode=noise_mode)
+        M = self.image_channels
+        assert out.shape == (z.shape[0], M + self.label_channels, self.resolution, self.resolution)
+        return out[:, :M], channels_to_labels(out[:, M:])
+
+
+class PairSlices:
+    """The pair pipeline: a mask generator samples the labels, a conditional generator the images."""
+
+    def __init__(self, mask_generator: torch.nn.Module, image_generator: torch.nn.Module):
+        from gan import PairSampler
+
+        self.pair = PairSampler(mask_generator, image_generator)
+        self.z_dims = (mask_generator.z_dim, image_generator.z_dim)
+        self.c_dim = mask_generator.c_dim
+        self.image_channels = image_generator.out_channels
+        self.label_channels = mask_generator.out_channels
+        self.resolution = mask_generator.img_resolution
+
+    def __call__(self, latents, c, truncation_psi, truncation_cutoff, noise_mode):
+        z_mask, z_image = latents
+        images, labels = self.pair(z_mask, z_image, c, truncation_psi=truncation_psi,
+                                   truncation_cutoff=truncation_cutoff, noise_mode=noise_mode)
+        N, H = z_mask.shape[0], self.resolution
+        assert images.shape == (N, self.image_channels, H, H) and labels.shape == (N, H, H)
+        return images, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning and batched generation
+
+
+@dataclass
+class PatientPlan:
+    """Everything random about one candidate patient.
+
+    latents: one tensor [S, z_dim] per generator (rows equal when slices share the patient latent);
+    c: [S, c_dim] slice positions k / (S - 1) in [0, 1] (c_dim 1) or an empty [S, 0].
+    """
+
+    candidate: int
+    n_slices: int
+    latents: list[torch.Tensor]
+    c: torch.Tensor
+
+
+def candidate_seed(seed: int, candidate: int) -> int:
+    """A 63-bit seed for candidate patient `candidate` of a run with `seed`, well mixed."""
+    state = np.random.SeedSequence([seed, candidate]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) >> 1
+
+
+def slice_positions(n_slices: int) -> torch.Tensor:
+    """Relative positions of n_slices ordered slices: [n_slices] in [0, 1], 0.5 for one slice."""
+    if n_slices == 1:
+        return torch.full((1,), 0.5)
+    return torch.arange(n_slices, dtype=torch.float32) / (n_slices - 1)
+
+
+def plan_patient(candidate: int, seed: int, z_dims: Sequence[int], c_dim: int,
+                 slices_per_patient: Sequence[int], fixed_slices: int | None = None) -> PatientPlan:
+    """Draw the slice count and the latents of candidate patient `candidate` (CPU tensors).
+
+    With c_dim == 1 one latent per generator is shared by all slices and c = slice position;
+    with c_dim == 0 every slice gets its own latents.
+    """
+    if c_dim not in (0, 1):
+        raise ValueError(f"slice conditioning needs c_dim 0 or 1, the generator has c_dim {c_dim}")
+    rng = torch.Generator().manual_seed(candidate_seed(seed, candidate))
+    if fixed_slices is not None:
+        n_slices = fixed_slices
+    else:
+        n_slices = int(slices_per_patient[int(torch.randint(len(slices_per_patient), (1,), generator=rng))])
+    rows = 1 if c_dim == 1 else n_slices
+    latents = [torch.randn(rows, z_dim, generator=rng).expand(n_slices, z_dim).contiguous() for z_dim in z_dims]
+    c = slice_positions(n_slices)[:, None] if c_dim == 1 else torch.zeros(n_slices, 0)
+    return PatientPlan(candidate, n_slices, latents, c)
+
+
+@dataclass
+class GeneratedPatient:
+    """A candidate patient as it left the networks: images [S, M, H, W] in [-1, 1], labels [S, H, W]
+    label indices (int64), both on the CPU in slice order."""
+
+    plan: PatientPlan
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class _OpenPatient:
+    """A patient whose slices are being generated: the parts done so far, in slice order."""
+
+    plan: PatientPlan
+    image_parts: list[torch.Tensor] = field(default_factory=list)
+    label_parts: list[torch.Tensor] = field(default_factory=list)
+    rows_done: int = 0
+
+
+class PatientSampler:
+    """Generates synthetic patients in memory, batching slices through the networks.
+
+    slices: the pipeline's SliceGenerator; slices_per_patient: slice counts to draw from (ignored
+    when fixed_slices is given); seed: candidate j uses the seed (seed, j); truncation_psi /
+    truncation_cutoff: StyleGAN truncation of w towards w_avg in the first `cutoff` layers (all
+    when None); batch: slices per network call; noise_mode: "const" | "random" | "none".
+    """
+
+    def __init__(self, slices: SliceGenerator, slices_per_patient: Sequence[int], seed: int = 0,
+                 truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                 fixed_slices: int | None = None, batch: int = 16, device: str | torch.device = "cpu",
+                 noise_mode: str = "const"):
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if fixed_slices is None and not slices_per_patient:
+            raise ValueError("need slice counts of real patients to draw from, or a fixed slice count")
+        self.slices = slices
+        self.slices_per_patient = list(slices_per_patient)
+        self.seed = seed
+        self.truncation_psi = truncation_psi
+        self.truncation_cutoff = truncation_cutoff
+        self.fixed_slices = fixed_slices
+        self.batch = batch
+        self.device = torch.device(device)
+        self.noise_mode = noise_mode
+
+    def plan(self, candidate: int) -> PatientPlan:
+        """The slice count and latents of candidate patient `candidate`."""
+        return plan_patient(candidate, self.seed, self.slices.z_dims, self.slices.c_dim,
+                            self.slices_per_patient, self.fixed_slices)
+
+    def candidates(self, first: int = 0, count: int | None = None) -> Iterator[GeneratedPatient]:
+        """Candidate patients first, first + 1, ... (endless when count is None), in order.
+
+        A batch is filled with consecutive slices across patient boundaries, so the Python work
+        per batch is per patient segment, never per slice. Plans are made lazily: a consumer that
+        stops early (enough accepted patients) wastes at most one batch.
+        """
+        indices = itertools.count(first) if count is None else range(first, first + count)
+        plans = (self.plan(j) for j in indices)
+        open_patients: list[_OpenPatient] = []  # the last one may be only partly scheduled
+        scheduled = 0  # slices of open_patients[-1] already put into a batch
+        while True:
+            segments = self._fill_batch(plans, open_patients, scheduled)
+            if not segments:
+                return
+            scheduled = segments[-1][2]
+            images, labels = self._run_batch(segments)
+            row = 0
+            for patient, lo, hi in segments:
+                patient.image_parts.append(images[row:row + hi - lo])
+                patient.label_parts.append(labels[row:row + hi - lo])
+                patient.rows_done += hi - lo
+                row += hi - lo
+            # Patients complete in candidate order; the partly generated last one stays open.
+            while open_patients and open_patients[0].rows_done == open_patients[0].plan.n_slices:
+                done = open_patients.pop(0)
+                yield GeneratedPatient(done.plan, torch.cat(done.image_parts), torch.cat(done.label_parts))
+
+    def _fill_batch(self, plans: Iterator[PatientPlan], open_patients: list[_OpenPatient],
+                    scheduled: int) -> list[tuple[_OpenPatient, int, int]]:
+        """Segments (patient, first slice, end slice) of up to `batch` consecutive slices: the rest
+        of the partly scheduled last open patient, then new plans; [] when all are done."""
+        segments = []
+        filled = 0
+        if open_patients and scheduled < open_patients[-1].plan.n_slices:
+            take = min(self.batch, open_patients[-1].plan.n_slices - scheduled)
+            segments.append((open_patients[-1], scheduled, scheduled + take))
+            filled = take
+        while filled < self.batch:
+            plan = next(plans, None)
+            if plan is None:
+                break
+            patient = _OpenPatient(plan)
+            open_patients.append(patient)
+            take = min(self.batch - filled, plan.n_slices)
+            segments.append((patient, 0, take))
+            filled += take
+        return segments
+
+    def _run_batch(self, segments: list[tuple[_OpenPatient, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network call over the concatenated segments -> CPU (images [B, M, H, W] float32,
+        labels [B, H, W] int64)."""
+        latents = [torch.cat([p.plan.latents[i][lo:hi] for p, lo, hi in segments]).to(self.device)
+                   for i in range(len(self.slices.z_dims))]
+        c = torch.cat([p.plan.c[lo:hi] for p, lo, hi in segments]).to(self.device)
+        with torch.inference_mode():
+            images, labels = self.slices(latents, c, self.truncation_psi, self.truncation_cutoff,
+                                         self.noise_mode)
+        B, H = c.shape[0], self.slices.resolution
+        assert images.shape == (B, self.slices.image_channels, H, H) and labels.shape == (B, H, H)
+        return images.float().cpu(), labels.long().cpu()
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion to volumes
+
+
+def to_volumes(images: torch.Tensor, labels: torch.Tensor, source: SourceDataset
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Stack slices into volumes in the real dataset's units.
+
+    images [S, M, H, W] in [-1, 1] -> float32 [M, H, W, S] in each modality's intensity range;
+    labels [S, H, W] indices in [0, L) -> [H, W, S] real label values (uint8, or int16 above 255).
+    Slice k becomes the axial plane [..., k], the last (canonical RAS superior) axis.
+    """
+    S, M, H, W = images.shape
+    assert labels.shape == (S, H, W) and M == len(source.modalities)
+    stacked = images.permute(1, 2, 3, 0).numpy()  # [M, H, W, S]
+    volume = np.stack([source.intensity[m].to_intensity(stacked[m]) for m in range(M)])
+    dtype = np.uint8 if max(source.label_values) <= 255 else np.int16
+    lookup = np.asarray(source.label_values, dtype=dtype)
+    label_volume = lookup[labels.permute(1, 2, 0).numpy()]  # [H, W, S]
+    return volume, label_volume
+
+# ----------------------------------------------------------------------------------------------
+# Loading the generators of a pipeline from training runs
+
+
+@dataclass
+class SamplingSource:
+    """A ready pipeline: the slice generator, what the real data looks like, and provenance."""
+
+    pipeline: str  # "baseline" | "pair"
+    slices: SliceGenerator
+    dataset: SourceDataset
+    generators: list[GeneratorRecord]
+
+
+def intensity_scale(entry: dict, where: str) -> IntensityScale:
+    """The [-1, 1] -> intensity mapping of one modality as recorded by the training run
+    ({"lo": intensity at -1, "hi": intensity at +1})."""
+    try:
+        return IntensityScale(float(entry["lo"]), float(entry["hi"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: intensity entry {entry!r} lacks numeric 'lo' and 'hi'") from exc
+
+
+def source_dataset(info, where: str) -> SourceDataset:
+    """SourceDataset from a training.checkpoint.RunInfo (`where` names the checkpoint in errors)."""
+    affine = np.asarray(info.affine, dtype=np.float64)
+    if affine.size == 0 and len(info.spacing) == 3:
+        affine = np.diag([*map(float, info.spacing), 1.0])
+    if affine.shape != (4, 4):
+        raise ValueError(f"{where}: the run records no usable typical affine (affine {info.affine}, "
+                         f"spacing {info.spacing})")
+    if not info.slices_per_patient:
+        raise ValueError(f"{where}: the run records no slice counts of its training patients; pass --slices")
+    return SourceDataset(list(info.modalities), [int(v) for v in info.label_values], list(info.label_names),
+                         int(info.resolution), [intensity_scale(e, where) for e in info.intensity],
+                         affine, [int(n) for n in info.slices_per_patient])
+
+
+def _record(role: str, run: str | Path, info) -> GeneratorRecord:
+    return GeneratorRecord(role=role, variant=info.variant, run=str(run), checkpoint=str(info.checkpoint),
+                           sha256=info.sha256, kimg=float(info.kimg), cond=info.cond,
+                           dataset_fingerprint=info.dataset_fingerprint)
+
+
+def _check_conditioning(generator: torch.nn.Module, info, where: str) -> None:
+    expected = 1 if info.cond == "slice-position" else 0
+    if generator.c_dim != expected:
+        raise ValueError(f"{where}: trained with cond {info.cond!r} but its generator has c_dim "
+                         f"{generator.c_dim}; slice conditioning needs c_dim {expected}")
+
+
+def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = None,
+                image_gan: str | Path | None = None, device: str | torch.device = "cpu") -> SamplingSource:
+    """Load the EMA generator(s) of a baseline run (gan) or of a pair (mask_gan -> image_gan).
+
+    Refuses, with the run named: both or neither source given; a mask or conditional run as --gan;
+    anything but a mask run as --mask-gan or a conditional run as --image-gan; a pair whose runs
+    differ in label values/names, resolution or slice conditioning.
+    """
+    from training.checkpoint import load_generator
+
+    if gan is not None and (mask_gan is not None or image_gan is not None):
+        raise ValueError("give either --gan (a baseline run) or --mask-gan with --image-gan, not both")
+    if gan is not None:
+        generator, info = load_generator(gan, which="G_ema", device=device)
+        if info.variant != "baseline":
+            hint = {"mask": "a mask run samples masks only; use it as --mask-gan with a conditional --image-gan",
+                    "conditional": "a conditional run needs masks; use it as --image-gan with a --mask-gan"}
+            raise ValueError(f"--gan {gan}: is a {info.variant!r} run, --gan needs a 'baseline' run "
+                             f"({hint.get(info.variant, '')})")
+        _check_conditioning(generator, info, f"--gan {gan}")
+        slices = BaselineSlices(generator, info.image_channels, info.label_channels)
+        return SamplingSource("baseline", slices, source_dataset(info, str(gan)), [_record("baseline", gan, info)])
+    if mask_gan is None or image_gan is None:
+        raise ValueError("the pair pipeline needs both --mask-gan and --image-gan (or give --gan for a baseline run)")
+    mask_generator, mask_info = load_generator(mask_gan, which="G_ema", device=device)
+    image_generator, image_info = load_generator(image_gan, which="G_ema", device=device)
+    if mask_info.variant != "mask":
+        raise ValueError(f"--mask-gan {mask_gan}: is a {mask_info.variant!r} run, the pair needs a 'mask' run")
+    if image_info.variant != "conditional":
+        raise ValueError(f"--image-gan {image_gan}: is a {image_info.variant!r} run, the pair needs a "
+                         f"'conditional' run")
+    for name in ("label_values", "label_names", "resolution", "cond"):
+        mask_value, image_value = getattr(mask_info, name), getattr(image_info, name)
+        if mask_value != image_value:
+            raise ValueError(f"--mask-gan {mask_gan} and --image-gan {image_gan} are incompatible: "
+                             f"{name} {mask_value} vs {image_value}")
+    _check_conditioning(mask_generator, mask_info, f"--mask-gan {mask_gan}")
+    _check_conditioning(image_generator, image_info, f"--image-gan {image_gan}")
+    # Anatomy (slice counts, header) comes from the mask run, intensities from the image run.
+    dataset = source_dataset(mask_info, str(mask_gan))
+    dataset.modalities = list(image_info.modalities)
+    dataset.intensity = [intensity_scale(e, str(image_gan)) for e in image_info.intensity]
+    dataset.__post_init__()
+    return SamplingSource("pair", PairSlices(mask_generator, image_generator), dataset,
+                          [_record("mask", mask_gan, mask_info), _record("image", image_gan, image_info)])
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> the first CUDA device when there is one, else the CPU; other names as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+# ----------------------------------------------------------------------------------------------
+# The whole stage: sample, gate, write, record, preview
+
+MAX_REJECTIONS_PER_PATIENT = 10
+PREVIEW_PATIENTS = 4
+
+
+class QualityGateError(RuntimeError):
+    """The quality gate rejected too many candidates; the patients written so far are kept."""
+
+
+@dataclass
+class SamplingReport:
+    """What a call of `sample_to_directory` did: action new/resume/append/complete, patients
+    written now, patients in the directory, this session's rejections by reason, preview path."""
+
+    out_dir: Path
+    action: str
+    written: int
+    total: int
+    rejected: dict[str, int]
+    preview: Path | None = None
+
+
+def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_dir: str | Path, *,
+                        batch: int = 16, device: str | torch.device = "cpu", append: bool = False,
+                        overwrite: bool = False, preview: bool = False, progress: bool = True
+                        ) -> SamplingReport:
+    """Write settings.patients synthetic patients from `source` into out_dir (nnU-Net v2 raw).
+
+    Each accepted patient is written atomically and then recorded in synthesis.json and
+    dataset.json (both replaced atomically), so an interrupted call resumes at the next missing
+    patient when run again with the same settings. See `open_output` for existing directories.
+    Raises OutputDirError for a refused directory and QualityGateError when the quality gate rejects
+    more than MAX_REJECTIONS_PER_PATIENT candidates per requested patient.
+    """
+    out_dir = Path(out_dir)
+    data = source.dataset
+    empty = SynthesisLog(list(data.modalities), list(data.label_values), list(data.label_names), data.resolution)
+    log, action = open_output(out_dir, settings, empty, append=append, overwrite=overwrite)
+    session = log.sessions[-1]
+    writer = NnUNetRawWriter(out_dir, data.modalities, data.label_values, data.label_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    if action != "complete":
+        _discard_unrecorded(writer, log)
+        _save_state(log, writer, session)
+        sampler = PatientSampler(source.slices, data.slices_per_patient, settings.seed, settings.truncation_psi,
+                                 settings.truncation_cutoff, settings.slices, batch, device, settings.noise_mode)
+        written = _run_session(sampler, data, log, writer, progress)
+    preview_path = None
+    if preview:
+        shown = (session.patients or log.patients)[:PREVIEW_PATIENTS]
+        cases = [read_case(out_dir, p.case_id, len(data.modalities)) for p in shown]
+        preview_path = write_preview(out_dir / PREVIEW_NAME, [(source.pipeline, cases)], data.modalities,
+                                     data.label_values, data.label_names)
+    return SamplingReport(out_dir, action, written, len(log.patients), dict(session.rejected), preview_path)
+
+
+def _discard_unrecorded(writer: NnUNetRawWriter, log: SynthesisLog) -> None:
+    """Remove temporary files and the files of cases that an interruption left unrecorded."""
+    writer.remove_partial_files()
+    recorded = {p.case_id for p in log.patients}
+    for case_id in writer.existing_case_ids() - recorded:
+        writer.remove_case(case_id)
+
+
+def _save_state(log: SynthesisLog, writer: NnUNetRawWriter, session: SamplingSession) -> None:
+    """Record progress: synthesis.json, then dataset.json with the recorded patient count."""
+    session.updated = now_utc()
+    log.save(writer.root / "synthesis.json")
+    pipelines = sorted({s.settings.pipeline for s in log.sessions})
+    writer.write_dataset_json(len(log.patients), f"synthetic patients sampled by stylepair "
+                                                 f"({', '.join(pipelines)}); provenance in synthesis.json")
+
+
+def _run_session(sampler: PatientSampler, data: SourceDataset, log: SynthesisLog, writer: NnUNetRawWriter,
+                 progress: bool) -> int:
+    """Generate, gate and write patients until the last session of log has its count; returns the
+    number written now."""
+    session = log.sessions[-1]
+    settings = session.settings
+    gate = settings.quality_gate
+    written = 0
+    bar = tqdm(total=settings.patients, initial=len(session.patients), unit="patient", desc="sampling",
+               disable=None if progress else True)
+    with bar:
+        candidates = sampler.candidates(first=session.next_candidate)
+        while len(session.patients) < settings.patients:
+            patient = next(candidates)
+            session.next_candidate = patient.plan.candidate + 1
+            reason = gate.rejection(patient.images, patient.labels)
+            if reason is not None:
+                _count_rejection(session, reason, log, writer)
+                bar.set_postfix(rejected=session.rejected_total)
+                continue
+            case_id = f"{CASE_PREFIX}_{len(log.patients):04d}"
+            images, labels = to_volumes(patient.images, patient.labels, data)
+            writer.write_case(case_id, images, labels, data.affine)
+            session.patients.append(PatientRecord(
+                case_id, patient.plan.candidate, candidate_seed(settings.seed, patient.plan.candidate),
+                patient.plan.n_slices, float((patient.labels != 0).float().mean())))
+            _save_state(log, writer, session)
+            written += 1
+            bar.update(1)
+        candidates.close()
+    session.complete = True
+    _save_state(log, writer, session)
+    return written
+
+
+def _count_rejection(session: SamplingSession, reason: str, log: SynthesisLog, writer: NnUNetRawWriter) -> None:
+    """Count one rejected candidate; give up (QualityGateError, progress saved) when the gate rejects
+    more than MAX_REJECTIONS_PER_PATIENT candidates per requested patient."""
+    session.rejected[reason] = session.rejected.get(reason, 0) + 1
+    if session.rejected_total > MAX_REJECTIONS_PER_PATIENT * session.settings.patients:
+        _save_state(log, writer, session)
+        reasons = ", ".join(f"{why}: {n}" for why, n in sorted(session.rejected.items()))
+        raise QualityGateError(
+            f"the quality gate rejected {session.rejected_total} candidates ({reasons}) while accepting "
+            f"{len(session.patients)} of {session.settings.patients}; loosen --min-label-fraction / "
+            f"--max-label-fraction or pass --keep-empty")

@@ -1,0 +1,394 @@
+"""The synthetic dataset on disk: nnU-Net v2 raw layout plus synthesis.json.
+
+    DIR/imagesTr/SYN_0000_0000.nii.gz ...   one file per modality (channel suffix _000m)
+    DIR/labelsTr/SYN_0000.nii.gz            real label values
+    DIR/dataset.json                        channel_names, labels (name -> int), numTraining, file_ending
+    DIR/synthesis.json                      generators, checkpoint SHA-256, seeds, psi, versions, and
+                                            every sampling session with the patients it wrote
+
+A case is written file by file to temporary names and renamed, the label file last; only then is it
+recorded in synthesis.json and counted in dataset.json (both replaced atomically). Whatever is on
+disk but unrecorded is the debris of an interruption and is removed before sampling continues.
+`open_output` decides whether a directory is new, resumed, appended to, already complete or refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+SYNTHESIS_FORMAT = "stylepair-synthesis/1"
+FILE_ENDING = ".nii.gz"
+PARTIAL_SUFFIX = ".partial"
+PREVIEW_NAME = "preview.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance and the quality gate (both part of a session's settings)
+
+
+@dataclass(frozen=True)
+class GeneratorRecord:
+    """One generator of the pipeline, as recorded in synthesis.json."""
+
+    role: str  # "baseline" | "mask" | "image"
+    variant: str  # "baseline" | "mask" | "conditional"
+    run: str  # the path the user gave (run dir or snapshot dir)
+    checkpoint: str  # the weights file actually loaded
+    sha256: str
+    kimg: float
+    cond: str  # "none" | "slice-position"
+    dataset_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """Rejects candidate patients whose mask or images are implausible.
+
+    The label fraction is the share of non-background voxels in the whole volume. A mask without
+    any foreground is rejected unless keep_empty; so are images with NaN/inf values.
+    """
+
+    min_label_fraction: float = 0.0
+    max_label_fraction: float = 1.0
+    keep_empty: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_label_fraction <= self.max_label_fraction <= 1.0:
+            raise ValueError(
+                f"need 0 <= min_label_fraction <= max_label_fraction <= 1, got "
+                f"{self.min_label_fraction} and {self.max_label_fraction}")
+
+    def rejection(self, images: torch.Tensor, labels: torch.Tensor) -> str | None:
+        """images [S, M, H, W], labels [S, H, W] label indices -> None (accept) or the reason."""
+        if not bool(torch.isfinite(images).all()):
+            return "non-finite image values"
+        fraction = float((labels != 0).float().mean())
+        if fraction == 0.0 and not self.keep_empty:
+            return "empty mask"
+        if fraction < self.min_label_fraction:
+            return "label fraction below minimum"
+        if fraction > self.max_label_fraction:
+            return "label fraction above maximum"
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the nnU-Net v2 raw layout
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary name in the same directory and os.replace."""
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A gzipped single-file NIfTI-1 of array with affine; byte-identical for identical inputs."""
+    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+class NnUNetRawWriter:
+    """Writes cases of an nnU-Net v2 raw dataset: imagesTr/CASE_000m.nii.gz (one file per channel),
+    labelsTr/CASE.nii.gz and dataset.json (channel_names, labels name -> int, numTraining,
+    file_ending)."""
+
+    def __init__(self, root: Path, modalities: Sequence[str], label_values: Sequence[int],
+                 label_names: Sequence[str]):
+        self.root = Path(root)
+        self.modalities = list(modalities)
+        self.label_values = list(label_values)
+        self.label_names = list(label_names)
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"nnU-Net needs unique label names, got {self.label_names}")
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "imagesTr"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.root / "labelsTr"
+
+    def case_files(self, case_id: str) -> list[Path]:
+        """The files of one case: one image per modality, then the label file (written last)."""
+        images = [self.images_dir / f"{case_id}_{m:04d}{FILE_ENDING}" for m in range(len(self.modalities))]
+        return images + [self.labels_dir / f"{case_id}{FILE_ENDING}"]
+
+    def write_case(self, case_id: str, images: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> None:
+        """images [M, X, Y, Z] float32, labels [X, Y, Z] real label values, affine 4x4 voxel -> mm.
+
+        Each file is written to a temporary name and renamed, the label file last, so a case with
+        a label file has all its images.
+        """
+        M = len(self.modalities)
+        if images.shape[0] != M or images.shape[1:] != labels.shape or labels.ndim != 3:
+            raise ValueError(f"case {case_id}: images {images.shape} and labels {labels.shape} do not "
+                             f"match [{M}, X, Y, Z] and [X, Y, Z]")
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.labels_dir.mkdir(parents=True, exist_ok=True)
+        *image_paths, label_path = self.case_files(case_id)
+        for m, path in enumerate(image_paths):
+            atomic_write_bytes(path, _nifti_gz_bytes(images[m], affine))
+        atomic_write_bytes(label_path, _nifti_gz_bytes(labels, affine))
+
+    def remove_case(self, case_id: str) -> None:
+        for path in self.case_files(case_id):
+            path.unlink(missing_ok=True)
+
+    def existing_case_ids(self) -> set[str]:
+        """Case ids with at least one file in imagesTr or labelsTr."""
+        ids = set()
+        for path in list(self.labels_dir.glob(f"*{FILE_ENDING}")) + list(self.images_dir.glob(f"*{FILE_ENDING}")):
+            name = path.name[: -len(FILE_ENDING)]
+            ids.add(name[:-5] if path.parent == self.images_dir and name[-5:-4] == "_" else name)
+        return ids
+
+    def remove_partial_files(self) -> None:
+        """Delete temporary files left by an interrupted write."""
+        for folder in (self.images_dir, self.labels_dir, self.root):
+            for path in folder.glob(f"*{PARTIAL_SUFFIX}"):
+                path.unlink()
+
+    def dataset_json(self, num_training: int, description: str) -> dict:
+        return {
+            "channel_names": {str(m): name for m, name in enumerate(self.modalities)},
+            "labels": {name: int(value) for name, value in zip(self.label_names, self.label_values)},
+            "numTraining": int(num_training),
+            "file_ending": FILE_ENDING,
+            "name": self.root.name,
+            "description": description,
+        }
+
+    def write_dataset_json(self, num_training: int, description: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.root / "dataset.json", self.dataset_json(num_training, description))
+
+# ----------------------------------------------------------------------------------------------
+# synthesis.json: what produced the dataset, and how far each sampling session got
+
+
+@dataclass
+class SamplingSettings:
+    """What decides which patients a sampling session writes; a resumed session must match."""
+
+    pipeline: str  # "baseline" | "pair"
+    generators: list[GeneratorRecord]
+    patients: int
+    seed: int = 0
+    truncation_psi: float = 1.0
+    truncation_cutoff: int | None = None
+    slices: int | None = None  # fixed slice count; None: drawn from the training patients
+    quality_gate: QualityGate = field(default_factory=QualityGate)
+    noise_mode: str = "const"  # noise inputs fixed per layer: a patient depends on its latents only
+
+    def __post_init__(self) -> None:
+        if self.patients < 1:
+            raise ValueError(f"--patients must be >= 1, got {self.patients}")
+        if self.slices is not None and self.slices < 1:
+            raise ValueError(f"--slices must be >= 1, got {self.slices}")
+        if self.truncation_cutoff is not None and self.truncation_cutoff < 0:
+            raise ValueError(f"--cutoff must be >= 0, got {self.truncation_cutoff}")
+
+    def identity(self) -> dict:
+        """The settings as compared on resume: generators by content (sha256), not by path."""
+        out = dataclasses.asdict(self)
+        out["generators"] = [{"role": g.role, "variant": g.variant, "sha256": g.sha256} for g in self.generators]
+        return out
+
+
+@dataclass
+class PatientRecord:
+    """One written patient: its case id, the candidate it came from, and what it holds."""
+
+    case_id: str
+    candidate: int
+    candidate_seed: int
+    n_slices: int
+    label_fraction: float
+
+
+@dataclass
+class SamplingSession:
+    """One invocation of the sampler on a directory (resumed invocations continue it)."""
+
+    settings: SamplingSettings
+    first_candidate: int
+    next_candidate: int
+    patients: list[PatientRecord] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    complete: bool = False
+    started: str = ""
+    updated: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class SynthesisLog:
+    """The content of synthesis.json: dataset meaning plus the sampling sessions, oldest first."""
+
+    modalities: list[str]
+    label_values: list[int]
+    label_names: list[str]
+    resolution: int
+    sessions: list[SamplingSession] = field(default_factory=list)
+    format: str = SYNTHESIS_FORMAT
+
+    @property
+    def patients(self) -> list[PatientRecord]:
+        return [p for s in self.sessions for p in s.patients]
+
+    def save(self, path: Path) -> None:
+        """Write atomically as JSON."""
+        atomic_write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> SynthesisLog:
+        """Read synthesis.json; a ValueError names the file and what is wrong with it."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            if raw.get("format") != SYNTHESIS_FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}, expected {SYNTHESIS_FORMAT!r}")
+            sessions = [_session_from_dict(s) for s in raw["sessions"]]
+            return cls(list(raw["modalities"]), [int(v) for v in raw["label_values"]],
+                       list(raw["label_names"]), int(raw["resolution"]), sessions)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a readable stylepair synthesis.json ({type(exc).__name__}: {exc})") from exc
+
+
+def _session_from_dict(raw: dict) -> SamplingSession:
+    settings = dict(raw["settings"])
+    settings["generators"] = [GeneratorRecord(**g) for g in settings["generators"]]
+    settings["quality_gate"] = QualityGate(**settings["quality_gate"])
+    fields = {k: v for k, v in raw.items() if k != "settings"}
+    fields["patients"] = [PatientRecord(**p) for p in fields.get("patients", [])]
+    return SamplingSession(SamplingSettings(**settings), **fields)
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape the output."""
+    versions = {"python": platform.python_version()}
+    for package in ("stylepair", "torch", "numpy", "nibabel"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def now_utc() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+# ----------------------------------------------------------------------------------------------
+# The output directory: new, resumed, appended to, overwritten or refused
+
+
+class OutputDirError(ValueError):
+    """The output directory cannot be used as asked (existing data, incompatible content)."""
+
+
+OWNED_ENTRIES = ("imagesTr", "labelsTr", "dataset.json", "synthesis.json", PREVIEW_NAME)
+
+
+def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, append: bool = False,
+                overwrite: bool = False) -> tuple[SynthesisLog, str]:
+    """Decide what to do with out_dir; `empty` is a log without sessions that says which modalities,
+    labels and resolution the new patients have. Returns the log whose last session is the one to run, and
+    the action: "new", "resume" (an interrupted session with identical settings, also when
+    --append is given), "append" (a new session after the existing patients) or "complete" (the
+    same settings already ran to completion: nothing to write).
+
+    Refuses (OutputDirError) a non-empty directory unless resuming, appending or overwriting;
+    --overwrite deletes only what this tool writes (imagesTr, labelsTr, dataset.json,
+    synthesis.json, preview.png).
+    """
+    out_dir = Path(out_dir)
+    if append and overwrite:
+        raise OutputDirError("--append and --overwrite exclude each other")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir}: exists and is not a directory")
+    if overwrite:
+        for name in OWNED_ENTRIES:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    log_path = out_dir / "synthesis.json"
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        empty.sessions.append(_new_session(settings, first_candidate=0))
+        return empty, "new"
+    if not log_path.is_file():
+        raise OutputDirError(
+            f"{out_dir}: directory is not empty and holds no synthesis.json; refusing to write into it "
+            f"(choose an empty --out, or pass --overwrite to replace its imagesTr/, labelsTr/ and dataset.json)")
+    log = SynthesisLog.load(log_path)
+    _check_same_meaning(log, empty, log_path)
+    last = log.sessions[-1] if log.sessions else None
+    same = last is not None and last.settings.identity() == settings.identity()
+    if last is not None and not last.complete:
+        if same:
+            return log, "resume"
+        raise OutputDirError(
+            f"{out_dir}: holds an interrupted sampling run with different settings "
+            f"({_settings_difference(last.settings, settings)}); rerun it with its own settings to resume, "
+            f"or pass --overwrite")
+    if append:
+        first = last.next_candidate if last is not None else 0
+        log.sessions.append(_new_session(settings, first_candidate=first))
+        return log, "append"
+    if same:
+        return log, "complete"
+    raise OutputDirError(
+        f"{out_dir}: already holds a synthetic dataset of {len(log.patients)} patients; pass --append to "
+        f"add patients or --overwrite to replace it")
+
+
+def _new_session(settings: SamplingSettings, first_candidate: int) -> SamplingSession:
+    now = now_utc()
+    return SamplingSession(settings, first_candidate, first_candidate, started=now, updated=now,
+                           versions=software_versions())
+
+
+def _check_same_meaning(log: SynthesisLog, fresh: SynthesisLog, log_path: Path) -> None:
+    """Appending or resuming must keep channels, labels and resolution of the existing patients."""
+    for name in ("modalities", "label_values", "label_names", "resolution"):
+        existing, wanted = getattr(log, name), getattr(fresh, name)
+        if existing != wanted:
+            raise OutputDirError(
+                f"{log_path}: existing patients have {name} {existing}, the generator produces {wanted}; "
+                f"write to another --out or pass --overwrite")
+
+
+def _settings_difference(old: SamplingSettings, new: SamplingSettings) -> str:
+    a, b = old.identity(), new.identity()
+    return ", ".join(f"{key} {a[key]!r} -> {b[key]!r}" for key in a if a[key] != b[key])
