@@ -1,0 +1,132 @@
+"""``stylepair-data``: inspect a dataset, write phantom patients, build the slice cache, write splits.
+
+    stylepair-data inspect DATASET [--layout auto] [--on-error skip] [--modalities A,B]
+    stylepair-data phantoms OUT --patients 20 --seed 0 --shape 64 64 24 --layout msd
+    stylepair-data cache DATASET [--config phantom] [--resolution 64] [--cache-dir DIR]
+    stylepair-data splits DATASET --out splits.json [--folds 5] [--seed 12345] [--test-fraction 0.2]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from training.data.cache import open_slice_cache
+from training.data.errors import DataError
+from training.data.loader import LAYOUTS, load_dataset
+from training.data.phantoms import write_phantom_dataset
+from training.data.preprocess import load_preprocess_config
+from training.data.records import Dataset
+from training.data.splits import make_splits
+from training.data.summary import summarize
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser, on_error: str) -> None:
+    parser.add_argument("dataset", type=Path, help="dataset folder (MSD, nnU-Net v2 raw, or folder-per-patient)")
+    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto", help="force a layout (default: %(default)s)")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default=on_error,
+                        help="bad patients: fail, or skip them with a warning (default: %(default)s)")
+    parser.add_argument("--modalities", type=lambda s: [m for m in s.split(",") if m], default=None,
+                        help="comma-separated modality names/order (default: from dataset.json or discovered)")
+
+
+def _load(args: argparse.Namespace) -> tuple[Dataset, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = load_dataset(args.dataset, layout=args.layout, on_error=args.on_error, modalities=args.modalities)
+    skipped = {reason for _, reason in dataset.skipped}
+    other = [str(w.message) for w in caught if not any(reason in str(w.message) for reason in skipped)]
+    return dataset, other
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    dataset, problems = _load(args)
+    print(summarize(dataset, problems))
+    return 0
+
+
+def _phantoms(args: argparse.Namespace) -> int:
+    started = time.time()
+    out = write_phantom_dataset(args.out, n_patients=args.patients, shape=tuple(args.shape), seed=args.seed,
+                                layout=args.layout)
+    print(f"wrote {args.patients} phantom patients ({args.layout}, {'x'.join(map(str, args.shape))}) "
+          f"to {out} in {time.time() - started:.1f} s")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    dataset, problems = _load(args)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    preprocess = load_preprocess_config(args.config, resolution=args.resolution)
+    started = time.time()
+    cache = open_slice_cache(dataset, preprocess, cache_dir=args.cache_dir)
+    rows = cache.training_rows()
+    print(f"cache       {cache.path}")
+    print(f"slices      {len(cache)} from {len(cache.case_ids)} patients, {cache.resolution}x{cache.resolution}, "
+          f"{len(cache.modalities)} modalities, {cache.images.dtype}")
+    print(f"training    {len(rows)} slices after drop_end_slices={preprocess.drop_end_slices}, "
+          f"drop_empty_slices={preprocess.drop_empty_slices}, min_label_fraction={preprocess.min_label_fraction}")
+    print(f"time        {time.time() - started:.2f} s (built in {cache.index['build_seconds']:.2f} s)")
+    return 0
+
+
+def _splits(args: argparse.Namespace) -> int:
+    dataset, _ = _load(args)
+    splits = make_splits(dataset.case_ids, n_folds=args.folds, seed=args.seed, test_fraction=args.test_fraction)
+    splits.save(args.out)
+    print(f"wrote {args.out}: {len(splits.test)} test patients, {splits.n_folds} folds over "
+          f"{len(dataset.case_ids) - len(splits.test)} patients (seed {args.seed})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``stylepair-data`` (sub-commands inspect, phantoms, cache, splits)."""
+    parser = argparse.ArgumentParser(prog="stylepair-data", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="print what a dataset holds and every problem found",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_dataset_arguments(inspect, on_error="skip")
+    inspect.set_defaults(run=_inspect)
+    phantoms = commands.add_parser("phantoms", help="write a phantom-patient dataset",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    phantoms.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
+    phantoms.add_argument("--patients", type=int, default=20, help="number of patients")
+    phantoms.add_argument("--seed", type=int, default=0, help="population seed")
+    phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"), help="volume size")
+    phantoms.add_argument("--layout", choices=LAYOUTS, default="msd", help="layout to write")
+    phantoms.set_defaults(run=_phantoms)
+    cache = commands.add_parser("cache", help="build (or reuse) the slice cache of a dataset",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_dataset_arguments(cache, on_error="fail")
+    cache.add_argument("--config", default="phantom", help="preprocessing preset in configs/data/ or a YAML path")
+    cache.add_argument("--resolution", type=int, default=None, help="slice size (overrides the config)")
+    cache.add_argument("--cache-dir", type=Path, default=None,
+                       help="cache location (default: $STYLEPAIR_CACHE_DIR, DATASET/.stylepair_cache, ~/.cache/stylepair)")
+    cache.set_defaults(run=_cache)
+    splits = commands.add_parser("splits", help="write patient-level test + k-fold splits as JSON",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_dataset_arguments(splits, on_error="fail")
+    splits.add_argument("--out", type=Path, required=True, help="splits JSON to write")
+    splits.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
+    splits.add_argument("--seed", type=int, default=12345, help="split seed (nnU-Net's default)")
+    splits.add_argument("--test-fraction", type=float, default=0.2, help="fraction of patients held out for testing")
+    splits.set_defaults(run=_splits)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``stylepair-data``; returns the exit status (1 on a data error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"stylepair-data {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
