@@ -1,0 +1,171 @@
+"""Score table reading and the written report, end to end through the command line."""
+import csv
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from segmentation.cli_report import main
+from segmentation.score_table import (ScoreTableConfig, build_score_table, drop_incomplete_blocks,
+                                      load_score_table, parse_filter, read_csv_rows, summarize_by_dataset)
+from synthetic_scores import DATASETS, K_VALUES, N_FOLDS, SOURCES, write_synthetic_cases
+
+COLUMNS = ["dataset", "fold", "arm", "n_synthetic", "case", "class", "dice", "hd95"]
+
+
+def rows_of(records):
+    return [dict(zip(COLUMNS, map(str, record))) for record in records]
+
+
+def test_cells_are_means_over_cases_of_the_chosen_class_in_natural_order():
+    rows = rows_of([
+        ("a", 0, "real", 0, "c1", "foreground", 0.6, 3.0),
+        ("a", 0, "real", 0, "c2", "foreground", 0.8, 5.0),
+        ("a", 0, "real", 0, "c1", "tumour", 0.1, 9.0),
+        ("a", 0, "pair", 10, "c1", "foreground", 0.9, 1.0),
+        ("a", 0, "pair", 2, "c1", "foreground", 0.5, 2.0),
+    ])
+    table = build_score_table(COLUMNS, rows, ScoreTableConfig(block_columns=("dataset", "fold")))
+    assert table.condition_labels == ["pair +2", "pair +10", "real"]
+    np.testing.assert_allclose(table.scores, [[0.5, 0.9, 0.7]])
+    np.testing.assert_array_equal(table.n_values, [[1, 1, 2]])
+    assert table.higher_is_better
+    assert not build_score_table(COLUMNS, rows, ScoreTableConfig(metric="hd95")).higher_is_better
+    assert table.condition_index("real") == 2 and table.condition_index("pair,10") == 1
+
+
+def test_incomplete_blocks_are_dropped_and_counted():
+    records = []
+    for fold in range(4):
+        for arm, k in (("real", 0), ("pair", 10), ("noise", 10)):
+            if fold == 1 and arm == "pair":
+                continue  # unfinished run
+            records.append(("a", fold, arm, k, "c1", "foreground", 0.5 + 0.1 * fold, 1.0))
+    table = build_score_table(COLUMNS, rows_of(records), ScoreTableConfig())
+    assert np.isnan(table.scores).sum() == 1
+    complete = drop_incomplete_blocks(table)
+    assert len(complete.blocks) == 3
+    assert complete.dropped_blocks == ((("a", "1"), (("pair", "10"),)),)
+    assert not np.isnan(complete.scores).any()
+
+
+def test_too_few_complete_blocks_names_the_unfinished_condition():
+    records = [("a", fold, "real", 0, "c1", "foreground", 0.5, 1.0) for fold in range(3)]
+    records += [("a", 0, "pair", 10, "c1", "foreground", 0.5, 1.0)]
+    table = build_score_table(COLUMNS, rows_of(records), ScoreTableConfig(), source="x.csv")
+    with pytest.raises(ValueError, match=r"x.csv: only 1 of 3 blocks.*pair \+10: 1"):
+        drop_incomplete_blocks(table)
+
+
+def test_nan_metric_values_are_left_out_and_counted():
+    rows = rows_of([("a", 0, "real", 0, "c1", "foreground", 0.6, "nan"),
+                    ("a", 0, "real", 0, "c2", "foreground", 0.8, 4.0)])
+    table = build_score_table(COLUMNS, rows, ScoreTableConfig(metric="hd95"))
+    assert table.scores[0, 0] == 4.0 and table.n_missing_values == 1
+
+
+def test_bad_tables_give_clear_errors(tmp_path):
+    rows = rows_of([("a", 0, "real", 0, "c1", "foreground", "oops", 1.0)])
+    with pytest.raises(ValueError, match=r"f.csv, line 2: dice = 'oops' is not a number"):
+        build_score_table(COLUMNS, rows, ScoreTableConfig(), source="f.csv")
+    with pytest.raises(ValueError, match="missing column.*fold"):
+        build_score_table([c for c in COLUMNS if c != "fold"], rows, ScoreTableConfig(), source="f.csv")
+    # the same case twice in one cell: something else (here n_real) varies and would be averaged
+    duplicated = rows_of([("a", 0, "real", 0, "c1", "foreground", 0.5, 1.0)] * 2)
+    with pytest.raises(ValueError, match="lines 2 and 3: two rows"):
+        build_score_table(COLUMNS, duplicated, ScoreTableConfig(), source="f.csv")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("dataset,fold,dice\na,0\n")
+    with pytest.raises(ValueError, match="ragged.csv, line 2: fewer fields"):
+        read_csv_rows(ragged)
+    with pytest.raises(FileNotFoundError, match="without cases.csv"):
+        load_score_table(tmp_path, ScoreTableConfig())
+    with pytest.raises(ValueError, match="COLUMN=VALUE"):
+        parse_filter("arm")
+
+
+def test_filters_and_per_dataset_summary(tmp_path):
+    path = write_synthetic_cases(tmp_path / "cases.csv")
+    config = ScoreTableConfig(filters=(parse_filter("arm!=noise"), parse_filter("dataset=brats")))
+    table = load_score_table(tmp_path, config)
+    assert len(table.blocks) == N_FOLDS and len(table.conditions) == 1 + (len(SOURCES) - 1) * len(K_VALUES)
+    (summary,) = summarize_by_dataset(table)
+    expected = table.scores.std(axis=0, ddof=1) / np.sqrt(N_FOLDS)
+    np.testing.assert_allclose(summary.standard_error, expected)
+    assert path.exists()
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_end_to_end_report_recovers_the_planted_effect(tmp_path):
+    results = tmp_path / "results"
+    write_synthetic_cases(results / "cases.csv", drop_runs=(("pelvis", 2, "pair", 50), ("brats", 0, "noise", 10)))
+    out = tmp_path / "report"
+    assert main([str(results), "--out", str(out), "--pairwise-wilcoxon"]) == 0
+    for name in ("report.md", "report.tex", "ranks.csv", "pvalues.csv", "cd_diagram.png", "cd_diagram.pdf",
+                 "score_vs_k.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob(".*.tmp"))
+
+    k = 1 + len(SOURCES) * len(K_VALUES)
+    ranks = read_csv(out / "ranks.csv")
+    assert len(ranks) == k
+    mean_ranks = np.array([float(r["mean_rank"]) for r in ranks])
+    assert mean_ranks.sum() == pytest.approx(k * (k + 1) / 2)
+    assert np.all(np.diff(mean_ranks) >= 0)  # best first
+    verdict = {r["condition"]: r["vs_baseline"] for r in ranks}
+    assert verdict["pair +50"] == "+" and verdict["noise +200"] == "-"
+    assert all(verdict[f"mask-only +{n}"] == "0" for n in K_VALUES)
+    assert {f"mean[{d}]" for d in DATASETS} <= set(ranks[0])
+
+    pvalues = read_csv(out / "pvalues.csv")
+    tests = [r["test"] for r in pvalues]
+    assert tests.count("nemenyi") == k * (k - 1) // 2
+    assert tests.count("wilcoxon_pairwise_holm") == k * (k - 1) // 2
+    assert tests.count("holm") == tests.count("bonferroni_dunn") == k - 1
+    assert all(0.0 <= float(r["p"]) <= float(r["p_adjusted"]) + 1e-15 <= 1.0 + 1e-15 for r in pvalues)
+
+    report = (out / "report.md").read_text()
+    assert "2 of 18 blocks were dropped" in report
+    assert "Adding 50 synthetic patients from the pair generator ranked best" in report
+    assert "significantly worse than real-only" in report
+    assert "![Critical-difference diagram](cd_diagram.png)" in report
+    tex = (out / "report.tex").read_text()
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 1
+    assert tex.count("\\\\") == k + 1  # header + one row per condition
+    for figure in ("cd_diagram.png", "score_vs_k.png"):
+        image = matplotlib.image.imread(out / figure)
+        assert image.ndim == 3 and min(image.shape[:2]) > 300
+
+
+def test_lower_is_better_metric_from_a_tidy_csv_with_two_conditions(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "scores.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["site", "seed", "method", "error"])
+        for site in range(10):
+            base = rng.uniform(1, 2)
+            writer.writerow([site, 0, "old", f"{base + 0.5:.4f}"])
+            writer.writerow([site, 0, "new", f"{base + rng.normal(0, 0.05):.4f}"])
+    assert main([str(path), "--block", "site,seed", "--condition", "method", "--metric", "error",
+                 "--class", "all", "--baseline", "old"]) == 0
+    out = tmp_path / "scores_report"
+    report = (out / "report.md").read_text()
+    assert "Wilcoxon signed-rank" in report and "lower is better" in report
+    assert "New ranked best (mean rank 1.00), significantly better than old" in report
+    assert not (out / "score_vs_k.png").exists()  # no k column among the conditions
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "no such results directory" in capsys.readouterr().err
+    write_synthetic_cases(tmp_path / "cases.csv")
+    assert main([str(tmp_path), "--baseline", "nothing", "--no-plots"]) == 2
+    assert "no condition called 'nothing'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--alpha", "2"])
