@@ -48,17 +48,19 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
     columns = slices_per_case * (M + 1)
     colours = colormaps["tab10"].colors
     label_cmap = ListedColormap([colours[i % len(colours)] for i in range(len(label_values))])
-    value_to_index = {int(v): i for i, v in enumerate(label_values)}
-    figure = Figure(figsize=(1.25 * columns, 1.3 * len(cases) + 0.8), dpi=100)
+    values = np.asarray(label_values)
+    height = 1.3 * len(cases) + 0.5
+    figure = Figure(figsize=(1.25 * columns, height), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(cases), columns, squeeze=False)
     for row, (group, case) in enumerate(cases):
         assert case.images.shape[0] == M and case.images.shape[1:] == case.labels.shape
         depth = case.labels.shape[2]
         windows = [np.percentile(case.images[m], [1, 99]) for m in range(M)]
-        indices = np.vectorize(lambda v: value_to_index.get(int(v), 0))(case.labels)
+        indices = np.searchsorted(values, case.labels).clip(0, len(values) - 1)  # value -> colour index
+        indices[values[indices] != case.labels] = 0  # values outside the label list are not drawn
         for s in range(slices_per_case):
-            k = min(depth - 1, int(round((s + 1) * depth / (slices_per_case + 1))))
+            k = min(depth - 1, (s + 1) * depth // (slices_per_case + 1))
             for m in range(M + 1):
                 ax = axes[row, s * (M + 1) + m]
                 ax.set_xticks([])
@@ -79,7 +81,7 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
     handles = [Patch(color=colours[i % len(colours)], label=f"{value}: {name}")
                for i, (value, name) in enumerate(zip(label_values, label_names)) if i > 0]
     figure.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.5 / (1.3 * len(cases) + 0.8), 1, 1))
+    figure.tight_layout(rect=(0, 0.3 / height, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(Path(path), buffer.getvalue())
