@@ -65,7 +65,8 @@ def _load(path: Path, case_id: str) -> nib.Nifti1Image:
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise PatientError(case_id, path, f"truncated or corrupt gzip file ({exc})") from exc
     except Exception as exc:  # nibabel raises many types for non-NIfTI content
-        raise PatientError(case_id, path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        reason = str(exc).replace(f"File {path}", "the file").replace(f'"{path}"', "the file").replace(str(path), "the file")
+        raise PatientError(case_id, path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise PatientError(case_id, path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
     return img
