@@ -103,7 +103,8 @@ def cd_diagram(labels: list[str], mean_rank: np.ndarray, pvalues: np.ndarray, cd
 
     # Horizontal layout in inches: labels take the margins, the rank axis the middle.
     label_inches = max(len(t) for t in texts) * style.char_width * style.font_size / 72.0 + 0.35
-    axis_inches = max(style.width - 2 * label_inches, 3.0)
+    # about a third of an inch per rank, within what the labels leave of the width, at least 3 inches
+    axis_inches = max(min(style.width - 2 * label_inches, 0.35 * k), 3.0)
     width = axis_inches + 2 * label_inches
     lowest, highest = 1.0, float(max(k, 2))
     per_inch = (highest - lowest) / axis_inches  # rank units per inch
@@ -142,7 +143,7 @@ def cd_diagram(labels: list[str], mean_rank: np.ndarray, pvalues: np.ndarray, cd
     ax.text(lowest + cd / 2, cd_y - 0.08, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=style.font_size)
 
     # Bars joining conditions that are not significantly different.
-    overhang = 0.06 * per_inch * 2
+    overhang = 0.05 * per_inch  # bars reach a little past their end conditions
     for (first, last), row in zip(groups, bar_rows):
         y = axis_y + 0.25 + row * style.group_row_height
         ax.plot([mean_sorted[first] - overhang, mean_sorted[last] + overhang], [y, y],

@@ -84,10 +84,7 @@ def write_report(table: ScoreTable, comparison: Comparison, baseline: int, out_d
     """Write report.md, report.tex, ranks.csv, pvalues.csv (and the figures) for a complete table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overall = summarize_by_dataset(table, dataset_column=None)[0]
-    context = _Context(table=table, comparison=comparison, baseline=baseline, labels=table.condition_labels,
-                       summaries=summarize_by_dataset(table, config.dataset_column), overall=overall,
-                       verdict=comparison.significant_vs_control(), config=config)
+    context = _make_context(table, comparison, baseline, config)
     cd_png = cd_pdf = score_png = None
     if config.plots:
         cd_png, cd_pdf = _draw_cd_diagram(context, out_dir)
@@ -99,6 +96,16 @@ def write_report(table: ScoreTable, comparison: Comparison, baseline: int, out_d
     latex = _atomic_write(out_dir / "report.tex", _latex(context))
     return ReportFiles(markdown=markdown, latex=latex, ranks_csv=ranks_csv, pvalues_csv=pvalues_csv,
                        cd_png=cd_png, cd_pdf=cd_pdf, score_vs_k_png=score_png)
+
+
+def _make_context(table: ScoreTable, comparison: Comparison, baseline: int, config: ReportConfig) -> _Context:
+    if comparison.ranks.shape != table.scores.shape:
+        raise ValueError(f"comparison of shape {comparison.ranks.shape} does not belong to a table of "
+                         f"shape {table.scores.shape}")
+    return _Context(table=table, comparison=comparison, baseline=baseline, labels=table.condition_labels,
+                    summaries=summarize_by_dataset(table, config.dataset_column),
+                    overall=summarize_by_dataset(table, dataset_column=None)[0],
+                    verdict=comparison.significant_vs_control(), config=config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,9 +156,20 @@ def _claim(context: _Context, j: int, verdict: int, lead: str, joiner: str = ", 
     return f"{lead}{joiner}{relation}: {evidence}."
 
 
-def findings(context: _Context) -> list[str]:
-    """One plain-language sentence per finding: omnibus test, best and worst condition, every
-    condition significantly different from the baseline, the Nemenyi pair count, dropped blocks."""
+def findings(table: ScoreTable, comparison: Comparison, baseline: int) -> list[str]:
+    """One plain-language sentence per finding: dropped blocks, the omnibus test, the best and the
+    worst condition and every condition significantly different from the baseline (each against
+    the baseline, with rank difference, CD and Holm p), and the number of Nemenyi-significant pairs.
+
+    Args:
+        table: the complete score table the comparison was computed on.
+        comparison: compare_conditions(table.scores, control=baseline, ...).
+        baseline: column index of the baseline condition.
+    """
+    return _findings(_make_context(table, comparison, baseline, ReportConfig(alpha=comparison.alpha)))
+
+
+def _findings(context: _Context) -> list[str]:
     table, comparison = context.table, context.comparison
     k, n_blocks = len(table.conditions), len(table.blocks)
     sentences = []
@@ -203,7 +221,7 @@ def findings(context: _Context) -> list[str]:
 
 def _draw_cd_diagram(context: _Context, out_dir: Path) -> tuple[Path, Path]:
     comparison = context.comparison
-    title = (f"{context.table.metric}: mean ranks over {len(context.table.blocks)} blocks "
+    title = (f"{_metric_label(context.table)}: mean ranks over {len(context.table.blocks)} blocks "
              f"(Nemenyi, α = {comparison.alpha:g})")
     figure = plots.cd_diagram(context.labels, comparison.mean_rank, comparison.nemenyi_p, comparison.cd_nemenyi,
                               comparison.alpha, title=title, highlight=context.baseline)
@@ -298,7 +316,7 @@ def _markdown(context: _Context, figures: dict[str, Path | None]) -> str:
     table, comparison = context.table, context.comparison
     lines = [f"# Comparison report: {_metric_label(table)}", ""]
     lines += _markdown_setup(context)
-    lines += ["## Findings", ""] + [f"- {s}" for s in findings(context)] + [""]
+    lines += ["## Findings", ""] + [f"- {s}" for s in _findings(context)] + [""]
     lines += _markdown_tests(context)
     if figures["cd"] is not None:
         lines += ["![Critical-difference diagram](cd_diagram.png)", ""]

@@ -184,7 +184,7 @@ def resolve_scores_csv(path: str | Path) -> Path:
 def read_csv_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """Read a CSV with a header row -> (column names, rows as dicts of stripped strings)."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:
             raise ValueError(f"{path}: empty file, expected a CSV header row")
@@ -347,8 +347,9 @@ def summarize_by_dataset(table: ScoreTable, dataset_column: str | None = "datase
     for name, rows in groups:
         columns = [col[~np.isnan(col)] for col in table.scores[rows].T]
         mean = np.array([col.mean() if col.size else np.nan for col in columns])
-        standard_error = np.array([col.std(ddof=1) / np.sqrt(col.size) if col.size > 1 else np.nan
-                                   for col in columns])
+        with np.errstate(invalid="ignore"):  # an infinite score (HD95 of an empty mask) has no s.e.
+            standard_error = np.array([col.std(ddof=1) / np.sqrt(col.size) if col.size > 1 else np.nan
+                                       for col in columns])
         summaries.append(DatasetSummary(dataset=name, n_blocks=len(rows), mean=mean,
                                         standard_error=standard_error))
     return summaries

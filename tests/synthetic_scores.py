@@ -30,24 +30,26 @@ def planted_effect(source: str, k: int) -> float:
     return 0.0
 
 
-def write_synthetic_cases(path: Path, seed: int = 0, drop_runs: tuple[tuple[str, int, str, int], ...] = ()) -> Path:
-    """Write a cases.csv (the study contract's columns) with the planted effect.
+def write_synthetic_cases(path: Path, seed: int = 0, drop_runs: tuple[tuple[str, int, str, int], ...] = (),
+                          effect_scale: float = 1.0, datasets: tuple[str, ...] = DATASETS) -> Path:
+    """Write a cases.csv (the study contract's columns) with the planted effect times `effect_scale`
+    (0: every condition equals the baseline).
 
     drop_runs: (dataset, fold, arm, n_synthetic) runs left out, as if unfinished.
     """
     rng = np.random.default_rng(seed)
     conditions = [("real", 0)] + [(s, k) for s in SOURCES for k in K_VALUES]
     rows = []
-    for d, dataset in enumerate(DATASETS):
+    for d, dataset in enumerate(datasets):
         for fold in range(N_FOLDS):
-            fold_level = 0.70 + 0.05 * d + rng.normal(0.0, 0.03)
+            fold_level = 0.70 + 0.05 * (d % 3) + rng.normal(0.0, 0.03)
             case_level = rng.normal(0.0, 0.05, size=CASES_PER_FOLD)
             for arm, k in conditions:
                 if (dataset, fold, arm, k) in drop_runs:
                     continue
                 run_id = f"{dataset}-f{fold}-{arm}-{k}"
                 for c in range(CASES_PER_FOLD):
-                    dice = fold_level + case_level[c] + planted_effect(arm, k) + rng.normal(0.0, 0.012)
+                    dice = fold_level + case_level[c] + effect_scale * planted_effect(arm, k) + rng.normal(0.0, 0.012)
                     dice = float(np.clip(dice, 0.0, 1.0))
                     hd95 = float(max(0.5, 30.0 * (1.0 - dice) + rng.normal(0.0, 0.5)))
                     for label, scale in (("foreground", 1.0), ("tumour", 0.9)):

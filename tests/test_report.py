@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from segmentation.cli_report import main
+from segmentation.report import findings
 from segmentation.score_table import (ScoreTableConfig, build_score_table, drop_incomplete_blocks,
                                       load_score_table, parse_filter, read_csv_rows, summarize_by_dataset)
+from segmentation.stats import compare_conditions
 from synthetic_scores import DATASETS, K_VALUES, N_FOLDS, SOURCES, write_synthetic_cases
 
 COLUMNS = ["dataset", "fold", "arm", "n_synthetic", "case", "class", "dice", "hd95"]
@@ -169,3 +171,27 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert "no condition called 'nothing'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--alpha", "2"])
+
+
+def test_findings_sentence_for_a_best_condition_that_is_not_significant(tmp_path):
+    write_synthetic_cases(tmp_path / "cases.csv", effect_scale=0.0)
+    table = drop_incomplete_blocks(load_score_table(tmp_path, ScoreTableConfig()))
+    baseline = table.condition_index("real")
+    comparison = compare_conditions(table.scores, control=baseline)
+    sentences = findings(table, comparison, baseline)
+    assert "show no significant difference" in sentences[0]
+    best = int(np.argmin(comparison.mean_rank))
+    source, n = table.conditions[best]
+    assert sentences[1].startswith(f"Adding {n} synthetic patients from the {source} generator ranked best (mean rank ")
+    assert (f"but not significantly better than real-only: rank difference = "
+            f"{comparison.control.rank_difference[best]:+.2f}, CD = 7.88 (Bonferroni–Dunn)") in sentences[1]
+    assert not comparison.significant_vs_control().any()
+
+
+def test_infinite_distances_rank_last_for_lower_is_better():
+    rows = rows_of([(f"d{b}", 0, arm, k, "c1", "foreground", 0.5, value)
+                    for b in range(4) for arm, k, value in (("real", 0, 5.0), ("pair", 10, 2.0), ("noise", 10, "inf"))])
+    table = drop_incomplete_blocks(build_score_table(COLUMNS, rows, ScoreTableConfig(metric="hd95")))
+    comparison = compare_conditions(table.scores, control=table.condition_index("real"), higher_is_better=False)
+    ranks = dict(zip(table.condition_labels, comparison.mean_rank))
+    assert ranks == {"noise +10": 3.0, "pair +10": 1.0, "real": 2.0}
