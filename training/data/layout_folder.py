@@ -65,10 +65,14 @@ def _declared(root: Path) -> tuple[list[str] | None, list[int] | None, list[str]
 def scan_folder(root: Path, modalities: list[str] | None = None) -> LayoutScan:
     """One case per patient folder; every patient must hold every modality and one label file."""
     folders = patient_folders(root)
+    reserved = [f.name for f in folders if f.name in ("imagesTr", "labelsTr", "imagesTs")]
+    if reserved:
+        raise DatasetError(root, f"has {reserved[0]}/: an MSD or nnU-Net v2 dataset, not folder-per-patient")
     if not folders:
         raise DatasetError(root, "no patient folders holding NIfTI files (folder-per-patient layout)")
     check_unique_case_ids([f.name for f in folders], root)
     declared_modalities, label_values, label_names, extra_files = _declared(root)
+    chosen_by_caller = modalities is not None
     scanned = {folder: _scan_patient(folder) for folder in folders}
     if modalities is None:
         modalities = declared_modalities
@@ -90,7 +94,7 @@ def scan_folder(root: Path, modalities: list[str] | None = None) -> LayoutScan:
         elif case.problem is None and len(labels) > 1:
             case.problem = PatientError(folder.name, labels[1], f"more than one label file ({[p.name for p in labels]})")
         extra = sorted(set(roles) - set(modalities))
-        if extra:
+        if extra and not chosen_by_caller:
             warnings.warn(f"{folder}: ignoring file(s) of undeclared modalities {extra}", DataWarning, stacklevel=2)
         cases.append(case)
     return LayoutScan(root.name, "folder", list(modalities), label_values, label_names, cases, extra_files)

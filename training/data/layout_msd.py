@@ -38,7 +38,8 @@ def scan_msd(root: Path) -> LayoutScan:
         image = _resolve(root, entry.get("image"), json_path, index, "image")
         label = _resolve(root, entry.get("label"), json_path, index, "label")
         channels: list[int | None] = list(range(len(modalities))) if len(modalities) > 1 else [None]
-        cases.append(CaseFiles(strip_nifti_ending(image.name), [image] * len(modalities), channels, label))
+        cases.append(CaseFiles(strip_nifti_ending(image.name), [image] * len(modalities), channels, label,
+                               file_channels=len(modalities)))
     check_unique_case_ids([c.case_id for c in cases], json_path)
     cases.sort(key=lambda c: c.case_id)
     return LayoutScan(str(meta.get("name", root.name)), "msd", modalities, label_values, label_names,

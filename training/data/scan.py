@@ -20,13 +20,15 @@ DATASET_JSON = "dataset.json"
 @dataclass
 class CaseFiles:
     """Files of one case: image_files[m] holds modality m (channel image_channels[m] of a 4D file,
-    or None for a 3D file); label_file is the segmentation."""
+    or None for a 3D file); label_file is the segmentation; file_channels: channels every image
+    file must hold (1 = 3D files)."""
 
     case_id: str
     image_files: list[Path]
     image_channels: list[int | None]
     label_file: Path | None
     problem: PatientError | None = None
+    file_channels: int = 1
 
 
 @dataclass

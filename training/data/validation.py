@@ -38,11 +38,9 @@ def build_patient(case: CaseFiles, modalities: list[str]) -> Patient:
     headers: dict = {}
     for path in dict.fromkeys(case.image_files):
         headers[path] = read_header(path, case.case_id)
-    for path, channel in zip(case.image_files, case.image_channels):
-        header = headers[path]
-        expected = len(modalities) if channel is not None else 1
-        if header.n_channels != expected:
-            what = f"{expected} modalities along the 4th axis" if channel is not None else "a 3D volume"
+    for path, header in headers.items():
+        if header.n_channels != case.file_channels:
+            what = f"{case.file_channels} modalities along the 4th axis" if case.file_channels > 1 else "a 3D volume"
             raise PatientError(case.case_id, path, f"expected {what}, found {header.n_channels} channel(s)")
     reference = headers[case.image_files[0]]
     label = read_header(case.label_file, case.case_id)

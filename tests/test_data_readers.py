@@ -1,0 +1,97 @@
+"""The three layouts read the same patients identically; detection, forcing, modality selection."""
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, detect_layout, load_dataset, write_phantom_dataset
+from training.data.phantoms import generate_phantom_patient
+
+SHAPE = (16, 20, 8)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    return {layout: write_phantom_dataset(root / layout, n_patients=3, shape=SHAPE, seed=3, layout=layout)
+            for layout in ("msd", "nnunet", "folder")}
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunet", "folder"])
+def test_layouts_read_back_the_written_patients(datasets, layout):
+    assert detect_layout(datasets[layout]) == layout
+    dataset = load_dataset(datasets[layout])
+    assert dataset.layout == layout
+    assert dataset.modalities == list(PHANTOM_MODALITIES)
+    assert dataset.label_values == list(range(len(PHANTOM_LABELS)))
+    assert dataset.label_names == list(PHANTOM_LABELS)
+    assert dataset.case_ids == ["phantom_000", "phantom_001", "phantom_002"]
+    expected = generate_phantom_patient(3, 1, SHAPE)
+    patient = dataset.patient("phantom_001")
+    assert patient.shape == SHAPE
+    np.testing.assert_allclose(patient.affine, expected.affine)
+    np.testing.assert_allclose(patient.spacing, np.diag(expected.affine)[:3])
+    np.testing.assert_array_equal(patient.load_images(), expected.images)
+    np.testing.assert_array_equal(patient.load_label(), expected.label)
+    counts = np.bincount(expected.label.ravel(), minlength=len(PHANTOM_LABELS))
+    assert patient.stats.label_voxels == {v: int(c) for v, c in enumerate(counts) if c}
+
+
+def test_forced_layout_and_mismatch(datasets):
+    assert load_dataset(datasets["nnunet"], layout="nnunet").layout == "nnunet"
+    with pytest.raises(Exception, match="needs a 'modality' mapping"):
+        load_dataset(datasets["nnunet"], layout="msd")
+    with pytest.raises(Exception, match="an MSD or nnU-Net v2 dataset, not folder-per-patient"):
+        load_dataset(datasets["msd"], layout="folder")
+
+
+def test_modality_subset_and_order(datasets):
+    for layout in ("msd", "nnunet", "folder"):
+        dataset = load_dataset(datasets[layout], modalities=["FLAIR", "T1"])
+        images = dataset.patients[0].load_images()
+        full = generate_phantom_patient(3, 0, SHAPE).images
+        assert dataset.modalities == ["FLAIR", "T1"]
+        np.testing.assert_array_equal(images, full[[3, 0]])
+    with pytest.raises(Exception, match=r"modalities \['PD'\] not in the dataset"):
+        load_dataset(datasets["msd"], modalities=["PD"])
+
+
+def test_folder_layout_discovers_modalities_and_labels(tmp_path, datasets):
+    root = tmp_path / "brats_like"
+    shutil.copytree(datasets["folder"], root)
+    (root / "dataset.json").unlink()
+    for patient in sorted(p for p in root.iterdir()):
+        (patient / f"{patient.name}_seg.nii.gz").rename(patient / f"{patient.name}_Seg.nii.gz")
+    # BraTS-style label values with a gap (0, 1, 2, 4) are discovered from the files.
+    path = root / "phantom_000" / "phantom_000_Seg.nii.gz"
+    img = nib.load(str(path))
+    label = np.asarray(img.dataobj).copy()
+    label[label == 5] = 4
+    label[0, 0, 0] = 9
+    nib.save(nib.Nifti1Image(label, img.affine), str(path))
+    dataset = load_dataset(root)
+    assert dataset.layout == "folder"
+    assert dataset.modalities == sorted(PHANTOM_MODALITIES)
+    assert 9 in dataset.label_values and dataset.label_values == sorted(dataset.label_values)
+    assert dataset.label_names[0] == "background" and dataset.label_names[dataset.label_values.index(9)] == "label_9"
+
+
+def test_folder_layout_ignores_undeclared_extra_modality(tmp_path, datasets):
+    root = tmp_path / "extra"
+    shutil.copytree(datasets["folder"], root)
+    shutil.copy(root / "phantom_000" / "phantom_000_T1.nii.gz", root / "phantom_000" / "phantom_000_PD.nii.gz")
+    with pytest.warns(UserWarning, match=r"ignoring file\(s\) of undeclared modalities \['PD'\]"):
+        dataset = load_dataset(root)
+    assert "PD" not in dataset.modalities and len(dataset.patients) == 3
+
+
+def test_dataset_fingerprint_follows_files(tmp_path, datasets):
+    root = tmp_path / "copy"
+    shutil.copytree(datasets["nnunet"], root)
+    first = load_dataset(root, check_voxels=False).fingerprint()
+    assert load_dataset(root, check_voxels=False).fingerprint() == first
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(meta, indent=4))
+    assert load_dataset(root, check_voxels=False).fingerprint() != first
