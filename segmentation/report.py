@@ -195,7 +195,8 @@ def _findings(context: _Context) -> list[str]:
         sentences.append(f"{describe_condition(table, best, context.baseline)} ranked best "
                          f"(mean rank {comparison.mean_rank[best]:.2f}): no synthetic condition improved on it.")
     else:
-        lead = f"{describe_condition(table, best, context.baseline)} ranked best (mean rank {comparison.mean_rank[best]:.2f})"
+        lead = (f"{describe_condition(table, best, context.baseline)} ranked best "
+                f"(mean rank {comparison.mean_rank[best]:.2f})")
         sentences.append(_claim(context, best, int(context.verdict[best]), lead))
         mentioned.add(best)
     for j in order:
@@ -204,7 +205,8 @@ def _findings(context: _Context) -> list[str]:
             sentences.append(_claim(context, j, int(context.verdict[j]), lead, joiner=" "))
             mentioned.add(j)
     if worst not in mentioned:
-        lead = f"{describe_condition(table, worst, context.baseline)} ranked worst (mean rank {comparison.mean_rank[worst]:.2f})"
+        lead = (f"{describe_condition(table, worst, context.baseline)} ranked worst "
+                f"(mean rank {comparison.mean_rank[worst]:.2f})")
         sentences.append(_claim(context, worst, int(context.verdict[worst]), lead))
     if k >= 3:
         upper = np.triu_indices(k, 1)
@@ -293,7 +295,8 @@ def _pvalues_csv(context: _Context) -> str:
                      comparison.wilcoxon.p, comparison.wilcoxon.p])
     for i, j in zip(*np.triu_indices(k, 1)):
         difference = abs(comparison.mean_rank[i] - comparison.mean_rank[j])
-        rows.append(["nemenyi", labels[i], labels[j], difference, comparison.nemenyi_p[i, j], comparison.nemenyi_p[i, j]])
+        p = comparison.nemenyi_p[i, j]
+        rows.append(["nemenyi", labels[i], labels[j], difference, p, p])
     control = comparison.control
     for j in range(k):
         if j == context.baseline:
@@ -328,7 +331,8 @@ def _markdown(context: _Context, figures: dict[str, Path | None]) -> str:
         lines += ["![Score against number of synthetic patients](score_vs_k.png)", ""]
     if table.dropped_blocks:
         lines += ["## Dropped blocks (incomplete)", ""]
-        lines += [f"- {' / '.join(block)}: missing {', '.join(table.condition_labels[table.conditions.index(c)] for c in missing)}"
+        label_of = dict(zip(table.conditions, table.condition_labels))
+        lines += [f"- {' / '.join(block)}: missing {', '.join(label_of[c] for c in missing)}"
                   for block, missing in table.dropped_blocks] + [""]
     if comparison.pairwise_wilcoxon_p is not None:
         lines += _markdown_pairwise_wilcoxon(context)
@@ -376,8 +380,8 @@ def _markdown_tests(context: _Context) -> list[str]:
 
 def _markdown_rank_table(context: _Context) -> list[str]:
     comparison = context.comparison
-    header = ("| condition | mean rank | Δ rank vs baseline | Nemenyi p | Bonferroni–Dunn p | Holm p | vs baseline |\n"
-              "|---|---:|---:|---:|---:|---:|:---:|")
+    header = ("| condition | mean rank | Δ rank vs baseline | Nemenyi p | Bonferroni–Dunn p | Holm p "
+              "| vs baseline |\n|---|---:|---:|---:|---:|---:|:---:|")
     rows = [header]
     for j in np.argsort(comparison.mean_rank, kind="stable"):
         name = f"**{context.labels[j]}**" if j == context.baseline else context.labels[j]
@@ -441,17 +445,18 @@ def _latex(context: _Context) -> str:
                      f"Iman-Davenport F = {f.f:.4f} (df {f.df1}, {f.df2}; p = {f.p_f:.4g})")
     lines += ["\\begin{table}[t]", "\\centering", "\\small",
               "\\begin{tabular}{l r " + "r " * len(summaries) + "c}", "\\toprule",
-              "Condition & Mean rank & " + " & ".join(_tex_escape(s.dataset) for s in summaries) + " & vs.\\ baseline \\\\",
+              "Condition & Mean rank & " + " & ".join(_tex_escape(s.dataset) for s in summaries)
+              + " & vs.\\ baseline \\\\",
               "\\midrule"]
     for j in np.argsort(comparison.mean_rank, kind="stable"):
         name = _tex_escape(context.labels[j])
         name = f"\\textbf{{{name}}}" if j == context.baseline else name
-        cells = [f"${s.mean[j]:.3f}$" if np.isnan(s.standard_error[j]) else f"${s.mean[j]:.3f} \\pm {s.standard_error[j]:.3f}$"
-                 for s in summaries]
+        cells = [f"${s.mean[j]:.3f}$" if np.isnan(s.standard_error[j])
+                 else f"${s.mean[j]:.3f} \\pm {s.standard_error[j]:.3f}$" for s in summaries]
         verdict = "baseline" if j == context.baseline else symbol[int(context.verdict[j])]
         lines.append(f"{name} & ${comparison.mean_rank[j]:.2f}$ & " + " & ".join(cells) + f" & {verdict} \\\\")
-    omnibus = (f"Iman--Davenport $F = {comparison.friedman.f:.2f}$, $p = {comparison.friedman.p_f:.3g}$"
-               if comparison.friedman is not None else f"Wilcoxon $p = {comparison.wilcoxon.p:.3g}$")
+    omnibus = (f"Iman--Davenport $F = {comparison.friedman.f:.2f}$, $p {_p_equals(comparison.friedman.p_f)}$"
+               if comparison.friedman is not None else f"Wilcoxon $p {_p_equals(comparison.wilcoxon.p)}$")
     caption = (f"Mean {_tex_escape(table.metric)} $\\pm$ standard error over blocks and mean rank over "
                f"{len(table.blocks)} blocks ($k = {k}$). {omnibus}; Nemenyi CD $= {comparison.cd_nemenyi:.2f}$ "
                f"at $\\alpha = {comparison.alpha:g}$. $+$/$-$: significantly better/worse than the baseline (Holm).")

@@ -53,8 +53,9 @@ def write_synthetic_cases(path: Path, seed: int = 0, drop_runs: tuple[tuple[str,
                     dice = float(np.clip(dice, 0.0, 1.0))
                     hd95 = float(max(0.5, 30.0 * (1.0 - dice) + rng.normal(0.0, 0.5)))
                     for label, scale in (("foreground", 1.0), ("tumour", 0.9)):
+                        case = f"{dataset}_{fold:02d}{c:02d}"
                         rows.append([dataset, fold, 0, arm, "" if arm == "real" else arm, k, 20, run_id,
-                                     f"{dataset}_{fold:02d}{c:02d}", label, f"{dice * scale:.6f}", f"{hd95 / scale:.4f}"])
+                                     case, label, f"{dice * scale:.6f}", f"{hd95 / scale:.4f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
