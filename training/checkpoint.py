@@ -1,0 +1,473 @@
+"""Snapshots of a GAN training run: safetensors + JSON, checksummed, atomic, never pickled.
+
+A run directory holds one folder per snapshot, ``snapshot-NNNNNNNNN`` (images seen, 9 digits)::
+
+    G.safetensors  G_ema.safetensors  D.safetensors      weights and buffers
+    optim_G.safetensors optim_G.json (same for D)        Adam moments; param groups, step counts
+    rng.safetensors  rng.json                             torch / CUDA / numpy / python RNG states
+    progress.json                                         images seen, tick, ADA p, PL mean, ...
+    config.json  dataset.json  metrics.json               resolved config, data description
+    manifest.json                                         sha256 of every file above (written last)
+
+A snapshot is written into a hidden temporary folder next to its final place and renamed into
+place when complete, so a crash never leaves a half-written snapshot under a valid name.  On load
+the manifest checksums are verified; a snapshot that fails is skipped with a warning and the
+previous good one is used.  Only safetensors and JSON are ever read: files that are pickles (or
+``torch.save`` zip archives) are refused before any byte of them is interpreted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+SNAPSHOT_PREFIX = "snapshot-"
+SNAPSHOT_PATTERN = re.compile(r"^snapshot-(\d{9})$")
+MANIFEST = "manifest.json"
+FORMAT = "stylepair-snapshot"
+FORMAT_VERSION = 1
+# Files a generator-only export (what load_generator needs) keeps.
+GENERATOR_FILES = ("config.json", "dataset.json", "progress.json", "metrics.json")
+
+
+class CheckpointError(RuntimeError):
+    """A snapshot or run directory that cannot be used; the message names the path and problem."""
+
+
+class SnapshotWarning(UserWarning):
+    """A corrupted or partial snapshot was skipped."""
+
+
+# --------------------------------------------------------------------------------------------
+# low-level file I/O
+# --------------------------------------------------------------------------------------------
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _refuse_non_safetensors(path: Path) -> None:
+    """Raise unless ``path`` starts like a safetensors file (u64 header length, then '{')."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(f"{path}: is a pickle / torch.save archive; stylepair never loads "
+                              "pickles (they can execute code). Expected a safetensors file.")
+    if len(head) < 9 or head[8:9] != b"{":
+        raise CheckpointError(f"{path}: is not a safetensors file (bad header)")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, on the CPU; anything else is refused with CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing")
+    _refuse_non_safetensors(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from err
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write tensors as safetensors (contiguous CPU copies; shared storage is fine)."""
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+              str(path))
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path`` with a clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err})") from err
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON (non-atomic; callers write into a temporary folder)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder + os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer and RNG state <-> (tensors, JSON)
+# --------------------------------------------------------------------------------------------
+
+def optimizer_state_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split ``optimizer.state_dict()`` into safetensors-able tensors and a JSON document."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_files(tensors: dict[str, torch.Tensor], doc: dict) -> dict:
+    """Rebuild an optimizer ``state_dict`` from `optimizer_state_to_files` output."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for index, entry in doc.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = []
+    for group in doc["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dict, dict]:
+    """RNG states of torch (CPU, every CUDA device), numpy, python ``random`` and named generators.
+
+    Returns (tensors, json_doc) for ``rng.safetensors`` and ``rng.json``.
+    """
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{index}"] = state
+    for name, generator in (generators or {}).items():
+        tensors[f"generator.{name}"] = generator.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).view(np.int32).copy())
+    version, internal, gauss_next = random.getstate()
+    doc = {"numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
+                     "cached_gaussian": float(cached)},
+           "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
+    return tensors, doc
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor], doc: dict,
+                      generators: dict[str, torch.Generator] | None = None) -> None:
+    """Inverse of `capture_rng_state`; CUDA states are restored when CUDA is in use."""
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][:torch.cuda.device_count()])
+    for name, generator in (generators or {}).items():
+        key = f"generator.{name}"
+        if key not in tensors:
+            raise CheckpointError(f"rng state has no generator '{name}'")
+        generator.set_state(tensors[key])
+    np_doc = doc["numpy"]
+    keys = tensors["numpy.keys"].numpy().view(np.uint32)
+    np.random.set_state((np_doc["kind"], keys, np_doc["pos"], np_doc["has_gauss"],
+                         np_doc["cached_gaussian"]))
+    py = doc["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+
+
+# --------------------------------------------------------------------------------------------
+# snapshots
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SnapshotContent:
+    """What goes into one snapshot: named tensor files and named JSON documents."""
+
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    documents: dict[str, Any] = field(default_factory=dict)
+
+
+def snapshot_name(nimg: int) -> str:
+    """Folder name of the snapshot taken after ``nimg`` real images."""
+    return f"{SNAPSHOT_PREFIX}{int(nimg):09d}"
+
+
+def write_snapshot(run_dir: Path, nimg: int, content: SnapshotContent) -> Path:
+    """Write a snapshot atomically; returns its folder. An existing one of that name is replaced."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / snapshot_name(nimg)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=run_dir))
+    try:
+        files: dict[str, str] = {}
+        for name, tensors in content.tensors.items():
+            write_tensors(tmp / f"{name}.safetensors", tensors)
+            files[f"{name}.safetensors"] = sha256_of(tmp / f"{name}.safetensors")
+        for name, doc in content.documents.items():
+            write_json(tmp / f"{name}.json", doc)
+            files[f"{name}.json"] = sha256_of(tmp / f"{name}.json")
+        write_json(tmp / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, "nimg": int(nimg),
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "files": files})
+        if final.exists():
+            stale = run_dir / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def verify_snapshot(snapshot: Path) -> dict:
+    """The manifest of ``snapshot`` after checking every listed file's sha256; else CheckpointError."""
+    snapshot = Path(snapshot)
+    manifest = read_json(snapshot / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{snapshot / MANIFEST}: not a stylepair snapshot manifest")
+    for name, expected in manifest.get("files", {}).items():
+        path = snapshot / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in the manifest but missing (partial snapshot)")
+        if sha256_of(path) != expected:
+            raise CheckpointError(f"{path}: checksum mismatch (corrupted snapshot)")
+    return manifest
+
+
+def list_snapshots(run_dir: Path) -> list[Path]:
+    """Snapshot folders of a run, oldest first (temporary folders are ignored)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and SNAPSHOT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(SNAPSHOT_PATTERN.match(p.name).group(1)))
+
+
+def is_snapshot_dir(path: Path) -> bool:
+    """True if ``path`` looks like a snapshot folder (has a manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def latest_good_snapshot(path: Path) -> Path:
+    """The newest snapshot under a run dir (or ``path`` itself) whose checksums verify.
+
+    Corrupted or partial snapshots are skipped with a `SnapshotWarning`; CheckpointError if none
+    is usable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run or snapshot directory")
+    if path.is_file():
+        raise CheckpointError(f"{path}: expected a run directory or a snapshot directory, got a "
+                              "file (stylepair checkpoints are folders of safetensors + JSON; "
+                              "pickles are never loaded)")
+    candidates = [path] if is_snapshot_dir(path) else list_snapshots(path)[::-1]
+    if is_snapshot_dir(path) and SNAPSHOT_PATTERN.match(path.name):
+        # A snapshot inside a run: fall back to older siblings if it is damaged.
+        candidates += [p for p in list_snapshots(path.parent)[::-1]
+                       if int(SNAPSHOT_PATTERN.match(p.name).group(1))
+                       < int(SNAPSHOT_PATTERN.match(path.name).group(1))]
+    if not candidates:
+        raise CheckpointError(f"{path}: no snapshots found")
+    problems = []
+    for candidate in candidates:
+        try:
+            verify_snapshot(candidate)
+        except CheckpointError as err:
+            problems.append(str(err))
+            warnings.warn(f"skipping unusable snapshot {candidate}: {err}", SnapshotWarning,
+                          stacklevel=2)
+            continue
+        return candidate
+    raise CheckpointError(f"{path}: no usable snapshot:\n  " + "\n  ".join(problems))
+
+
+def read_snapshot(snapshot: Path, skip: Iterable[str] = ()) -> SnapshotContent:
+    """Every file of a verified snapshot (tensor files named in ``skip`` are not read)."""
+    snapshot = Path(snapshot)
+    manifest = verify_snapshot(snapshot)
+    content = SnapshotContent()
+    for name in manifest["files"]:
+        stem, suffix = name.rsplit(".", 1)
+        if stem in skip:
+            continue
+        if suffix == "safetensors":
+            content.tensors[stem] = read_tensors(snapshot / name)
+        elif suffix == "json":
+            content.documents[stem] = read_json(snapshot / name)
+    return content
+
+
+def prune_snapshots(run_dir: Path, keep_last: int, metric_key: str | None = None,
+                    lower_is_better: bool = True) -> list[Path]:
+    """Delete all but the newest ``keep_last`` snapshots and the best one by ``metric_key``.
+
+    The best is read from each snapshot's metrics.json.  Returns the deleted folders.
+    """
+    snapshots = list_snapshots(run_dir)
+    keep = set(snapshots[-keep_last:]) if keep_last > 0 else set()
+    if metric_key:
+        scored = []
+        for snap in snapshots:
+            try:
+                value = read_json(snap / "metrics.json").get(metric_key)
+            except CheckpointError:
+                continue
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                scored.append((value, snap))
+        if scored:
+            pick = min if lower_is_better else max
+            keep.add(pick(scored, key=lambda t: t[0])[1])
+    removed = []
+    for snap in snapshots:
+        if snap not in keep:
+            shutil.rmtree(snap, ignore_errors=True)
+            removed.append(snap)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# generators for the sampling stage
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class DatasetInfo:
+    """What a trained generator must know about its training data (dataset.json of a snapshot).
+
+    ``intensity`` holds, per modality, how [-1, 1] maps back to an intensity range; ``affine`` and
+    ``spacing`` are typical header values for written volumes; ``slices_per_patient`` lists the
+    number of (kept) slices of each training patient.
+    """
+
+    name: str = ""
+    root: str = ""
+    fingerprint: str = ""
+    modalities: list[str] = field(default_factory=list)
+    label_values: list[int] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)
+    resolution: int = 0
+    intensity: list[dict] = field(default_factory=list)
+    affine: list[list[float]] = field(default_factory=list)
+    spacing: list[float] = field(default_factory=list)
+    slices_per_patient: list[int] = field(default_factory=list)
+    case_ids: list[str] = field(default_factory=list)
+    num_slices: int = 0
+
+
+@dataclass
+class RunInfo:
+    """A trained generator's description, returned by `load_generator`."""
+
+    variant: str
+    network: Any                         # gan.NetworkConfig
+    cond: str
+    modalities: list[str]
+    label_values: list[int]
+    label_names: list[str]
+    resolution: int
+    intensity: list[dict]
+    affine: list[list[float]]
+    spacing: list[float]
+    slices_per_patient: list[int]
+    dataset_fingerprint: str
+    kimg: float
+    checkpoint: str                      # the weights file that was loaded
+    sha256: str
+    config: dict                         # the resolved training config
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def image_channels(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def label_channels(self) -> int:
+        return len(self.label_values)
+
+
+def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, RunInfo]:
+    """Build a trained generator from a run dir (its newest good snapshot) or a snapshot dir.
+
+    ``which`` is "G_ema" (what to sample from) or "G".  The module is returned in eval mode with
+    gradients off, on ``device``.  Only safetensors and JSON are read.
+    """
+    if which not in ("G_ema", "G"):
+        raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
+    snapshot = latest_good_snapshot(Path(path))
+    from gan import NetworkConfig, build_generator
+    from training.config import config_from_dict
+
+    manifest = read_json(snapshot / MANIFEST)
+    weights_name = f"{which}.safetensors"
+    if weights_name not in manifest["files"]:
+        raise CheckpointError(f"{snapshot}: has no {weights_name} (files: "
+                              f"{', '.join(sorted(manifest['files']))})")
+    config = read_json(snapshot / "config.json")
+    data = DatasetInfo(**read_json(snapshot / "dataset.json"))
+    progress = read_json(snapshot / "progress.json")
+    metrics = read_json(snapshot / "metrics.json") if "metrics.json" in manifest["files"] else {}
+    network = config_from_dict(config["network"], NetworkConfig, where=str(snapshot / "config.json"))
+    generator = build_generator(config["variant"], network, image_channels=len(data.modalities),
+                                label_channels=len(data.label_values))
+    state = read_tensors(snapshot / weights_name)
+    missing, unexpected = generator.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{snapshot / weights_name}: does not match the generator built from "
+                              f"config.json (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    generator.eval().requires_grad_(False).to(device)
+    info = RunInfo(variant=config["variant"], network=network, cond=config["cond"],
+                   modalities=data.modalities, label_values=data.label_values,
+                   label_names=data.label_names, resolution=data.resolution,
+                   intensity=data.intensity, affine=data.affine, spacing=data.spacing,
+                   slices_per_patient=data.slices_per_patient,
+                   dataset_fingerprint=data.fingerprint, kimg=progress["nimg"] / 1000.0,
+                   checkpoint=str(snapshot / weights_name),
+                   sha256=manifest["files"][weights_name], config=config, metrics=metrics)
+    return generator, info
+
+
+def export_generator(snapshot: str | Path, out_dir: str | Path, which: str = "G_ema") -> Path:
+    """Copy only what `load_generator` needs (one weights file + JSON) into ``out_dir``.
+
+    Used for the small committed models under ``checkpoints/tiny-*``; the copy is a verified
+    snapshot of its own (new manifest), written atomically.
+    """
+    snapshot = latest_good_snapshot(Path(snapshot))
+    manifest = read_json(snapshot / MANIFEST)
+    content = SnapshotContent()
+    content.tensors[which] = read_tensors(snapshot / f"{which}.safetensors")
+    for name in GENERATOR_FILES:
+        if name in manifest["files"]:
+            content.documents[name[:-5]] = read_json(snapshot / name)
+    return write_snapshot(Path(out_dir), manifest["nimg"], content)
+
+
+def dataset_info_to_dict(info: DatasetInfo) -> dict:
+    """JSON-able dict of a DatasetInfo."""
+    return asdict(info)
