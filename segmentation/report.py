@@ -3,7 +3,7 @@
 `make_report` takes a ScoreTable (possibly with missing cells), drops incomplete blocks, runs every
 test of `segmentation.stats` and writes the files. Each finding is also stated as one sentence in
 plain language, e.g. "adding 50 synthetic patients from the pair generator ranked best, but not
-significantly better than real-only: rank difference = -0.80, CD = 1.90 (Bonferroni–Dunn), Holm p = 0.41."
+significantly better than real-only: rank difference = -0.80, CD = 1.90 (Bonferroni–Dunn), Holm p = 0.410."
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from segmentation import plots
 from segmentation.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
-from segmentation.stats import Comparison, compare_conditions, nemenyi_q_alpha, bonferroni_dunn_q_alpha
+from segmentation.stats import Comparison, bonferroni_dunn_q_alpha, compare_conditions, nemenyi_q_alpha
 
 __all__ = ["ReportConfig", "ReportFiles", "describe_condition", "findings", "make_report", "write_report"]
 
