@@ -114,7 +114,7 @@ def cd_diagram(labels: list[str], mean_rank: np.ndarray, pvalues: np.ndarray, cd
     top = 0.35 + (0.3 if title else 0.0)
     cd_y = top + 0.15
     axis_y = cd_y + 0.45
-    bar_rows = _pack_rows(groups, mean_sorted, gap=0.15)
+    bar_rows = _pack_rows(groups, mean_sorted, gap=0.4 * per_inch)  # bars sharing a row stay apart
     n_bar_rows = max(bar_rows, default=-1) + 1
     first_label_y = axis_y + 0.25 + n_bar_rows * style.group_row_height + 0.1
     height = first_label_y + (n_left - 1) * style.row_height + 0.3
