@@ -385,6 +385,13 @@ class GanMetrics:
         if labels is not None and (labels.ndim != 3 or labels.dtype != torch.long):
             raise ValueError(f"GanMetrics: generated masks must be label indices [B, H, W] long, "
                              f"got {tuple(labels.shape)} {labels.dtype}")
+        size = (images if images is not None else labels).shape[-2:]
+        if tuple(size) != tuple(self.real_images.shape[2:]):
+            raise ValueError(f"GanMetrics: generated slices are {tuple(size)}, the real slices "
+                             f"{tuple(self.real_images.shape[2:])}")
+        if labels is not None and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"GanMetrics: generated label indices must lie in 0..{self.num_classes - 1}, "
+                             f"got {int(labels.min())}..{int(labels.max())}")
 
     def __call__(
         self, generate: Callable[[int, int], FakeBatch], num_gen: int | None = None
