@@ -41,12 +41,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from gan.inception import InceptionConfig
 
 MIN_IMAGE_SIZE = 16
 
@@ -166,7 +169,8 @@ class SliceTextureFeatures(nn.Module):
         config: :class:`SliceTextureConfig`.
 
     Forward: images ``[N, C, H, W]`` in [-1, 1] (H, W >= 16) -> features ``[N, feature_dim]`` float32.
-    Deterministic: the same images always give the same features (weights fixed by ``config.seed``).
+    Deterministic: the same images always give the same features (weights fixed by ``config.seed``;
+    bit-identical on CPU).
     """
 
     def __init__(self, in_channels: int, config: SliceTextureConfig | None = None):
@@ -255,7 +259,10 @@ class SliceTextureFeatures(nn.Module):
 
 
 def load_feature_extractor(
-    weights_path: str | Path | None = None, in_channels: int = 1, device: str | torch.device = "cpu"
+    weights_path: str | Path | None = None,
+    in_channels: int = 1,
+    device: str | torch.device = "cpu",
+    inception_config: "InceptionConfig | None" = None,
 ) -> nn.Module:
     """The feature extractor for FID/KID, in eval mode on ``device``.
 
@@ -264,15 +271,17 @@ def load_feature_extractor(
             with ``torch.load(weights_only=True)``; layout in :mod:`gan.inception`), or None for the
             offline default :class:`SliceTextureFeatures`.
         in_channels: C, the channels of the images it will see.
+        inception_config: how channels are fed to Inception-v3 (``gan.inception.InceptionConfig``:
+            block variant, channel reduction); ignored without ``weights_path``.
 
     Returns an ``nn.Module`` following :class:`FeatureExtractor`.
     """
     if weights_path is None:
         extractor: nn.Module = SliceTextureFeatures(in_channels)
     else:
-        from gan.inception import InceptionFeatures
+        from gan.inception import InceptionFeatures  # gan.inception imports this module
 
-        extractor = InceptionFeatures.from_weights_file(weights_path, in_channels=in_channels)
+        extractor = InceptionFeatures.from_weights_file(weights_path, in_channels, inception_config)
     return extractor.eval().to(device)
 
 

@@ -207,14 +207,12 @@ def validate_metrics(
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(KNOWN_METRICS)}")
     if inputs not in INPUT_KINDS:
         raise ValueError(f"metric inputs must be one of {list(INPUT_KINDS)}, got {inputs!r}")
-    needs_images = inputs in ("images", "pairs")
-    needs_labels = inputs in ("masks", "pairs")
-    if {"fid", "kid"} & set(names) and ((needs_images and not produces_images) or (needs_labels and not produces_labels)):
+    needed = {"images": ["images"], "masks": ["masks"], "pairs": ["images", "masks"]}[inputs]
+    produced = [kind for kind, yes in (("images", produces_images), ("masks", produces_labels)) if yes]
+    if {"fid", "kid"} & set(names) and not set(needed) <= set(produced):
         raise ValueError(
-            f"FID/KID on {inputs!r} need a generator producing "
-            f"{'images' if needs_images else ''}{' and ' if needs_images and needs_labels else ''}"
-            f"{'masks' if needs_labels else ''}; this one produces "
-            f"{'images' if produces_images else 'no images'} and {'masks' if produces_labels else 'no masks'}"
+            f"FID/KID on {inputs!r} need a generator producing {' and '.join(needed)}; this one "
+            f"produces {' and '.join(produced) or 'nothing'} (choose the metric inputs accordingly)"
         )
     if "consistency" in names and not (produces_images and produces_labels):
         raise ValueError(
@@ -222,7 +220,6 @@ def validate_metrics(
             "mask -> conditional pair pipeline)"
         )
     return names
-
 
 
 @dataclass
@@ -347,7 +344,7 @@ class GanMetrics:
         wants_consistency = "consistency" in self.metrics
         segmenter = self.segmenter if wants_consistency else None
         real_features = self.real_features if wants_features else None
-        features, dice, seen = [], DiceAccumulator(self.num_classes), 0
+        features, dice = [], DiceAccumulator(self.num_classes)
         with tqdm(total=total, desc=desc, unit="img", leave=False, disable=not sys.stderr.isatty()) as bar:
             for images, labels in batches:
                 self._check_batch(images, labels)
@@ -355,9 +352,7 @@ class GanMetrics:
                     features.append(self._features(images, labels))
                 if segmenter is not None:
                     dice.update(segmenter.predict(images.to(self.device, torch.float32)), labels.cpu())
-                count = len(images if images is not None else labels)
-                seen += count
-                bar.update(count)
+                bar.update(len(images if images is not None else labels))
         results: dict[str, float] = {}
         if wants_features:
             fake_features = np.concatenate(features)
@@ -422,10 +417,10 @@ class GanMetrics:
                     images, labels = generate(batch_index, size)
                 images = None if images is None else images[:size].detach().float()
                 labels = None if labels is None else labels[:size].detach()
-                yield images, labels
                 got = len(images if images is not None else labels)
                 if got == 0:
-                    raise ValueError("GanMetrics: generate() returned an empty batch")
+                    raise ValueError(f"GanMetrics: generate({batch_index}, {size}) returned an empty batch")
+                yield images, labels
                 produced, batch_index = produced + got, batch_index + 1
 
         return self._evaluate_batches(batches(), num_gen, "metrics")

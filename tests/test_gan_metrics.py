@@ -353,5 +353,5 @@ def test_validate_metrics_fails_early_with_clear_messages():
         validate_metrics("fid,is", True, True)
     with pytest.raises(ValueError, match="consistency metric needs a generator producing both"):
         validate_metrics("consistency", False, True, inputs="masks")
-    with pytest.raises(ValueError, match="FID/KID on 'images' need a generator producing images"):
+    with pytest.raises(ValueError, match="FID/KID on .images. need a generator producing images; this one produces masks"):
         validate_metrics("fid", False, True)
