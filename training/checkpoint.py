@@ -69,11 +69,13 @@ def _refuse_non_safetensors(path: Path) -> None:
     """Raise unless ``path`` starts like a safetensors file (u64 header length, then '{')."""
     with open(path, "rb") as handle:
         head = handle.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{path}: is a pickle / torch.save archive; stylepair never loads "
                               "pickles (they can execute code). Expected a safetensors file.")
-    if len(head) < 9 or head[8:9] != b"{":
-        raise CheckpointError(f"{path}: is not a safetensors file (bad header)")
+    raise CheckpointError(f"{path}: is not a safetensors file (bad header)")
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

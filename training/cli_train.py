@@ -1,0 +1,226 @@
+"""``train_gan.py`` / ``stylepair-train-gan``: train one generator variant on a dataset.
+
+    python train_gan.py --variant conditional --data DATASET --out checkpoints/RUN [--cfg tiny]
+    torchrun --nproc_per_node 4 train_gan.py ...            (multi-GPU / multi-node)
+    python train_gan.py --resume checkpoints/RUN --kimg 2000   (continue, exactly)
+
+Configuration precedence: built-in defaults < ``--cfg`` preset (or, when resuming without
+``--cfg``, the saved config) < ``--set KEY=VALUE`` < explicit flags; then the 'auto' rules fill
+what is still unset.  ``--dry-run`` prints the resolved config and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from training import checkpoint as ckpt
+from training.config import (AUGMENT_MODES, CONDITIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
+                             apply_override, config_from_dict, config_to_yaml, load_preset,
+                             parse_override, resolve_config)
+
+# (flag, config key, type, help) of the flags that set one config field.
+CONFIG_FLAGS = (
+    ("--variant", "variant", str, f"generator variant: {', '.join(VARIANTS)}"),
+    ("--data", "data", str, "dataset folder (MSD, nnU-Net v2 raw or folder-per-patient), or "
+                            "'phantoms' for the embedded phantom patients"),
+    ("--layout", "layout", str, "dataset layout: auto, msd, nnunet, folder"),
+    ("--cond", "cond", str, f"label conditioning: {', '.join(CONDITIONS)}"),
+    ("--resolution", "resolution", int, "slice resolution (power of two)"),
+    ("--drop-end-slices", "drop_end_slices", int, "slices dropped at each end of every stack"),
+    ("--batch", "batch", int, "global batch size (None: auto)"),
+    ("--batch-gpu", "batch_gpu", int, "micro-batch per process; batch / (batch_gpu x processes) "
+                                      "gradient-accumulation rounds (None: no accumulation)"),
+    ("--kimg", "kimg", float, "training length in thousands of real images shown"),
+    ("--tick", "tick_kimg", float, "progress report interval in kimg"),
+    ("--snap", "snap", int, "snapshot (and grid, metrics) every this many ticks"),
+    ("--keep", "keep_last", int, "snapshots kept besides the best by --track-metric"),
+    ("--seed", "seed", int, "random seed"),
+    ("--aug", "augment.mode", str, f"augmentation: {', '.join(AUGMENT_MODES)}"),
+    ("--p", "augment.p", float, "augmentation probability (initial for ada, constant for fixed)"),
+    ("--target", "augment.target", float, "ADA target for E[sign D(real)]"),
+    ("--gamma", "loss.r1_gamma", float, "R1 weight gamma (None: auto 0.0002 r^2 / batch)"),
+    ("--pl-weight", "loss.pl_weight", float, "path-length regularisation weight (0: off)"),
+    ("--glr", "optim.g_lr", float, "G learning rate (None: auto)"),
+    ("--dlr", "optim.d_lr", float, "D learning rate (None: auto)"),
+    ("--metrics", "metrics", str, "metrics at snapshots, comma-separated: fid,kid,consistency "
+                                  "(or none)"),
+    ("--metric-samples", "metric_samples", int, "generated slices per metric evaluation"),
+    ("--feature-weights", "feature_weights", str, "Inception-v3 weights file for FID/KID "
+                                                  "(default: the offline slice-texture extractor)"),
+    ("--track-metric", "track_metric", str, "metric whose best snapshot is always kept"),
+)
+
+
+def _default_of(key: str) -> object:
+    obj: object = TrainConfig()
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every flag documented, with its config key and built-in default)."""
+    parser = argparse.ArgumentParser(
+        prog="train_gan.py", description=__doc__.split("\n\n")[0].strip("`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n"
+               "  python train_gan.py --variant mask --data phantoms --cond slice-position "
+               "--cfg tiny --out checkpoints/mask\n"
+               "  python train_gan.py --variant conditional --data /data/Task01_BrainTumour "
+               "--out checkpoints/brats --set network.channel_max=256 --kimg 5000\n"
+               "  python train_gan.py --resume checkpoints/brats --kimg 10000\n"
+               "  torchrun --nproc_per_node 2 train_gan.py --variant baseline --data DATA --out OUT")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None,
+                     help="run directory (snapshots, logs, grids); default when resuming: the "
+                          "resumed run's directory")
+    run.add_argument("--cfg", default=None,
+                     help=f"config preset: {', '.join(PRESETS)} or a YAML file (default: auto; "
+                          "when resuming: the saved config)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any config field, dotted for sections, repeatable, e.g. "
+                          "--set network.channel_base=4096 --set loss.r1_gamma=0.8")
+    run.add_argument("--resume", type=Path, default=None, metavar="RUN_OR_SNAPSHOT",
+                     help="continue a run exactly from its newest good snapshot (or this one)")
+    run.add_argument("--force-resume", action="store_true",
+                     help="resume even if the config or the dataset differ from the snapshot's")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="where to train (default: auto = CUDA if available)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads per process (default: torch's choice)")
+    run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    run.add_argument("--deterministic", action="store_true", default=None,
+                     help="use deterministic torch algorithms (config: deterministic)")
+    fields = parser.add_argument_group("config fields (override the preset)")
+    for flag, key, kind, text in CONFIG_FLAGS:
+        fields.add_argument(flag, dest=key.replace(".", "__"), type=kind, default=None,
+                            help=f"{text} [config: {key}; built-in default: {_default_of(key)}]")
+    return parser
+
+
+def build_config(args: argparse.Namespace, num_processes: int,
+                 saved_config: dict | None = None) -> TrainConfig:
+    """The resolved TrainConfig from parsed arguments (see the module docstring for precedence)."""
+    if saved_config is not None and args.cfg is None:
+        cfg = config_from_dict(saved_config)
+    else:
+        cfg = load_preset(args.cfg or "auto")
+    for text in args.overrides:
+        apply_override(cfg, *parse_override(text))
+    for _, key, _, _ in CONFIG_FLAGS:
+        value = getattr(args, key.replace(".", "__"))
+        if value is None:
+            continue
+        if key == "metrics":
+            value = [] if value.strip().lower() in ("", "none") else [v.strip() for v in value.split(",")]
+        apply_override(cfg, key, value)
+    if args.deterministic:
+        cfg.deterministic = True
+    return resolve_config(cfg, num_processes)
+
+
+def build_metrics(cfg: TrainConfig, data, device: torch.device):
+    """GanMetrics against the real training slices (None without --metrics), and the floor.
+
+    FID/KID compare images (masks for the mask variant) with a reference of the first ~80 % of the
+    training patients; the other patients' slices give the real-vs-real floor.
+    """
+    if not cfg.metrics:
+        return None, {}
+    import numpy as np
+
+    from gan.feature_extractor import load_feature_extractor
+    from gan.metrics import GanMetrics, MetricsConfig, validate_metrics
+
+    inputs = "masks" if cfg.variant == "mask" else "images"
+    names = validate_metrics(cfg.metrics, produces_images=cfg.variant != "mask",
+                             produces_labels=True, inputs=inputs)
+    cases = data.cache.case_index[data.rows]
+    unique = np.unique(cases)
+    held_out = unique[int(round(len(unique) * 0.8)):] if len(unique) >= 2 else unique[:0]
+    reference_rows = data.rows[~np.isin(cases, held_out)]
+    test_rows = data.rows[np.isin(cases, held_out)]
+    reference = data.cache.select(reference_rows)
+    channels = data.label_channels if inputs == "masks" else data.image_channels
+    extractor = (load_feature_extractor(cfg.feature_weights, in_channels=channels, device=device)
+                 if cfg.feature_weights else None)
+    metrics = GanMetrics(reference.images, reference.labels, data.label_channels,
+                         MetricsConfig(metrics=names, inputs=inputs, num_gen=cfg.metric_samples),
+                         extractor=extractor, device=device)
+    floor = {}
+    if len(test_rows) >= 2:
+        test = data.cache.select(test_rows)
+        floor = {k: float(v) for k, v in metrics.floor(test.images, test.labels).items()}
+        floor["num_test_slices"] = float(len(test_rows))
+    return metrics, floor
+
+
+def _resolve_run_dir(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.resume is not None:
+        snapshot = ckpt.latest_good_snapshot(args.resume)
+        return snapshot.parent if ckpt.SNAPSHOT_PATTERN.match(snapshot.name) else snapshot
+    raise ConfigError("--out RUN_DIR is required (or --resume RUN)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 done, 130 stopped by a signal after a snapshot)."""
+    from training.distributed import init_distributed, shutdown_distributed
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = init_distributed(args.device)
+    try:
+        saved = None
+        if args.resume is not None:
+            saved = ckpt.read_json(ckpt.latest_good_snapshot(args.resume) / "config.json")
+        try:
+            cfg = build_config(args, ctx.world_size, saved)
+            run_dir = _resolve_run_dir(args)
+        except ConfigError as err:
+            parser.error(str(err))
+        if args.dry_run:
+            if ctx.is_main:
+                print(config_to_yaml(cfg), end="")
+            return 0
+        if (args.resume is None and ckpt.list_snapshots(run_dir)):
+            parser.error(f"{run_dir}: already holds snapshots; use --resume {run_dir} to continue "
+                         "it or choose another --out")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        return _train(cfg, run_dir, args, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> int:
+    from training.loop import GanTrainer, ResumeError, open_training_data
+
+    data = open_training_data(cfg)
+    metrics, floor = build_metrics(cfg, data, ctx.device) if ctx.is_main else (None, {})
+    trainer = GanTrainer(cfg, run_dir, data, ctx, metrics=metrics,
+                         tensorboard=not args.no_tensorboard)
+    if args.resume is not None:
+        try:
+            used = trainer.resume(args.resume, force=args.force_resume)
+        except ResumeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if ctx.is_main:
+            print(f"resuming from {used} at {trainer.progress.nimg / 1000:.3f} kimg", file=sys.stderr)
+    if ctx.is_main and floor:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import json
+        ckpt.atomic_write_text(run_dir / "metrics_floor.json", json.dumps(floor, indent=1) + "\n")
+    result = trainer.train()
+    if ctx.is_main:
+        print(f"{'stopped' if result.interrupted else 'finished'} at {result.nimg / 1000:.3f} kimg; "
+              f"snapshot {result.snapshot}", file=sys.stderr)
+    return 130 if result.interrupted else 0
