@@ -427,7 +427,7 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
         mask_value, image_value = getattr(mask_info, name), getattr(image_info, name)
         if mask_value != image_value:
             raise ValueError(f"--mask-gan {mask_gan} and --image-gan {image_gan} are incompatible: "
-                             f"{name} {mask_value} vs {image_value}")
+                             f"{name} {mask_value!r} vs {image_value!r}")
     _check_conditioning(mask_generator, mask_info, f"--mask-gan {mask_gan}")
     _check_conditioning(image_generator, image_info, f"--image-gan {image_gan}")
     # Anatomy (slice counts, header) comes from the mask run, intensities from the image run.
