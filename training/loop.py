@@ -407,6 +407,13 @@ class GanTrainer:
         images = None if images_out[0] is None else torch.cat(images_out)
         return images, torch.cat(labels_out)
 
+    def save_reals_grid(self, monitor: TrainingMonitor) -> Path | None:
+        """Write the grid of the real slices whose positions/masks condition the sample grid."""
+        index = torch.linspace(0, len(self.data) - 1, GRID_SAMPLES).round().long()
+        images, _, _, labels = self.data.load(index, self.device)
+        return monitor.log_samples(images.cpu().numpy(), labels.cpu().numpy(),
+                                   self.data.info.modalities, 0, tag="reals")
+
     def save_grid(self, monitor: TrainingMonitor) -> Path | None:
         """Write the fixed-seed sample grid of G_ema (PNG + TensorBoard)."""
         images, labels = self.generate(*self.grid_inputs())
@@ -537,6 +544,7 @@ class GanTrainer:
         result = TrainResult(snapshot=None, nimg=self.progress.nimg)
         try:
             if self.progress.nimg == 0:
+                self.save_reals_grid(monitor)
                 self.save_grid(monitor)
             tick_start_nimg, tick_start_time = self.progress.nimg, time.time()
             while self.progress.nimg < total_nimg:

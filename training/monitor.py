@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 LABEL_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25],
                           [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]],
                          dtype=np.float32) / 255.0
-OVERLAY_ALPHA = 0.45
+OVERLAY_ALPHA = 0.3
+MIN_TILE_PX = 96          # small slices are enlarged (nearest neighbour) in the grids
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -48,7 +50,7 @@ def overlay_tiles(images: np.ndarray | None, labels: np.ndarray) -> list[np.ndar
     return tiles
 
 
-def tile_grid(tiles: np.ndarray, columns: int, pad: int = 1) -> np.ndarray:
+def tile_grid(tiles: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
     """Arrange [N,H,W,3] tiles into one [rows*(H+pad), columns*(W+pad), 3] image."""
     n, h, w, _ = tiles.shape
     rows = math.ceil(n / columns)
@@ -61,18 +63,33 @@ def tile_grid(tiles: np.ndarray, columns: int, pad: int = 1) -> np.ndarray:
 
 def sample_grids(images: np.ndarray | None, labels: np.ndarray, names: list[str],
                  columns: int = 4) -> dict[str, np.ndarray]:
-    """Named grids (one per modality, plus "mask"): uint8 [H', W', 3] images."""
-    tiles = overlay_tiles(images, labels)
+    """Named grids (one per modality, plus "mask"): uint8 [H', W', 3] images.
+
+    Tiles smaller than MIN_TILE_PX are enlarged by an integer factor (nearest neighbour).
+    """
+    factor = max(1, -(-MIN_TILE_PX // labels.shape[-1]))
+    tiles = [t.repeat(factor, axis=1).repeat(factor, axis=2) for t in overlay_tiles(images, labels)]
     keys = (list(names) if images is not None else []) + ["mask"]
     return {k: (tile_grid(t, columns) * 255).round().astype(np.uint8) for k, t in zip(keys, tiles)}
 
 
-def combine_grids(grids: dict[str, np.ndarray], gap: int = 4) -> np.ndarray:
-    """Side-by-side composition of the per-modality grids (white gaps), uint8 [H, W, 3]."""
-    parts = []
-    for grid in grids.values():
-        parts += [grid, np.full((grid.shape[0], gap, 3), 255, np.uint8)]
-    return np.concatenate(parts[:-1], axis=1)
+def save_grids_png(path: Path, grids: dict[str, np.ndarray], title: str) -> None:
+    """The per-modality grids side by side, each titled with its name, as one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height, width = next(iter(grids.values())).shape[:2]
+    fig, axes = plt.subplots(1, len(grids), figsize=(len(grids) * width / 100 + 0.2, height / 100 + 0.5),
+                             dpi=100, squeeze=False)
+    for ax, (name, grid) in zip(axes[0], grids.items()):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 class TrainingMonitor:
@@ -124,15 +141,10 @@ class TrainingMonitor:
         """
         if not self.enabled:
             return None
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.image
-
         grids = sample_grids(images, labels, names)
-        combined = combine_grids(grids)
-        path = self.run_dir / f"{tag}-{nimg // 1000:06d}kimg.png"
-        matplotlib.image.imsave(path, combined)
-        matplotlib.image.imsave(self.run_dir / f"{tag}-latest.png", combined)
+        path = self.run_dir / f"{tag}-{nimg:09d}.png"
+        save_grids_png(path, grids, f"{tag} at {nimg / 1000:.1f} kimg (mask overlay in colour)")
+        shutil.copyfile(path, self.run_dir / f"{tag}-latest.png")
         if self.writer is not None:
             for name, grid in grids.items():
                 self.writer.add_image(f"{tag}/{name}", grid, global_step=nimg // 1000,
