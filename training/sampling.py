@@ -23,6 +23,7 @@ not depend on the batch size, on the device or on where an interrupted run resum
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from training.checkpoint import load_generator
 from training.data.cache import IntensityScale
 from training.patient_preview import read_case, write_preview
 from training.synthetic_dataset import (PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
@@ -53,7 +55,8 @@ class SourceDataset:
     modalities: channel names (M); label_values: real label values, sorted, 0 first (L);
     label_names: one per label value; resolution: slice side H = W; intensity: one range per
     modality; affine: 4x4 voxel -> mm of a generated volume (slice grid i, j; slice index k);
-    slices_per_patient: slice counts of the training patients, drawn from for each patient.
+    slices_per_patient: full stack lengths of the training patients, drawn from for each patient;
+    drop_end_slices: slices training left out at each end of a stack (not generated).
     """
 
     modalities: list[str]
@@ -63,6 +66,7 @@ class SourceDataset:
     intensity: list[IntensityScale]
     affine: np.ndarray
     slices_per_patient: list[int]
+    drop_end_slices: int = 0
 
     def __post_init__(self) -> None:
         if len(self.intensity) != len(self.modalities):
@@ -163,7 +167,7 @@ class PatientPlan:
     """Everything random about one candidate patient.
 
     latents: one tensor [S, z_dim] per generator (rows equal when slices share the patient latent);
-    c: [S, c_dim] slice positions k / (S - 1) in [0, 1] (c_dim 1) or an empty [S, 0].
+    c: [S, c_dim] slice positions in [0, 1], increasing (c_dim 1), or an empty [S, 0].
     """
 
     candidate: int
@@ -178,30 +182,48 @@ def candidate_seed(seed: int, candidate: int) -> int:
     return int(state) >> 1
 
 
-def slice_positions(n_slices: int) -> torch.Tensor:
-    """Relative positions of n_slices ordered slices: [n_slices] in [0, 1], 0.5 for one slice."""
+def slice_positions(n_slices: int, first: float = 0.0, last: float = 1.0) -> torch.Tensor:
+    """n_slices evenly spaced positions from first to last: [n_slices]; the middle for one slice."""
     if n_slices == 1:
+        return torch.full((1,), (first + last) / 2)
+    return first + (last - first) * torch.arange(n_slices, dtype=torch.float32) / (n_slices - 1)
+
+
+def kept_positions(stack_slices: int, drop_end_slices: int = 0) -> torch.Tensor:
+    """Positions k / (Z - 1) of the slices k = d .. Z - 1 - d that training kept of a stack of
+    Z = stack_slices slices with d = drop_end_slices dropped at each end (the middle slice when
+    nothing would be left): [Z - 2d] in [0, 1], as the slice cache defines c."""
+    if stack_slices == 1:
+        return torch.zeros(1)
+    if stack_slices - 2 * drop_end_slices < 1:
         return torch.full((1,), 0.5)
-    return torch.arange(n_slices, dtype=torch.float32) / (n_slices - 1)
+    return torch.arange(drop_end_slices, stack_slices - drop_end_slices, dtype=torch.float32) / (stack_slices - 1)
 
 
 def plan_patient(candidate: int, seed: int, z_dims: Sequence[int], c_dim: int,
-                 slices_per_patient: Sequence[int], fixed_slices: int | None = None) -> PatientPlan:
+                 slices_per_patient: Sequence[int], fixed_slices: int | None = None,
+                 drop_end_slices: int = 0) -> PatientPlan:
     """Draw the slice count and the latents of candidate patient `candidate` (CPU tensors).
 
+    The stack length Z is drawn from slices_per_patient (the real patients' full stacks) and the
+    patient gets the Z - 2 * drop_end_slices slices that training kept, at their positions. With
+    fixed_slices, that many slices span the kept position range of a median-length stack.
     With c_dim == 1 one latent per generator is shared by all slices and c = slice position;
     with c_dim == 0 every slice gets its own latents.
     """
     if c_dim not in (0, 1):
         raise ValueError(f"slice conditioning needs c_dim 0 or 1, the generator has c_dim {c_dim}")
     rng = torch.Generator().manual_seed(candidate_seed(seed, candidate))
-    if fixed_slices is not None:
-        n_slices = fixed_slices
+    stack = int(slices_per_patient[int(torch.randint(len(slices_per_patient), (1,), generator=rng))])
+    if fixed_slices is None:
+        positions = kept_positions(stack, drop_end_slices)
     else:
-        n_slices = int(slices_per_patient[int(torch.randint(len(slices_per_patient), (1,), generator=rng))])
+        typical = kept_positions(int(np.median(slices_per_patient)), drop_end_slices)
+        positions = slice_positions(fixed_slices, float(typical[0]), float(typical[-1]))
+    n_slices = len(positions)
     rows = 1 if c_dim == 1 else n_slices
     latents = [torch.randn(rows, z_dim, generator=rng).expand(n_slices, z_dim).contiguous() for z_dim in z_dims]
-    c = slice_positions(n_slices)[:, None] if c_dim == 1 else torch.zeros(n_slices, 0)
+    c = positions[:, None] if c_dim == 1 else torch.zeros(n_slices, 0)
     return PatientPlan(candidate, n_slices, latents, c)
 
 
@@ -229,7 +251,8 @@ class PatientSampler:
     """Generates synthetic patients in memory, batching slices through the networks.
 
     slices: the pipeline's SliceGenerator; slices_per_patient: slice counts to draw from (ignored
-    when fixed_slices is given); seed: candidate j uses the seed (seed, j); truncation_psi /
+    when fixed_slices is given); drop_end_slices: stack ends training left out (see plan_patient);
+    seed: candidate j uses the seed (seed, j); truncation_psi /
     truncation_cutoff: StyleGAN truncation of w towards w_avg in the first `cutoff` layers (all
     when None); batch: slices per network call; noise_mode: "const" | "random" | "none".
     """
@@ -237,11 +260,11 @@ class PatientSampler:
     def __init__(self, slices: SliceGenerator, slices_per_patient: Sequence[int], seed: int = 0,
                  truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                  fixed_slices: int | None = None, batch: int = 16, device: str | torch.device = "cpu",
-                 noise_mode: str = "const"):
+                 noise_mode: str = "const", drop_end_slices: int = 0):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        if fixed_slices is None and not slices_per_patient:
-            raise ValueError("need slice counts of real patients to draw from, or a fixed slice count")
+        if not slices_per_patient or min(slices_per_patient) < 1:
+            raise ValueError(f"need positive slice counts of real patients, got {list(slices_per_patient)}")
         self.slices = slices
         self.slices_per_patient = list(slices_per_patient)
         self.seed = seed
@@ -251,11 +274,12 @@ class PatientSampler:
         self.batch = batch
         self.device = torch.device(device)
         self.noise_mode = noise_mode
+        self.drop_end_slices = drop_end_slices
 
     def plan(self, candidate: int) -> PatientPlan:
         """The slice count and latents of candidate patient `candidate`."""
         return plan_patient(candidate, self.seed, self.slices.z_dims, self.slices.c_dim,
-                            self.slices_per_patient, self.fixed_slices)
+                            self.slices_per_patient, self.fixed_slices, self.drop_end_slices)
 
     def candidates(self, first: int = 0, count: int | None = None) -> Iterator[GeneratedPatient]:
         """Candidate patients first, first + 1, ... (endless when count is None), in order.
@@ -355,9 +379,11 @@ class SamplingSource:
     generators: list[GeneratorRecord]
 
 
-def intensity_scale(entry: dict, where: str) -> IntensityScale:
+def intensity_scale(entry: dict, modality: str, where: str) -> IntensityScale:
     """The [-1, 1] -> intensity mapping of one modality as recorded by the training run
-    ({"lo": intensity at -1, "hi": intensity at +1})."""
+    ({"modality": name, "lo": intensity at -1, "hi": intensity at +1})."""
+    if entry.get("modality", modality) != modality:
+        raise ValueError(f"{where}: intensity entry {entry!r} is not for modality {modality!r}")
     try:
         return IntensityScale(float(entry["lo"]), float(entry["hi"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -365,18 +391,22 @@ def intensity_scale(entry: dict, where: str) -> IntensityScale:
 
 
 def source_dataset(info, where: str) -> SourceDataset:
-    """SourceDataset from a training.checkpoint.RunInfo (`where` names the checkpoint in errors)."""
+    """SourceDataset from a training.checkpoint.RunInfo (`where` names the checkpoint in errors).
+
+    The typical header's origin is moved to the first slice training kept (drop_end_slices)."""
     affine = np.asarray(info.affine, dtype=np.float64)
-    if affine.size == 0 and len(info.spacing) == 3:
-        affine = np.diag([*map(float, info.spacing), 1.0])
     if affine.shape != (4, 4):
-        raise ValueError(f"{where}: the run records no usable typical affine (affine {info.affine}, "
-                         f"spacing {info.spacing})")
+        raise ValueError(f"{where}: the run records no usable typical affine (affine {info.affine})")
     if not info.slices_per_patient:
-        raise ValueError(f"{where}: the run records no slice counts of its training patients; pass --slices")
+        raise ValueError(f"{where}: the run records no slice counts of its training patients")
+    if len(info.intensity) != len(info.modalities):
+        raise ValueError(f"{where}: {len(info.intensity)} intensity entries for modalities {info.modalities}")
+    drop = int(info.config.get("drop_end_slices", 0))
+    affine[:3, 3] += drop * affine[:3, 2]
     return SourceDataset(list(info.modalities), [int(v) for v in info.label_values], list(info.label_names),
-                         int(info.resolution), [intensity_scale(e, where) for e in info.intensity],
-                         affine, [int(n) for n in info.slices_per_patient])
+                         int(info.resolution),
+                         [intensity_scale(e, m, where) for e, m in zip(info.intensity, info.modalities)],
+                         affine, [int(n) for n in info.slices_per_patient], drop)
 
 
 def _record(role: str, run: str | Path, info) -> GeneratorRecord:
@@ -400,8 +430,6 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
     anything but a mask run as --mask-gan or a conditional run as --image-gan; a pair whose runs
     differ in label values/names, resolution or slice conditioning.
     """
-    from training.checkpoint import load_generator
-
     if gan is not None and (mask_gan is not None or image_gan is not None):
         raise ValueError("give either --gan (a baseline run) or --mask-gan with --image-gan, not both")
     if gan is not None:
@@ -431,10 +459,9 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
     _check_conditioning(mask_generator, mask_info, f"--mask-gan {mask_gan}")
     _check_conditioning(image_generator, image_info, f"--image-gan {image_gan}")
     # Anatomy (slice counts, header) comes from the mask run, intensities from the image run.
-    dataset = source_dataset(mask_info, str(mask_gan))
-    dataset.modalities = list(image_info.modalities)
-    dataset.intensity = [intensity_scale(e, str(image_gan)) for e in image_info.intensity]
-    dataset.__post_init__()
+    anatomy = source_dataset(mask_info, str(mask_gan))
+    intensity = [intensity_scale(e, m, str(image_gan)) for e, m in zip(image_info.intensity, image_info.modalities)]
+    dataset = dataclasses.replace(anatomy, modalities=list(image_info.modalities), intensity=intensity)
     return SamplingSource("pair", PairSlices(mask_generator, image_generator), dataset,
                           [_record("mask", mask_gan, mask_info), _record("image", image_gan, image_info)])
 
@@ -493,7 +520,8 @@ def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_
         _discard_unrecorded(writer, log)
         _save_state(log, writer, session)
         sampler = PatientSampler(source.slices, data.slices_per_patient, settings.seed, settings.truncation_psi,
-                                 settings.truncation_cutoff, settings.slices, batch, device, settings.noise_mode)
+                                 settings.truncation_cutoff, settings.slices, batch, device, settings.noise_mode,
+                                 data.drop_end_slices)
         written = _run_session(sampler, data, log, writer, progress)
     preview_path = None
     if preview:
