@@ -66,7 +66,8 @@ def real_test():
 @pytest.fixture(scope="module")
 def segmenter(real_train):
     images, labels = real_train
-    return train_consistency_segmenter(images, labels, NUM_CLASSES, steps=120, seed=0)
+    config = ConsistencyConfig(steps=60, batch_size=16)  # enough for these easy phantoms, < 1 s
+    return train_consistency_segmenter(images, labels, NUM_CLASSES, seed=0, config=config)
 
 
 # ---------------------------------------------------------------- FID
@@ -204,27 +205,33 @@ def _random_inception(in_channels: int, config=None) -> InceptionFeatures:
 
 
 def test_inception_weights_round_trip_through_safetensors_and_torch_state_dict(tmp_path):
-    model = _random_inception(2)
-    images = torch.rand(1, 2, 20, 20, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model = _random_inception(1)
+    images = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
-        expected = model(images)
+        expected = model(images)  # at the standard 299 x 299
         assert expected.shape == (1, 2048) and expected.abs().mean() > 1e-3
-        from_safetensors = load_feature_extractor(save_inception_weights(model, tmp_path / "inception.safetensors"), in_channels=2)
+        from_safetensors = load_feature_extractor(save_inception_weights(model, tmp_path / "inception.safetensors"), in_channels=1)
         assert torch.equal(from_safetensors(images), expected)
         # A torch state dict carrying a classifier head (as torchvision's does) loads too; the head is ignored.
         state = dict(model.network.state_dict(), **{"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
         torch.save(state, tmp_path / "inception.pth")
-        assert torch.equal(load_feature_extractor(tmp_path / "inception.pth", in_channels=2)(images), expected)
+        assert torch.equal(load_feature_extractor(tmp_path / "inception.pth", in_channels=1)(images), expected)
 
 
-def test_inception_concat_reduction_keeps_one_block_per_channel(tmp_path):
-    model = _random_inception(2, InceptionConfig(channel_reduction="concat"))
+def test_inception_channel_reductions(tmp_path):
+    # 75 x 75 is the smallest input Inception-v3 takes; it keeps this test cheap.
+    concat = _random_inception(2, InceptionConfig(channel_reduction="concat", resize=75))
+    path = save_inception_weights(concat, tmp_path / "inception.safetensors")
+    mean = load_feature_extractor(path, in_channels=2, inception_config=InceptionConfig(resize=75))
     images = torch.rand(1, 2, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
-        features = model(images)
-        single = model.network(F.interpolate(images[:, 1:2], size=(299, 299), mode="bilinear").expand(-1, 3, -1, -1))
-    assert features.shape == (1, 4096)
+        features = concat(images)
+        grey = F.interpolate(images[:, 1:2], size=(75, 75), mode="bilinear").expand(-1, 3, -1, -1)
+        single = concat.network(grey)
+        averaged = mean(images)
+    assert features.shape == (1, 4096) and averaged.shape == (1, 2048)
     assert torch.allclose(features[:, 2048:], single, atol=1e-5)
+    assert torch.allclose(averaged, (features[:, :2048] + features[:, 2048:]) / 2, atol=1e-5)
 
 
 class _RunsCodeWhenUnpickled:
