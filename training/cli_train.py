@@ -21,6 +21,9 @@ from training.config import (AUGMENT_MODES, CONDITIONS, PRESETS, VARIANTS, Confi
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
 
+# Allowed values of the flags with a fixed set of choices.
+FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
+                "layout": ("auto", "msd", "nnunet", "folder")}
 # (flag, config key, type, help) of the flags that set one config field.
 CONFIG_FLAGS = (
     ("--variant", "variant", str, f"generator variant: {', '.join(VARIANTS)}"),
@@ -64,7 +67,7 @@ def _default_of(key: str) -> object:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every flag documented, with its config key and built-in default)."""
     parser = argparse.ArgumentParser(
-        prog="train_gan.py", description=__doc__.split("\n\n")[0].strip("`"),
+        prog="train_gan.py", description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n"
                "  python train_gan.py --variant mask --data phantoms --cond slice-position "
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "when resuming: the saved config)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config field, dotted for sections, repeatable, e.g. "
-                          "--set network.channel_base=4096 --set loss.r1_gamma=0.8")
+                          "--set network.channel_base=4096 --set loss.r1_gamma=0.8; short names: "
+                          "lr (both learning rates), glr, dlr, gamma, aug, p, target")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_OR_SNAPSHOT",
                      help="continue a run exactly from its newest good snapshot (or this one)")
     run.add_argument("--force-resume", action="store_true",
@@ -98,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     fields = parser.add_argument_group("config fields (override the preset)")
     for flag, key, kind, text in CONFIG_FLAGS:
         fields.add_argument(flag, dest=key.replace(".", "__"), type=kind, default=None,
+                            choices=FLAG_CHOICES.get(key), metavar=key.split(".")[-1].upper(),
                             help=f"{text} [config: {key}; built-in default: {_default_of(key)}]")
     return parser
 

@@ -225,8 +225,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(raw) if raw.strip() else None
 
 
+# Short names accepted by --set for the most-tuned fields.
+OVERRIDE_ALIASES = {"lr": ("optim.g_lr", "optim.d_lr"), "gamma": ("loss.r1_gamma",),
+                    "glr": ("optim.g_lr",), "dlr": ("optim.d_lr",), "aug": ("augment.mode",),
+                    "p": ("augment.p",), "target": ("augment.target",)}
+
+
 def apply_override(cfg: TrainConfig, key: str, value: Any) -> None:
-    """Set a (dotted) field of ``cfg``; unknown keys and wrong types raise ConfigError."""
+    """Set a (dotted) field of ``cfg`` (or an OVERRIDE_ALIASES name, e.g. ``lr`` for both
+    learning rates); unknown keys and wrong types raise ConfigError."""
+    if key in OVERRIDE_ALIASES:
+        for target_key in OVERRIDE_ALIASES[key]:
+            apply_override(cfg, target_key, value)
+        return
     parts = key.split(".")
     target: Any = cfg
     for depth, part in enumerate(parts[:-1]):
