@@ -143,13 +143,13 @@ def _render(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
 
 
 def generate_phantom_patient(seed: int, index: int, shape: tuple[int, int, int] = (64, 64, 24)) -> PhantomPatient:
-    """Patient ``index`` of the phantom population ``seed`` at ``shape`` (X, Y, Z >= 8 each).
+    """Patient ``index`` of the phantom population ``seed`` at ``shape`` (X, Y, Z >= 4 each).
 
     Deterministic: the same (seed, index, shape) always gives the same arrays.
     """
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-    if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"phantom shape must be 3 sizes >= 8, got {shape}")
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"phantom shape must be 3 sizes >= 4, got {shape}")
     rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
     tissue = _anatomy(rng, shape)
     _add_lesions(rng, tissue)
