@@ -233,6 +233,10 @@ def write_snapshot(run_dir: Path, nimg: int, content: SnapshotContent) -> Path:
         write_json(tmp / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, "nimg": int(nimg),
                                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "files": files})
+        # mkdtemp makes a private (0700) folder; snapshots are ordinary shared files
+        os.chmod(tmp, 0o755)
+        for child in tmp.iterdir():
+            os.chmod(child, 0o644)
         if final.exists():
             stale = run_dir / f".{final.name}.old-{os.getpid()}"
             os.replace(final, stale)
@@ -473,3 +477,33 @@ def export_generator(snapshot: str | Path, out_dir: str | Path, which: str = "G_
 def dataset_info_to_dict(info: DatasetInfo) -> dict:
     """JSON-able dict of a DatasetInfo."""
     return asdict(info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.checkpoint {verify,export} ...``: check or slim down a run's snapshot."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.checkpoint",
+                                     description="Verify a run's snapshots, or export the "
+                                                 "generator-only copy that load_generator needs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="print the newest good snapshot of a run")
+    verify.add_argument("path", type=Path, help="run directory or snapshot directory")
+    export = sub.add_parser("export", help="copy one generator + JSON into a new run directory")
+    export.add_argument("path", type=Path, help="run directory or snapshot directory")
+    export.add_argument("out", type=Path, help="output run directory")
+    export.add_argument("--which", default="G_ema", choices=("G_ema", "G"),
+                        help="which generator weights (default: G_ema)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "verify":
+            print(latest_good_snapshot(args.path))
+        else:
+            print(export_generator(args.path, args.out, which=args.which))
+    except CheckpointError as err:
+        parser.exit(2, f"error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
