@@ -38,8 +38,8 @@ from training.checkpoint import load_generator
 from training.data.cache import IntensityScale
 from training.patient_preview import read_case, write_preview
 from training.synthetic_dataset import (PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
-                                        SamplingSession, SamplingSettings, SynthesisLog, now_utc,
-                                        open_output)
+                                        SamplingSession, SamplingSettings, SynthesisLog, exclusive_output,
+                                        now_utc, open_output)
 
 CASE_PREFIX = "SYN"
 
@@ -504,31 +504,33 @@ def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_
 
     Each accepted patient is written atomically and then recorded in synthesis.json and
     dataset.json (both replaced atomically), so an interrupted call resumes at the next missing
-    patient when run again with the same settings. See `open_output` for existing directories.
+    patient when run again with the same settings. See `open_output` for existing directories;
+    one process at a time writes into a directory (a lock file in it).
     Raises OutputDirError for a refused directory and QualityGateError when the quality gate rejects
     more than MAX_REJECTIONS_PER_PATIENT candidates per requested patient.
     """
     out_dir = Path(out_dir)
     data = source.dataset
-    empty = SynthesisLog(list(data.modalities), list(data.label_values), list(data.label_names), data.resolution)
-    log, action = open_output(out_dir, settings, empty, append=append, overwrite=overwrite)
-    session = log.sessions[-1]
-    writer = NnUNetRawWriter(out_dir, data.modalities, data.label_values, data.label_names)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
-    if action != "complete":
-        _discard_unrecorded(writer, log)
-        _save_state(log, writer, session)
-        sampler = PatientSampler(source.slices, data.slices_per_patient, settings.seed, settings.truncation_psi,
-                                 settings.truncation_cutoff, settings.slices, batch, device, settings.noise_mode,
-                                 data.drop_end_slices)
-        written = _run_session(sampler, data, log, writer, progress)
-    preview_path = None
-    if preview:
-        shown = (session.patients or log.patients)[:PREVIEW_PATIENTS]
-        cases = [read_case(out_dir, p.case_id, len(data.modalities)) for p in shown]
-        preview_path = write_preview(out_dir / PREVIEW_NAME, [(source.pipeline, cases)], data.modalities,
-                                     data.label_values, data.label_names)
+    with exclusive_output(out_dir):
+        empty = SynthesisLog(list(data.modalities), list(data.label_values), list(data.label_names),
+                             data.resolution)
+        log, action = open_output(out_dir, settings, empty, append=append, overwrite=overwrite)
+        session = log.sessions[-1]
+        writer = NnUNetRawWriter(out_dir, data.modalities, data.label_values, data.label_names)
+        written = 0
+        if action != "complete":
+            _discard_unrecorded(writer, log)
+            _save_state(log, writer, session)
+            sampler = PatientSampler(source.slices, data.slices_per_patient, settings.seed,
+                                     settings.truncation_psi, settings.truncation_cutoff, settings.slices, batch,
+                                     device, settings.noise_mode, data.drop_end_slices)
+            written = _run_session(sampler, data, log, writer, progress)
+        preview_path = None
+        if preview:
+            shown = (session.patients or log.patients)[:PREVIEW_PATIENTS]
+            cases = [read_case(out_dir, p.case_id, len(data.modalities)) for p in shown]
+            preview_path = write_preview(out_dir / PREVIEW_NAME, [(source.pipeline, cases)], data.modalities,
+                                         data.label_values, data.label_names)
     return SamplingReport(out_dir, action, written, len(log.patients), dict(session.rejected), preview_path)
 
 

@@ -13,7 +13,9 @@ disk but unrecorded is the debris of an interruption and is removed before sampl
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import json
 import os
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -319,6 +322,31 @@ class OutputDirError(ValueError):
 OWNED_ENTRIES = ("imagesTr", "labelsTr", "dataset.json", "synthesis.json", PREVIEW_NAME)
 
 
+@contextlib.contextmanager
+def exclusive_output(out_dir: Path) -> Iterator[None]:
+    """Create out_dir and hold an exclusive lock on it (flock on the directory itself, so nothing is
+    left behind) for the block; OutputDirError at once when another process holds it. The kernel
+    releases the lock of a process that dies."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir}: exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise OutputDirError(f"{out_dir}: another sampling process is writing into it") from exc
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _is_empty(out_dir: Path) -> bool:
+    """True when out_dir is missing or holds nothing but temporary files."""
+    return not out_dir.exists() or all(p.name.endswith(PARTIAL_SUFFIX) for p in out_dir.iterdir())
+
+
 def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, append: bool = False,
                 overwrite: bool = False) -> tuple[SynthesisLog, str]:
     """Decide what to do with out_dir; `empty` is a log without sessions that says which modalities,
@@ -334,8 +362,6 @@ def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, 
     out_dir = Path(out_dir)
     if append and overwrite:
         raise OutputDirError("--append and --overwrite exclude each other")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"{out_dir}: exists and is not a directory")
     if overwrite:
         for name in OWNED_ENTRIES:
             target = out_dir / name
@@ -344,7 +370,7 @@ def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, 
             elif target.exists():
                 target.unlink()
     log_path = out_dir / "synthesis.json"
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    if _is_empty(out_dir):
         empty.sessions.append(_new_session(settings, first_candidate=0))
         return empty, "new"
     if not log_path.is_file():
