@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from torch import nn
+
+from gan.feature_extractor import ArrayLike, take_images, take_labels
 
 
 @dataclass
@@ -81,23 +82,6 @@ class ConsistencySegmenter(nn.Module):
         labels = self(images).argmax(dim=1)
         self.train(was_training)
         return labels
-
-
-ArrayLike = torch.Tensor | np.ndarray  # np.memmap included: slices are read batch by batch
-
-
-def take_images(images: ArrayLike, rows: slice | np.ndarray) -> torch.Tensor:
-    """Rows of images (tensor, array or memmap) as a float32 CPU tensor."""
-    if isinstance(images, torch.Tensor):
-        return images[rows].detach().float().cpu()
-    return torch.as_tensor(np.asarray(images[rows]), dtype=torch.float32)
-
-
-def take_labels(labels: ArrayLike, rows: slice | np.ndarray) -> torch.Tensor:
-    """Rows of label indices (tensor, array or memmap) as a long CPU tensor."""
-    if isinstance(labels, torch.Tensor):
-        return labels[rows].detach().long().cpu()
-    return torch.as_tensor(np.asarray(labels[rows])).long()
 
 
 def check_pairs(images: ArrayLike, labels: ArrayLike, num_classes: int, who: str) -> None:

@@ -53,6 +53,22 @@ if TYPE_CHECKING:
 
 MIN_IMAGE_SIZE = 16
 
+ArrayLike = torch.Tensor | np.ndarray  # np.memmap included: slices are read batch by batch
+
+
+def take_images(images: ArrayLike, rows: slice | np.ndarray) -> torch.Tensor:
+    """Rows of images (tensor, array or memmap) as a float32 CPU tensor."""
+    if isinstance(images, torch.Tensor):
+        return images[rows].detach().float().cpu()
+    return torch.as_tensor(np.asarray(images[rows]), dtype=torch.float32)
+
+
+def take_labels(labels: ArrayLike, rows: slice | np.ndarray) -> torch.Tensor:
+    """Rows of label indices (tensor, array or memmap) as a long CPU tensor."""
+    if isinstance(labels, torch.Tensor):
+        return labels[rows].detach().long().cpu()
+    return torch.as_tensor(np.asarray(labels[rows])).long()
+
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
@@ -305,8 +321,6 @@ def extract_features(
     device = module_device(extractor)
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if not isinstance(batch, torch.Tensor):
-            batch = torch.as_tensor(np.asarray(batch))
-        chunks.append(extractor(batch.to(device=device, dtype=torch.float32)).double().cpu().numpy())
+        batch = take_images(images, slice(start, start + batch_size))
+        chunks.append(extractor(batch.to(device)).double().cpu().numpy())
     return np.concatenate(chunks, axis=0)

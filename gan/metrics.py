@@ -38,11 +38,9 @@ from gan.consistency import (
     DiceAccumulator,
     check_pairs,
     mask_image_consistency,
-    take_images,
-    take_labels,
     train_consistency_segmenter,
 )
-from gan.feature_extractor import load_feature_extractor
+from gan.feature_extractor import load_feature_extractor, take_images, take_labels
 
 __all__ = [
     "frechet_distance",

@@ -111,6 +111,16 @@ def test_fid_with_fewer_samples_than_dimensions_is_finite_and_symmetric():
     assert frechet_distance(feats_b, feats_a) == pytest.approx(fid, rel=1e-6)
 
 
+def test_fid_falls_back_to_the_eigenvalue_form_when_sqrtm_goes_complex(monkeypatch):
+    rng = np.random.default_rng(4)
+    s1, s2 = rng.uniform(0.2, 3.0, 5), rng.uniform(0.2, 3.0, 5)
+    feats_a = _with_exact_moments(100, np.zeros(5), s1, seed=1)
+    feats_b = _with_exact_moments(100, np.ones(5), s2, seed=2)
+    closed_form = 5 + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    monkeypatch.setattr("scipy.linalg.sqrtm", lambda matrix: np.full(matrix.shape, 0.5 + 1j))
+    assert frechet_distance(feats_a, feats_b) == pytest.approx(closed_form, rel=1e-7)
+
+
 def test_fid_rejects_bad_features():
     with pytest.raises(ValueError, match="feature dimensions differ"):
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
