@@ -1,0 +1,57 @@
+"""``stylepair-data``: phantoms, inspect (with problems listed), cache, splits, clear errors."""
+import json
+
+import pytest
+
+from training.data import Splits
+from training.data.cli import build_parser, main
+
+
+@pytest.fixture()
+def phantoms(tmp_path):
+    out = tmp_path / "ph"
+    assert main(["phantoms", str(out), "--patients", "3", "--seed", "2", "--shape", "16", "16", "6",
+                 "--layout", "nnunet"]) == 0
+    return out
+
+
+def test_inspect_prints_everything(phantoms, capsys):
+    capsys.readouterr()
+    assert main(["inspect", str(phantoms)]) == 0
+    text = capsys.readouterr().out
+    for expected in ("layout      nnunet", "patients    3 usable, 0 skipped", "modalities  4: T1, T1ce, T2, FLAIR",
+                     "labels      6 classes", "white_matter", "shapes      16x16x6 (3)",
+                     "spacings    13.75x13.75x25 mm (3)", "FLAIR", "problems    none"):
+        assert expected in text, text
+
+
+def test_inspect_lists_skipped_patients_and_fail_mode_exits_1(phantoms, capsys):
+    bad = phantoms / "imagesTr" / "phantom_001_0001.nii.gz"
+    bad.write_bytes(b"not nifti")
+    capsys.readouterr()
+    assert main(["inspect", str(phantoms)]) == 0
+    text = capsys.readouterr().out
+    assert "patients    2 usable, 1 skipped" in text and "problems    1" in text
+    assert f"skipped phantom_001: {bad}: not a readable NIfTI file" in text
+    assert main(["inspect", str(phantoms), "--on-error", "fail"]) == 1
+    assert f"{bad}: not a readable NIfTI file" in capsys.readouterr().err
+
+
+def test_cache_and_splits_commands(phantoms, tmp_path, capsys):
+    assert main(["cache", str(phantoms), "--resolution", "8", "--cache-dir", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert "18 from 3 patients, 8x8, 4 modalities, float32" in text and str(tmp_path / "c") in text
+    assert main(["splits", str(phantoms), "--out", str(tmp_path / "s.json"), "--folds", "2", "--test-fraction", "0"]) == 0
+    assert Splits.load(tmp_path / "s.json").n_folds == 2
+    assert json.loads((tmp_path / "s.json").read_text())["seed"] == 12345
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert main(["phantoms", str(tmp_path / "full"), "--patients", "1"]) == 1
+    assert "not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["phantoms", "out", "--layout", "dicom"])
