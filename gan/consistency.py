@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
@@ -116,6 +117,7 @@ def train_consistency_segmenter(
     seed: int | None = None,
     config: ConsistencyConfig | None = None,
     device: str | torch.device = "cpu",
+    rows: np.ndarray | None = None,
 ) -> ConsistencySegmenter:
     """Train the consistency segmenter briefly on real slices.
 
@@ -125,6 +127,8 @@ def train_consistency_segmenter(
         num_classes: L, including background (index 0).
         steps, seed: override ``config.steps`` / ``config.seed``.
         config: :class:`ConsistencyConfig` (defaults otherwise).
+        rows: train on these rows of images/labels only (default: all), e.g. the training
+            patients' rows of a memory-mapped slice cache; nothing else is read.
 
     Returns the trained :class:`ConsistencySegmenter` in eval mode. Deterministic for a given seed on
     CPU; the caller's global RNG state is left as it was.
@@ -133,6 +137,9 @@ def train_consistency_segmenter(
     steps = config.steps if steps is None else steps
     seed = config.seed if seed is None else seed
     check_pairs(images, labels, num_classes, "train_consistency_segmenter")
+    rows = np.arange(images.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0 or rows.min() < 0 or rows.max() >= images.shape[0]:
+        raise ValueError(f"train_consistency_segmenter: rows must be a non-empty selection of 0..{images.shape[0] - 1}")
     devices = list(range(torch.cuda.device_count())) if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -143,8 +150,9 @@ def train_consistency_segmenter(
         segmenter.train()
         for _ in range(steps):
             # Sorted rows: memmaps read faster, and a batch's order does not matter.
-            rows = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator).sort().values.numpy()
-            batch_images, batch_labels = take_images(images, rows), take_labels(labels, rows)
+            picks = torch.randint(0, len(rows), (config.batch_size,), generator=generator).numpy()
+            batch_rows = np.sort(rows[picks])
+            batch_images, batch_labels = take_images(images, batch_rows), take_labels(labels, batch_rows)
             if config.flip_augment:
                 batch_images, batch_labels = _random_flips(batch_images, batch_labels, generator)
             logits = segmenter(batch_images.to(device))

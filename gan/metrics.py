@@ -258,6 +258,9 @@ class GanMetrics:
         extractor: a feature extractor (``gan.feature_extractor.FeatureExtractor``); default: the
             offline :class:`~gan.feature_extractor.SliceTextureFeatures` for the right channel count.
         device: where the extractor and the segmenter run.
+        real_rows: use only these rows of real_images/real_labels (default: all). With a
+            memory-mapped slice cache this avoids reading the training slices into memory: only the
+            rows in use are read, batch by batch.
     """
 
     def __init__(
@@ -268,6 +271,7 @@ class GanMetrics:
         config: MetricsConfig | None = None,
         extractor: nn.Module | None = None,
         device: str | torch.device = "cpu",
+        real_rows: np.ndarray | None = None,
     ):
         self.config = config or MetricsConfig()
         self.metrics = validate_metrics(self.config.metrics, True, True, self.config.inputs)
@@ -281,6 +285,9 @@ class GanMetrics:
             check_pairs(real_images, real_labels, num_classes, "GanMetrics (real data)")
         elif "consistency" in self.metrics or self.config.inputs != "images":
             raise ValueError(f"GanMetrics: real_labels are needed for {self.metrics} on {self.config.inputs!r}")
+        self.real_rows = np.arange(len(real_images)) if real_rows is None else np.sort(np.asarray(real_rows, dtype=np.int64))
+        if len(self.real_rows) < 2 or self.real_rows[0] < 0 or self.real_rows[-1] >= len(real_images):
+            raise ValueError(f"GanMetrics: real_rows must select at least 2 of the {len(real_images)} real slices")
         self.image_channels = int(real_images.shape[1])
         feature_channels = {
             "images": self.image_channels,
@@ -314,7 +321,7 @@ class GanMetrics:
         """Features [N_real, D] of the real training slices (at most ``config.max_real``, a seeded
         random subset), computed once."""
         if self._real_features is None:
-            rows = np.arange(len(self.real_images))
+            rows = self.real_rows
             if self.config.max_real is not None and self.config.max_real < len(rows):
                 rows = np.sort(np.random.default_rng(self.config.seed).choice(rows, self.config.max_real, replace=False))
             batches = self._real_batches(self.real_images, self.real_labels, rows)
@@ -327,7 +334,7 @@ class GanMetrics:
         if self._segmenter is None:
             self._segmenter = train_consistency_segmenter(
                 self.real_images, self.real_labels, self.num_classes,
-                config=self.config.consistency, device=self.device,
+                config=self.config.consistency, device=self.device, rows=self.real_rows,
             )
         return self._segmenter
 

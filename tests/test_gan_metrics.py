@@ -352,6 +352,26 @@ def test_gan_metrics_caches_real_data_and_separates_good_from_bad_generators(rea
     assert floor["consistency_dice_mean"] > 0.9
 
 
+def test_gan_metrics_reads_only_the_selected_rows_of_a_memory_mapped_cache(real_train, tmp_path):
+    images, labels = real_train
+    np.save(tmp_path / "images.npy", images.numpy())
+    np.save(tmp_path / "labels.npy", labels.numpy().astype(np.uint8))
+    cached_images = np.load(tmp_path / "images.npy", mmap_mode="r")
+    cached_labels = np.load(tmp_path / "labels.npy", mmap_mode="r")
+    rows = np.arange(10, 130, 3)
+    metrics = GanMetrics(cached_images, cached_labels, NUM_CLASSES, MetricsConfig(metrics=("fid",)), real_rows=rows)
+    expected = extract_features(SliceTextureFeatures(2), images[rows])
+    np.testing.assert_allclose(metrics.real_features, expected, rtol=1e-6, atol=1e-9)
+    subsampled = GanMetrics(cached_images, cached_labels, NUM_CLASSES, MetricsConfig(metrics=("fid",), max_real=16),
+                            real_rows=rows)
+    assert subsampled.real_features.shape == (16, expected.shape[1])
+    assert all(any(np.allclose(row, other, atol=1e-9) for other in expected) for row in subsampled.real_features)
+    segmenter = train_consistency_segmenter(cached_images, cached_labels, NUM_CLASSES, steps=2, rows=rows)
+    assert segmenter.in_channels == 2
+    with pytest.raises(ValueError, match="real_rows must select"):
+        GanMetrics(cached_images, cached_labels, NUM_CLASSES, real_rows=np.array([5, 500]))
+
+
 def test_compute_metrics_on_masks_of_a_mask_only_generator(real_train):
     images, labels = real_train
 
