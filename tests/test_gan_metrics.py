@@ -173,6 +173,20 @@ def test_default_extractor_accepts_any_channels_and_size_and_is_deterministic(ch
     assert not torch.allclose(features[0], features[1])
 
 
+def test_default_extractor_feature_space_is_pinned():
+    """FIDs of different runs are comparable only while the feature space stays the same: changing the
+    extractor (weights seed, groups, scaling) must be a deliberate act that updates these values."""
+    coords = torch.linspace(-1, 1, 24)
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    disc = ((x**2 + y**2) < 0.5).float() * 2 - 1
+    images = torch.stack([torch.sin(5 * x + 2 * y), (x * y).tanh(), disc])[None]
+    features = SliceTextureFeatures(3)(images)[0]
+    assert features.shape == (492,)
+    assert features.sum().item() == pytest.approx(107.6582, rel=1e-4)
+    assert features.norm().item() == pytest.approx(6.099957, rel=1e-4)
+    assert features[:3].tolist() == pytest.approx([0.1065621, 0.0840240, 0.2037150], rel=1e-4)
+
+
 def test_default_extractor_rejects_wrong_channels_and_tiny_images():
     extractor = SliceTextureFeatures(2)
     with pytest.raises(ValueError, match="built for 2 channels"):
