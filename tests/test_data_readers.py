@@ -62,7 +62,7 @@ def test_folder_layout_discovers_modalities_and_labels(tmp_path, datasets):
     root = tmp_path / "brats_like"
     shutil.copytree(datasets["folder"], root)
     (root / "dataset.json").unlink()
-    for patient in sorted(p for p in root.iterdir()):
+    for patient in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         (patient / f"{patient.name}_seg.nii.gz").rename(patient / f"{patient.name}_Seg.nii.gz")
     # BraTS-style label values with a gap (0, 1, 2, 4) are discovered from the files.
     path = root / "phantom_000" / "phantom_000_Seg.nii.gz"
@@ -95,3 +95,24 @@ def test_dataset_fingerprint_follows_files(tmp_path, datasets):
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps(meta, indent=4))
     assert load_dataset(root, check_voxels=False).fingerprint() != first
+
+
+def test_voxel_checks_are_remembered_until_a_file_changes(tmp_path, datasets, monkeypatch):
+    import training.data.validation as validation
+
+    root = tmp_path / "memo"
+    shutil.copytree(datasets["msd"], root)
+    first = load_dataset(root)
+    checked = []
+    original = validation.check_voxels
+    monkeypatch.setattr(validation, "check_voxels", lambda p, v: checked.append(p.case_id) or original(p, v))
+    again = load_dataset(root)
+    assert checked == [] and [p.stats for p in again.patients] == [p.stats for p in first.patients]
+    label = root / "labelsTr" / "phantom_002.nii.gz"
+    img = nib.load(str(label))
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 9
+    nib.save(nib.Nifti1Image(data, img.affine), str(label))
+    with pytest.raises(Exception, match=r"label values \[9\] are not declared"):
+        load_dataset(root)
+    assert checked == ["phantom_002"]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from training.data.fsutils import CACHE_ENV, atomic_write_json, file_lock, user_cache_root
+from training.data.fsutils import atomic_write_json, default_cache_location, file_lock
 from training.data.preprocess import CaseInfo, PreprocessConfig, preprocess_patient, preprocess_config_from_dict
 from training.data.records import Dataset
 
@@ -196,14 +196,8 @@ class SliceCache:
 
 
 def cache_location(dataset: Dataset, cache_dir: str | Path | None = None) -> Path:
-    """Folder holding the caches of ``dataset`` (see the module docstring for the order)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return user_cache_root() / "slices"
-    if os.access(dataset.root, os.W_OK):
-        return dataset.root / ".stylepair_cache"
-    return user_cache_root() / "slices"
+    """Folder holding the caches of ``dataset`` (see `default_cache_location` for the order)."""
+    return default_cache_location(dataset.root, cache_dir)
 
 
 def _cache_names(dataset: Dataset, preprocess: PreprocessConfig) -> tuple[str, str]:

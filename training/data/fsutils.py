@@ -20,6 +20,21 @@ def user_cache_root() -> Path:
     return Path(base).expanduser() / "stylepair"
 
 
+def default_cache_location(root: Path, cache_dir: str | Path | None = None) -> Path:
+    """Where derived files of the dataset at ``root`` go (slice caches, voxel-check records).
+
+    First that applies: ``cache_dir``; ``$STYLEPAIR_CACHE_DIR/slices/``; ``<root>/.stylepair_cache/``
+    when ``root`` is writable; ``~/.cache/stylepair/slices/``.
+    """
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return user_cache_root() / "slices"
+    if os.access(root, os.W_OK):
+        return Path(root) / ".stylepair_cache"
+    return user_cache_root() / "slices"
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``fcntl.flock`` on ``path`` (created if needed) for the ``with`` block.

@@ -13,6 +13,7 @@ from training.data.layout_nnunet import scan_nnunet
 from training.data.records import Dataset, Patient
 from training.data.scan import DATASET_JSON, LayoutScan, read_dataset_json
 from training.data import validation
+from training.data.check_memo import VoxelCheckMemo
 
 LAYOUTS = ("msd", "nnunet", "folder")
 
@@ -67,7 +68,8 @@ def _discovered_labels(patients: list[Patient]) -> tuple[list[int], list[str]]:
 
 
 def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
-                 modalities: list[str] | None = None, check_voxels: bool = True) -> Dataset:
+                 modalities: list[str] | None = None, check_voxels: bool = True,
+                 cache_dir: str | Path | None = None) -> Dataset:
     """Read and validate the dataset at ``root``.
 
     layout: "auto" (detect), "msd", "nnunet" or "folder".  on_error: "fail" raises `PatientErrors`
@@ -76,6 +78,8 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
     modalities: optional subset/order of modality names (required order for channel stacking).
     check_voxels: read every volume to check NaN/inf, integer labels and declared label values
     (and gather the statistics `stylepair-data inspect` prints); False checks headers only.
+    Patients whose files are unchanged since they last passed are not read again (see
+    `training.data.check_memo`; the record lives in the cache location, ``cache_dir`` if given).
     """
     root = Path(root)
     if on_error not in ("fail", "skip"):
@@ -93,14 +97,19 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
     scan = _scan(root, layout, modalities)
     patients: list[Patient] = []
     errors: list[PatientError] = []
+    memo = VoxelCheckMemo(root, cache_dir)
     for case in tqdm(scan.cases, desc=f"checking {root.name}", unit="patient", disable=None, leave=False):
         try:
             patient = validation.build_patient(case, scan.modalities)
             if check_voxels or scan.label_values is None:
-                patient.stats = validation.check_voxels(patient, scan.label_values)
+                patient.stats = memo.lookup(patient, scan.label_values)
+                if patient.stats is None:
+                    patient.stats = validation.check_voxels(patient, scan.label_values)
+                    memo.record(patient, scan.label_values, patient.stats)
             patients.append(patient)
         except PatientError as err:
             errors.append(err)
+    memo.save()
     if errors and on_error == "fail":
         raise PatientErrors(errors)
     for err in errors:
