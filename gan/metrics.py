@@ -304,11 +304,14 @@ class GanMetrics:
         self._segmenter: ConsistencySegmenter | None = None
 
     def _feature_inputs(self, images: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
-        """What the extractor sees for one batch, per ``config.inputs``: [B, C, H, W] in [-1, 1]."""
+        """What the extractor sees for one batch, per ``config.inputs``: [B, C, H, W] in [-1, 1] on
+        the metrics device."""
         if self.config.inputs == "images":
-            return images
-        masks = _labels_to_channels(labels, self.num_classes)
-        return masks if self.config.inputs == "masks" else torch.cat([images, masks], dim=1)
+            return images.to(self.device, torch.float32)
+        masks = _labels_to_channels(labels.to(self.device), self.num_classes)
+        if self.config.inputs == "masks":
+            return masks
+        return torch.cat([images.to(self.device, torch.float32), masks], dim=1)
 
     def _real_batches(self, images, labels, rows: np.ndarray) -> Iterator[FakeBatch]:
         """Batches of the given rows of a real set, as (images, labels) CPU tensors."""
@@ -340,8 +343,7 @@ class GanMetrics:
 
     @torch.no_grad()
     def _features(self, images: torch.Tensor | None, labels: torch.Tensor | None) -> np.ndarray:
-        inputs = self._feature_inputs(images, labels)
-        return self.extractor(inputs.to(self.device, torch.float32)).double().cpu().numpy()
+        return self.extractor(self._feature_inputs(images, labels)).double().cpu().numpy()
 
     def _evaluate_batches(self, batches: Iterable[FakeBatch], total: int, desc: str) -> dict[str, float]:
         """Stream (images, labels) batches: features for FID/KID, Dice counts for consistency."""

@@ -397,6 +397,21 @@ def test_compute_metrics_on_masks_of_a_mask_only_generator(real_train):
     assert np.isfinite(results["fid"]) and results["fid"] >= 0
 
 
+def test_fid_on_pairs_sees_images_that_do_not_fit_their_masks(real_train):
+    images, labels = real_train
+
+    def pairs(shuffle):
+        def generate(batch_index, batch_size):
+            fake_images, fake_labels = ellipse_slices(batch_size, seed=400 + batch_index)
+            return fake_images, fake_labels.roll(1, dims=0) if shuffle else fake_labels
+        return generate
+
+    config = MetricsConfig(metrics=("fid",), inputs="pairs", num_gen=96)
+    metrics = GanMetrics(images, labels, NUM_CLASSES, config)
+    assert metrics.extractor.in_channels == 2 + NUM_CLASSES
+    assert metrics(pairs(shuffle=True))["fid"] > 10 * metrics(pairs(shuffle=False))["fid"]
+
+
 def test_validate_metrics_fails_early_with_clear_messages():
     assert validate_metrics("fid, KID", True, True) == ("fid", "kid")
     assert validate_metrics("none", False, True) == ()
