@@ -10,8 +10,8 @@
 * :class:`GanMetrics` — what the training loop calls at every snapshot: real features (and the
   consistency segmenter) are computed once and cached; each call draws ``num_gen`` fake pairs from a
   callable and returns a flat ``{name: float}`` dict ready for TensorBoard / stats.jsonl.
-  :meth:`GanMetrics.floor` gives the same metrics for real-train vs real-test (the floor a generator
-  cannot beat with the same sample sizes).
+  :meth:`GanMetrics.floor` gives the same metrics for real-train vs real-test (the floor a perfect
+  generator would reach with the same sample sizes).
 
 Every random choice uses private generators (numpy ``default_rng`` / forked torch RNG), so computing
 metrics never changes the global random streams of a training run (exact resume depends on that).
@@ -29,7 +29,6 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from tqdm import tqdm
 
 from gan.consistency import (
