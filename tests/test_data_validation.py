@@ -125,10 +125,26 @@ def test_nan_and_inf_voxels(tmp_path, value):
 
 def test_truncated_gzip(tmp_path):
     root = phantoms(tmp_path, "msd")
-    bad = root / "imagesTr" / "phantom_001.nii.gz"
-    data = bad.read_bytes()
-    bad.write_bytes(data[: len(data) // 2])
-    assert_fails(root, bad, "truncated or corrupt")
+    half = root / "imagesTr" / "phantom_001.nii.gz"
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])  # header readable, voxels cut
+    early = root / "labelsTr" / "phantom_002.nii.gz"
+    early.write_bytes(early.read_bytes()[:40])  # cut inside the header
+    err = assert_fails(root, half, "truncated or corrupt voxel data (EOFError")
+    assert f"{early}: truncated or corrupt gzip file" in str(err)
+
+
+def test_undeclared_labels_caught_at_cache_build_without_voxel_checks(tmp_path):
+    from training.data import PatientError, PreprocessConfig, open_slice_cache
+
+    root = phantoms(tmp_path, "msd")
+    bad = root / "labelsTr" / "phantom_000.nii.gz"
+    label = np.asarray(nib.load(str(bad)).dataobj).copy()
+    label[1, 1, 1] = 6
+    rewrite(bad, label)
+    dataset = load_dataset(root, check_voxels=False)
+    with pytest.raises(PatientError, match=r"label values \[6\] are not among"):
+        open_slice_cache(dataset, PreprocessConfig(resolution=8))
+    assert not [p for p in (root / ".stylepair_cache").iterdir() if p.is_dir()]  # nothing half-built left
 
 
 def test_non_nifti_files(tmp_path):

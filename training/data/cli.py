@@ -17,7 +17,7 @@ from training.data.cache import open_slice_cache
 from training.data.errors import DataError
 from training.data.loader import LAYOUTS, load_dataset
 from training.data.phantoms import write_phantom_dataset
-from training.data.preprocess import load_preprocess_config
+from training.data.preprocess import PreprocessConfig, load_preprocess_config
 from training.data.records import Dataset
 from training.data.splits import make_splits
 from training.data.summary import summarize
@@ -60,7 +60,10 @@ def _cache(args: argparse.Namespace) -> int:
     dataset, problems = _load(args)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    preprocess = load_preprocess_config(args.config, resolution=args.resolution)
+    if args.config is None:
+        preprocess = PreprocessConfig(**({} if args.resolution is None else {"resolution": args.resolution}))
+    else:
+        preprocess = load_preprocess_config(args.config, resolution=args.resolution)
     started = time.time()
     cache = open_slice_cache(dataset, preprocess, cache_dir=args.cache_dir)
     rows = cache.training_rows()
@@ -102,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="build (or reuse) the slice cache of a dataset",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_dataset_arguments(cache, on_error="fail")
-    cache.add_argument("--config", default="phantom", help="preprocessing preset in configs/data/ or a YAML path")
+    cache.add_argument("--config", default=None,
+                       help="preprocessing preset in configs/data/ (phantom, brats, ct) or a YAML path "
+                            "(default: PreprocessConfig defaults, 64 px, MR percentiles 0.5-99.5 %%, CT -1000..2000 HU)")
     cache.add_argument("--resolution", type=int, default=None, help="slice size (overrides the config)")
     cache.add_argument("--cache-dir", type=Path, default=None,
                        help="cache location (default: $STYLEPAIR_CACHE_DIR, DATASET/.stylepair_cache, ~/.cache/stylepair)")

@@ -60,10 +60,10 @@ def _scan(root: Path, layout: str, modalities: list[str] | None) -> LayoutScan:
     return scan
 
 
-def _discovered_labels(patients: list[Patient]) -> tuple[list[int], list[str]]:
+def _discovered_labels(patients: list[Patient], root: Path) -> tuple[list[int], list[str]]:
     values = sorted({0} | {v for p in patients if p.stats for v in p.stats.label_voxels})
-    if values[0] < 0:
-        raise DatasetError(patients[0].label_file.parent.parent, f"negative label values found: {values}")
+    if values[0] < 0 or values[-1] > 255 or len(values) > 255:
+        raise DatasetError(root, f"label values must be 0..255 (at most 255 classes), found {values}")
     return values, ["background" if v == 0 else f"label_{v}" for v in values]
 
 
@@ -118,7 +118,7 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
         raise DatasetError(root, f"no usable patients ({len(errors)} skipped)")
     label_values, label_names = scan.label_values, scan.label_names
     if label_values is None:
-        label_values, label_names = _discovered_labels(patients)
+        label_values, label_names = _discovered_labels(patients, root)
     return Dataset(name=scan.name, root=root, layout=layout, modalities=list(scan.modalities),
                    label_values=list(label_values), label_names=list(label_names), patients=patients,
                    skipped=[(err.case_id, str(err)) for err in errors], extra_files=list(scan.extra_files))

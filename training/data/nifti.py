@@ -55,6 +55,20 @@ class VolumeHeader:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
+def _gzip_problem(path: Path) -> str | None:
+    """Why a gzip-compressed file cannot be decompressed (None if it decompresses or is not gzip)."""
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            return None
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        return f"truncated or corrupt gzip file ({exc})"
+    return None
+
+
 def _load(path: Path, case_id: str) -> nib.Nifti1Image:
     if not path.is_file():
         raise PatientError(case_id, path, "file is missing")
@@ -65,6 +79,9 @@ def _load(path: Path, case_id: str) -> nib.Nifti1Image:
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise PatientError(case_id, path, f"truncated or corrupt gzip file ({exc})") from exc
     except Exception as exc:  # nibabel raises many types for non-NIfTI content
+        gzip_problem = _gzip_problem(path)
+        if gzip_problem is not None:
+            raise PatientError(case_id, path, gzip_problem) from exc
         reason = str(exc).replace(f"File {path}", "the file").replace(f'"{path}"', "the file").replace(str(path), "the file")
         raise PatientError(case_id, path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

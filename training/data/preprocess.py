@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from training.data.errors import PatientError
 from training.data.records import Patient
 
 CT_NAMES = ("ct",)
@@ -273,7 +274,10 @@ def preprocess_patient(patient: Patient, label_values: list[int], config: Prepro
     back into a volume.  ``first_row`` is the row of slice 0 in a cache (recorded in the info).
     """
     images = patient.load_images()  # [M, X, Y, Z]
-    label = label_indices(patient.load_label(), label_values)  # [X, Y, Z]
+    try:
+        label = label_indices(patient.load_label(), label_values)  # [X, Y, Z]
+    except ValueError as exc:
+        raise PatientError(patient.case_id, patient.label_file, str(exc)) from exc
     m, x, y, z = images.shape
     resolution = config.resolution
     windows = {name: intensity_window(images[i], config.norm_for(name)) for i, name in enumerate(patient.modalities)}
