@@ -411,6 +411,8 @@ class GanMetrics:
         ``consistency_dice_foreground``, ``consistency_dice_class_k`` (k = 1..L-1) — only those of
         the selected metrics.
         """
+        if not self.metrics:
+            return {}
         num_gen = self.config.num_gen if num_gen is None else num_gen
         if num_gen < 2:
             raise ValueError(f"GanMetrics: num_gen must be >= 2, got {num_gen}")
