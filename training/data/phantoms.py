@@ -23,7 +23,7 @@ from scipy import ndimage
 from training.data.fsutils import atomic_write_json, file_lock, user_cache_root
 from training.data.nifti import write_nifti
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 PHANTOM_MODALITIES = ("T1", "T1ce", "T2", "FLAIR")
 PHANTOM_LABELS = ("background", "csf", "grey_matter", "white_matter", "oedema", "core")
 FIELD_OF_VIEW_MM = (220.0, 220.0, 150.0)
@@ -90,8 +90,15 @@ def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarra
     tissue[radius < 0.86] = CSF
     brain = radius < 0.82 - 0.03 * rng.random()
     tissue[brain] = GREY
-    gyri = 0.08 * _smooth_field(rng, shape, (11, 11, 6))  # folded grey/white boundary
+    # Folded grey/white boundary: a coarse lobe-scale and a finer gyrus-scale undulation.
+    gyri = 0.06 * _smooth_field(rng, shape, (9, 9, 5)) + 0.05 * _smooth_field(rng, shape, (17, 17, 8))
     tissue[brain & (radius < rng.uniform(0.60, 0.68) + gyri)] = WHITE
+    sulci = _smooth_field(rng, shape, (17, 17, 8)) > 1.2  # CSF reaching into the cortex
+    tissue[brain & (radius > 0.70) & sulci] = CSF
+    for side in (-1.0, 1.0):  # deep grey nuclei (thalamus / basal ganglia) beside the ventricles
+        nucleus = ((x - side * rng.uniform(14.0, 20.0)) / 9.0) ** 2 + ((y - rng.uniform(-8.0, 4.0)) / 13.0) ** 2 \
+            + ((z - 2.0) / 10.0) ** 2
+        tissue[brain & (nucleus < rng.uniform(0.6, 1.1))] = GREY
     ventricle_size = rng.uniform(0.6, 1.5)  # atrophy varies between patients
     offset = rng.uniform(7.0, 12.0)
     for side in (-1.0, 1.0):
