@@ -67,6 +67,26 @@ def _discovered_labels(patients: list[Patient], root: Path) -> tuple[list[int], 
     return values, ["background" if v == 0 else f"label_{v}" for v in values]
 
 
+def _check_patients(scan: LayoutScan, check_voxels: bool, memo: VoxelCheckMemo,
+                    name: str) -> tuple[list[Patient], list[PatientError]]:
+    """Validate every scanned case: headers always, voxels when asked (or labels are undeclared)."""
+    patients: list[Patient] = []
+    errors: list[PatientError] = []
+    for case in tqdm(scan.cases, desc=f"checking {name}", unit="patient", disable=None, leave=False):
+        try:
+            patient = validation.build_patient(case, scan.modalities)
+            if check_voxels or scan.label_values is None:
+                patient.stats = memo.lookup(patient, scan.label_values)
+                if patient.stats is None:
+                    patient.stats = validation.check_voxels(patient, scan.label_values)
+                    memo.record(patient, scan.label_values, patient.stats)
+            patients.append(patient)
+        except PatientError as err:
+            errors.append(err)
+    memo.save()
+    return patients, errors
+
+
 def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
                  modalities: list[str] | None = None, check_voxels: bool = True,
                  cache_dir: str | Path | None = None) -> Dataset:
@@ -95,21 +115,7 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
     if layout not in LAYOUTS:
         raise DatasetError(root, f"unknown layout {layout!r}; choose one of {LAYOUTS} or 'auto'")
     scan = _scan(root, layout, modalities)
-    patients: list[Patient] = []
-    errors: list[PatientError] = []
-    memo = VoxelCheckMemo(root, cache_dir)
-    for case in tqdm(scan.cases, desc=f"checking {root.name}", unit="patient", disable=None, leave=False):
-        try:
-            patient = validation.build_patient(case, scan.modalities)
-            if check_voxels or scan.label_values is None:
-                patient.stats = memo.lookup(patient, scan.label_values)
-                if patient.stats is None:
-                    patient.stats = validation.check_voxels(patient, scan.label_values)
-                    memo.record(patient, scan.label_values, patient.stats)
-            patients.append(patient)
-        except PatientError as err:
-            errors.append(err)
-    memo.save()
+    patients, errors = _check_patients(scan, check_voxels, VoxelCheckMemo(root, cache_dir), root.name)
     if errors and on_error == "fail":
         raise PatientErrors(errors)
     for err in errors:
