@@ -1,5 +1,22 @@
 """Data in: dataset readers (MSD, nnU-Net v2 raw, folder-per-patient), validation, preprocessing,
-the on-disk slice cache, patient-level splits and the embedded phantom patients."""
+the on-disk slice cache, patient-level splits and the embedded phantom patients.
+
+Typical use::
+
+    from training.data import (PreprocessConfig, SliceDataset, default_phantom_dataset, load_dataset,
+                               make_splits, open_slice_cache)
+
+    dataset = load_dataset(default_phantom_dataset())          # or any MSD / nnU-Net / folder dataset
+    cache = open_slice_cache(dataset, PreprocessConfig(resolution=64, drop_end_slices=2))
+    splits = make_splits(dataset.case_ids)                     # hold-out test + 5 folds
+    train = SliceDataset(cache, cache.training_rows(case_ids=splits.fold(0).train))
+    image, label, position = train[0]                          # [M,64,64] in [-1,1], [64,64], 0-d
+
+Conventions: volumes are reoriented to RAS; axial slices run along the last axis and a slice's
+rows/columns index x/y; labels inside the project are indices 0..L-1 into ``label_values``.
+Bad data raises `DatasetError` (dataset-level, always) or `PatientError`/`PatientErrors`
+(one patient; ``on_error="skip"`` leaves it out with a `DataWarning`).
+"""
 from training.data.cache import IntensityScale, SliceBatch, SliceCache, cache_location, open_slice_cache
 from training.data.errors import DataError, DatasetError, DataWarning, PatientError, PatientErrors
 from training.data.loader import LAYOUTS, detect_layout, load_dataset

@@ -173,11 +173,11 @@ class SliceCache:
         if case_ids is None:
             keep = np.ones(len(self), dtype=bool)
         else:
-            numbers = [self.case_ids.index(c) if c in self.case_ids else -1 for c in case_ids]
-            missing = [c for c, n in zip(case_ids, numbers) if n < 0]
+            number_of = {case_id: n for n, case_id in enumerate(self.case_ids)}
+            missing = [c for c in case_ids if c not in number_of]
             if missing:
                 raise KeyError(f"cases {missing} are not in the cache {self.path}")
-            keep = np.isin(self.case_index, numbers)
+            keep = np.isin(self.case_index, [number_of[c] for c in case_ids])
         n_slices = np.array(self.slices_per_case)[self.case_index]
         keep &= (self.slice_index >= drop) & (self.slice_index < n_slices - drop)
         if empty:
