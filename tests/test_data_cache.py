@@ -153,3 +153,12 @@ def test_cache_location_environment(dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("STYLEPAIR_CACHE_DIR", str(tmp_path / "shared"))
     assert open_slice_cache(dataset, CONFIG).path.parent == tmp_path / "shared" / "slices"
     assert open_slice_cache(dataset, CONFIG, cache_dir=tmp_path / "mine").path.parent == tmp_path / "mine"
+
+
+def test_float16_cache_matches_float32(dataset):
+    full = open_slice_cache(dataset, CONFIG)
+    half = open_slice_cache(dataset, PreprocessConfig(resolution=16, cache_dtype="float16"))
+    assert half.path != full.path and half.images.dtype == np.float16
+    rows = np.arange(len(full))
+    np.testing.assert_allclose(half.select(rows).images, full.select(rows).images, atol=1e-3)
+    np.testing.assert_array_equal(half.labels, full.labels)

@@ -116,3 +116,38 @@ def test_voxel_checks_are_remembered_until_a_file_changes(tmp_path, datasets, mo
     with pytest.raises(Exception, match=r"label values \[9\] are not declared"):
         load_dataset(root)
     assert checked == ["phantom_002"]
+
+
+def _write_ct_case(folder, name, seed, ending):
+    from training.data.nifti import write_nifti
+
+    rng = np.random.default_rng(seed)
+    ct = rng.uniform(-1200.0, 2500.0, size=(12, 10, 5)).astype(np.float32)
+    label = (ct > 1000).astype(np.uint8)
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    write_nifti(folder / "imagesTr" / f"{name}{ending}", ct, affine)
+    write_nifti(folder / "labelsTr" / f"{name.replace('_0000', '')}{ending}", label, affine)
+    return ct
+
+
+def test_single_modality_ct_msd_and_uncompressed_nnunet(tmp_path):
+    from training.data import PreprocessConfig, open_slice_cache
+
+    msd = tmp_path / "ct_msd"
+    ct = _write_ct_case(msd, "pelvis_01", 0, ".nii.gz")
+    (msd / "dataset.json").write_text(json.dumps({
+        "name": "Pelvis", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "bone"}, "numTraining": 1,
+        "training": [{"image": "./imagesTr/pelvis_01.nii.gz", "label": "./labelsTr/pelvis_01.nii.gz"}]}))
+    dataset = load_dataset(msd)
+    assert dataset.layout == "msd" and dataset.modalities == ["CT"]
+    np.testing.assert_array_equal(dataset.patients[0].load_images()[0], ct)
+    cache = open_slice_cache(dataset, PreprocessConfig(resolution=12))
+    assert cache.cases[0].intensity_window["CT"] == (-1000.0, 2000.0)
+    assert cache.images.min() == -1.0 and cache.images.max() == 1.0
+
+    nnunet = tmp_path / "ct_nnunet"
+    _write_ct_case(nnunet, "pelvis_01_0000", 1, ".nii")
+    (nnunet / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "bone": 1}, "numTraining": 1, "file_ending": ".nii"}))
+    dataset = load_dataset(nnunet)
+    assert dataset.layout == "nnunet" and dataset.case_ids == ["pelvis_01"] and dataset.label_names == ["background", "bone"]
