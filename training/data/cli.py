@@ -87,38 +87,36 @@ def _splits(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``stylepair-data`` (sub-commands inspect, phantoms, cache, splits)."""
-    parser = argparse.ArgumentParser(prog="stylepair-data", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stylepair-data", description="Inspect a NIfTI dataset, write phantom patients, build the slice cache, "
+                                           "write patient-level splits.",
+        epilog="examples:\n" + "\n".join(__doc__.strip().splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser("inspect", help="print what a dataset holds and every problem found",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    inspect = commands.add_parser("inspect", help="print what a dataset holds and every problem found")
     _add_dataset_arguments(inspect, on_error="skip")
     inspect.set_defaults(run=_inspect)
-    phantoms = commands.add_parser("phantoms", help="write a phantom-patient dataset",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    phantoms = commands.add_parser("phantoms", help="write a phantom-patient dataset")
     phantoms.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
-    phantoms.add_argument("--patients", type=int, default=20, help="number of patients")
-    phantoms.add_argument("--seed", type=int, default=0, help="population seed")
-    phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"), help="volume size")
-    phantoms.add_argument("--layout", choices=LAYOUTS, default="msd", help="layout to write")
+    phantoms.add_argument("--patients", type=int, default=20, help="number of patients (default: %(default)s)")
+    phantoms.add_argument("--seed", type=int, default=0, help="population seed (default: %(default)s)")
+    phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"), help="volume size (default: 64 64 24)")
+    phantoms.add_argument("--layout", choices=LAYOUTS, default="msd", help="layout to write (default: %(default)s)")
     phantoms.set_defaults(run=_phantoms)
-    cache = commands.add_parser("cache", help="build (or reuse) the slice cache of a dataset",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cache = commands.add_parser("cache", help="build (or reuse) the slice cache of a dataset")
     _add_dataset_arguments(cache, on_error="fail")
     cache.add_argument("--config", default=None,
                        help="preprocessing preset in configs/data/ (phantom, brats, ct) or a YAML path "
                             "(default: PreprocessConfig defaults, 64 px, MR percentiles 0.5-99.5 %%, CT -1000..2000 HU)")
-    cache.add_argument("--resolution", type=int, default=None, help="slice size (overrides the config)")
+    cache.add_argument("--resolution", type=int, default=None, help="slice size in pixels, overriding the config")
     cache.add_argument("--cache-dir", type=Path, default=None,
                        help="cache location (default: $STYLEPAIR_CACHE_DIR, DATASET/.stylepair_cache, ~/.cache/stylepair)")
     cache.set_defaults(run=_cache)
-    splits = commands.add_parser("splits", help="write patient-level test + k-fold splits as JSON",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    splits = commands.add_parser("splits", help="write patient-level test + k-fold splits as JSON")
     _add_dataset_arguments(splits, on_error="fail")
     splits.add_argument("--out", type=Path, required=True, help="splits JSON to write")
-    splits.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
-    splits.add_argument("--seed", type=int, default=12345, help="split seed (nnU-Net's default)")
-    splits.add_argument("--test-fraction", type=float, default=0.2, help="fraction of patients held out for testing")
+    splits.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default: %(default)s)")
+    splits.add_argument("--seed", type=int, default=12345, help="split seed (default: %(default)s, nnU-Net's)")
+    splits.add_argument("--test-fraction", type=float, default=0.2, help="fraction of patients held out for testing (default: %(default)s)")
     splits.set_defaults(run=_splits)
     return parser
 
