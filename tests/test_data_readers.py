@@ -151,3 +151,15 @@ def test_single_modality_ct_msd_and_uncompressed_nnunet(tmp_path):
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "bone": 1}, "numTraining": 1, "file_ending": ".nii"}))
     dataset = load_dataset(nnunet)
     assert dataset.layout == "nnunet" and dataset.case_ids == ["pelvis_01"] and dataset.label_names == ["background", "bone"]
+
+
+def test_singleton_fourth_axis_is_a_3d_volume(tmp_path, datasets):
+    root = tmp_path / "singleton"
+    shutil.copytree(datasets["nnunet"], root)
+    for path in (root / "imagesTr" / "phantom_001_0002.nii.gz", root / "labelsTr" / "phantom_001.nii.gz"):
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., None], img.affine), str(path))
+    patient = load_dataset(root).patient("phantom_001")
+    expected = generate_phantom_patient(3, 1, SHAPE)
+    np.testing.assert_array_equal(patient.load_images(), expected.images)
+    np.testing.assert_array_equal(patient.load_label(), expected.label)

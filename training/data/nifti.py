@@ -119,7 +119,8 @@ def read_header(path: Path, case_id: str) -> VolumeHeader:
 
 
 def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
-    """Load the voxels of ``header.path`` reoriented to canonical: float32 [X, Y, Z] or [X, Y, Z, C].
+    """Load the voxels of ``header.path`` reoriented to canonical: float32 [X, Y, Z] or [X, Y, Z, C]
+    (C > 1; a singleton 4th axis is dropped).
 
     Scaling (scl_slope/inter) is applied.  Raises `PatientError` for truncated/corrupt data.
     """
@@ -130,6 +131,8 @@ def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
         raise PatientError(case_id, header.path, f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 5 and data.shape[3] == 1:
         data = data[:, :, :, 0, :]
+    if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a singleton 4th axis
+        data = data[..., 0]
     return np.ascontiguousarray(orientations.apply_orientation(data, header.orientation))
 
 
