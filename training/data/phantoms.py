@@ -23,7 +23,7 @@ from scipy import ndimage
 from training.data.fsutils import atomic_write_json, file_lock, user_cache_root
 from training.data.nifti import write_nifti
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 PHANTOM_MODALITIES = ("T1", "T1ce", "T2", "FLAIR")
 PHANTOM_LABELS = ("background", "csf", "grey_matter", "white_matter", "oedema", "core")
 FIELD_OF_VIEW_MM = (220.0, 220.0, 150.0)
@@ -112,7 +112,7 @@ def _add_lesions(rng: np.random.Generator, tissue: np.ndarray) -> None:
     """Paint 0-2 lesions (oedema around a core with an enhancing rim) into the brain, in place."""
     shape = tissue.shape
     x, y, z = _coordinates_mm(shape)
-    brain = np.isin(tissue, (GREY, WHITE, CSF)) & ~(tissue == SKULL)
+    brain = np.isin(tissue, (GREY, WHITE))  # parenchyma: lesions spare CSF spaces and the skull
     inner = np.argwhere(ndimage.binary_erosion(brain, iterations=max(1, shape[0] // 16)))
     n_lesions = int(rng.choice([0, 1, 1, 1, 2]))
     if inner.size == 0:
@@ -123,7 +123,7 @@ def _add_lesions(rng: np.random.Generator, tissue: np.ndarray) -> None:
         stretch = rng.uniform(0.75, 1.3, size=3)
         distance = np.sqrt(((x - cx) / stretch[0]) ** 2 + ((y - cy) / stretch[1]) ** 2 + ((z - cz) / stretch[2]) ** 2)
         distance = distance / (1.0 + 0.25 * _smooth_field(rng, shape, (6, 6, 4)))  # irregular margins
-        core_radius = rng.uniform(6.0, 17.0)
+        core_radius = rng.uniform(8.0, 20.0)
         oedema = brain & (distance < core_radius * rng.uniform(1.5, 2.4))
         core = brain & (distance < core_radius)
         tissue[oedema & ~np.isin(tissue, (RIM, NECROSIS))] = OEDEMA
