@@ -143,11 +143,9 @@ class Discriminator(nn.Module):
         self.epilogue = DiscriminatorEpilogue(channels[4], self.cmap_dim, mbstd_group_size=mbstd_group_size,
                                               mbstd_num_channels=mbstd_num_channels, conv_clamp=conv_clamp)
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None,
-                update_emas: bool = False) -> torch.Tensor:
-        """Logits [N, 1].  ``c`` is required when c_dim > 0 (ignored by an unconditioned D when
-        it has zero columns); ``update_emas`` is accepted for symmetry with G."""
-        del update_emas
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, 1].  ``c`` [N, c_dim] is required when c_dim > 0; an unconditioned D accepts
+        None or an empty [N, 0] tensor."""
         expected = (self.img_channels, self.img_resolution, self.img_resolution)
         if img.ndim != 4 or tuple(img.shape[1:]) != expected:
             raise ValueError(f"discriminator expects images [N, {', '.join(map(str, expected))}], "

@@ -23,6 +23,11 @@ def activation_gain(activation: str) -> float:
     return LRELU_GAIN if activation in ("relu", "lrelu") else 1.0
 
 
+def resample_filter(needed: bool) -> torch.Tensor | None:
+    """The normalised 2D [1, 3, 3, 1] FIR filter for layers that resample, None for the others."""
+    return ops.setup_filter(list(RESAMPLE_FILTER)) if needed else None
+
+
 def _clamp(conv_clamp: float | None, gain: float) -> float | None:
     return None if conv_clamp is None else conv_clamp * gain
 
@@ -81,8 +86,7 @@ class Conv2dLayer(nn.Module):
         self.act_gain = activation_gain(activation)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.register_buffer("resample_filter", ops.setup_filter(list(RESAMPLE_FILTER)),
-                             persistent=False)
+        self.register_buffer("resample_filter", resample_filter(up > 1 or down > 1), persistent=False)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, \
@@ -125,8 +129,7 @@ class ModulatedConvLayer(nn.Module):
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.register_buffer("resample_filter", ops.setup_filter(list(RESAMPLE_FILTER)),
-                             persistent=False)
+        self.register_buffer("resample_filter", resample_filter(up > 1), persistent=False)
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -149,7 +152,8 @@ class ModulatedConvLayer(nn.Module):
             f"expected [N, {self.in_channels}, {self.resolution // self.up}, ...], got {tuple(x.shape)}"
         styles = self.affine(w)                                      # [N, in_channels]
         noise = self.make_noise(x, noise_mode)
-        x = ops.modulated_conv2d(x, self.weight.to(x.dtype), styles.to(x.dtype), noise=noise,
+        # Weights and styles stay fp32: modulated_conv2d demodulates in fp32 before casting to x's dtype.
+        x = ops.modulated_conv2d(x, self.weight, styles, noise=noise,
                                  up=self.up, padding=self.padding,
                                  resample_filter=self.resample_filter,
                                  flip_weight=(self.up == 1), fused_modconv=fused_modconv)
@@ -185,7 +189,7 @@ class ToOutputLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels
         styles = self.affine(w) * self.weight_gain                   # equalised lr via the styles
-        x = ops.modulated_conv2d(x, self.weight.to(x.dtype), styles.to(x.dtype), demodulate=False,
+        x = ops.modulated_conv2d(x, self.weight, styles, demodulate=False,
                                  fused_modconv=fused_modconv)
         return ops.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gan import ops
-from gan.layers import RESAMPLE_FILTER, ModulatedConvLayer, ToOutputLayer
+from gan.layers import ModulatedConvLayer, ToOutputLayer, resample_filter
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -58,8 +58,7 @@ class SynthesisBlock(nn.Module):
                                         resolution, conv_clamp=conv_clamp)
         self.to_output = ToOutputLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if self.conv0 is None else 2
-        self.register_buffer("resample_filter", ops.setup_filter(list(RESAMPLE_FILTER)),
-                             persistent=False)
+        self.register_buffer("resample_filter", resample_filter(in_channels > 0), persistent=False)
 
     def compute_dtype(self, device: torch.device, force_fp32: bool) -> torch.dtype:
         """fp16 only for fp16 blocks on CUDA (CPU fp16 convolutions are ~90x slower)."""
