@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gan import PairSampler, channels_to_labels
 from training.checkpoint import load_generator
 from training.data.cache import IntensityScale
 from training.patient_preview import read_case, write_preview
@@ -126,8 +127,6 @@ class BaselineSlices:
         self.resolution = generator.img_resolution
 
     def __call__(self, latents, c, truncation_psi, truncation_cutoff, noise_mode):
-        from gan import channels_to_labels
-
         (z,) = latents
         out = self.generator(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                              noise_mode=noise_mode)
@@ -140,8 +139,6 @@ class PairSlices:
     """The pair pipeline: a mask generator samples the labels, a conditional generator the images."""
 
     def __init__(self, mask_generator: torch.nn.Module, image_generator: torch.nn.Module):
-        from gan import PairSampler
-
         self.pair = PairSampler(mask_generator, image_generator)
         self.z_dims = (mask_generator.z_dim, image_generator.z_dim)
         self.c_dim = mask_generator.c_dim

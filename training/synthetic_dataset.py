@@ -112,7 +112,7 @@ def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     image.header.set_xyzt_units("mm")
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)  # nibabel's default level
 
 
 class NnUNetRawWriter:
