@@ -1,7 +1,7 @@
 """Slice-cache benchmark: build time for a 20-patient phantom dataset, and the time to read 1,000
 random 64x64 slices from the cache versus from the NIfTI files directly.
 
-    python benchmarks/bench_cache.py [--patients 20] [--reads 1000] [--resolution 64]
+    python benchmarks/bench_cache.py [--patients 20] [--reads 1000] [--resolution 64] [--shape 64 64 24]
 
 "From NIfTI directly" is what a loader without a cache does per slice: open the patient's image
 and label volumes, reorient, normalise, take slice k and resize it (`preprocess_patient` on a
@@ -11,6 +11,7 @@ Both paths run with a warm page cache (the files were just written).
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -46,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--reads", type=int, default=1000)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"))
     args = parser.parse_args(argv)
-    shape = (64, 64, 24)
+    shape = tuple(args.shape)
     config = PreprocessConfig(resolution=args.resolution)
     rng = np.random.default_rng(0)
     rows_table: list[tuple[str, float, str]] = []
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         _, seconds = _timed(lambda: _read_from_nifti(dataset, config, rows, cache))
         rows_table.append((f"{args.reads:,} random slices from the NIfTI files", seconds,
                            f"{args.reads / seconds:,.0f} slices/s"))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows_table.append(("peak resident memory of this process", 0.0, f"{peak_mib:,.0f} MiB"))
     width = max(len(name) for name, _, _ in rows_table)
     print(f"{'step'.ljust(width)}  {'seconds':>9}  note")
     for name, seconds, note in rows_table:

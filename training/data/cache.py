@@ -145,9 +145,12 @@ class SliceCache:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows must lie in [0, {len(self)}), got {rows.min()}..{rows.max()}")
-        unique, inverse = np.unique(rows, return_inverse=True)
-        images = np.asarray(self.images[unique], dtype=np.float32)[inverse]
-        labels = np.asarray(self.labels[unique]).astype(np.int64)[inverse]
+        if np.all(rows[1:] > rows[:-1]):  # already sorted and unique: one copy
+            images, labels = np.asarray(self.images[rows], dtype=np.float32), self.labels[rows].astype(np.int64)
+        else:
+            unique, inverse = np.unique(rows, return_inverse=True)
+            images = np.asarray(self.images[unique], dtype=np.float32)[inverse]
+            labels = self.labels[unique].astype(np.int64)[inverse]
         return SliceBatch(images, labels, self.position[rows].astype(np.float32),
                           self.case_index[rows].astype(np.int64), self.slice_index[rows].astype(np.int64), rows)
 
@@ -206,30 +209,57 @@ def _cache_names(dataset: Dataset, preprocess: PreprocessConfig) -> tuple[str, s
     return family, f"{family}-{dataset.fingerprint()[:12]}"
 
 
+class _NpyRowWriter:
+    """Appends rows to a preallocated ``.npy`` file with plain writes.
+
+    Plain writes instead of a writable memory map keep the builder's resident memory at one case:
+    dirty pages of a mapping would count against the process until unmapped.
+    """
+
+    def __init__(self, path: Path, dtype: str | np.dtype, shape: tuple[int, ...]):
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header + sized file
+        self.offset, self.dtype = header.offset, np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+        del header
+        self.handle = open(path, "r+b")
+
+    def write(self, first_row: int, rows: np.ndarray) -> None:
+        self.handle.seek(self.offset + first_row * self.row_bytes)
+        self.handle.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
 def _write_arrays(dataset: Dataset, preprocess: PreprocessConfig, out: Path) -> list[CaseInfo]:
     n_rows = sum(p.shape[2] for p in dataset.patients)
     r, m = preprocess.resolution, len(dataset.modalities)
-    images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=preprocess.cache_dtype, shape=(n_rows, m, r, r))
-    labels = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.uint8, shape=(n_rows, r, r))
+    images = _NpyRowWriter(out / "images.npy", preprocess.cache_dtype, (n_rows, m, r, r))
+    labels = _NpyRowWriter(out / "labels.npy", np.uint8, (n_rows, r, r))
     rows = {name: np.zeros(n_rows, dtype=np.float32 if name in ("position", "label_fraction") else np.int32)
             for name in _ROW_ARRAYS}
     infos: list[CaseInfo] = []
     first = 0
-    for number, patient in enumerate(tqdm(dataset.patients, desc=f"caching {dataset.name} at {r}px",
-                                          unit="patient", disable=None)):
-        case = preprocess_patient(patient, dataset.label_values, preprocess, first_row=first)
-        z = case.info.n_slices
-        images[first:first + z] = case.images
-        labels[first:first + z] = case.labels
-        rows["case_index"][first:first + z] = number
-        rows["slice_index"][first:first + z] = np.arange(z)
-        rows["position"][first:first + z] = np.arange(z) / max(z - 1, 1)
-        rows["label_fraction"][first:first + z] = (case.labels > 0).mean(axis=(1, 2))
-        infos.append(case.info)
-        first += z
-    images.flush()
-    labels.flush()
-    del images, labels
+    try:
+        for number, patient in enumerate(tqdm(dataset.patients, desc=f"caching {dataset.name} at {r}px",
+                                              unit="patient", disable=None)):
+            case = preprocess_patient(patient, dataset.label_values, preprocess, first_row=first)
+            z = case.info.n_slices
+            if z != patient.shape[2]:
+                raise ValueError(f"{patient.case_id}: {z} slices, header said {patient.shape[2]}")
+            images.write(first, case.images)
+            labels.write(first, case.labels)
+            rows["case_index"][first:first + z] = number
+            rows["slice_index"][first:first + z] = np.arange(z)
+            rows["position"][first:first + z] = np.arange(z) / max(z - 1, 1)
+            rows["label_fraction"][first:first + z] = (case.labels > 0).mean(axis=(1, 2))
+            infos.append(case.info)
+            first += z
+    finally:
+        images.close()
+        labels.close()
     for name, values in rows.items():
         np.save(out / f"{name}.npy", values, allow_pickle=False)
     return infos
