@@ -162,3 +162,13 @@ def test_float16_cache_matches_float32(dataset):
     rows = np.arange(len(full))
     np.testing.assert_allclose(half.select(rows).images, full.select(rows).images, atol=1e-3)
     np.testing.assert_array_equal(half.labels, full.labels)
+
+
+def test_unreadable_cache_is_rebuilt(dataset):
+    cache = open_slice_cache(dataset, CONFIG)
+    expected = np.asarray(cache.images).copy()
+    (cache.path / "index.json").write_text("{broken")
+    with pytest.warns(UserWarning, match="unreadable slice cache, rebuilding"):
+        again = open_slice_cache(dataset, CONFIG)
+    assert again.path == cache.path
+    np.testing.assert_array_equal(again.images, expected)

@@ -29,14 +29,17 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from training.data.errors import DataWarning
 from training.data.fsutils import atomic_write_json, default_cache_location, file_lock
-from training.data.preprocess import CaseInfo, PreprocessConfig, preprocess_patient, preprocess_config_from_dict
+from training.data.preprocess import (CaseInfo, PreprocessConfig, normalise, preprocess_config_from_dict,
+                                      preprocess_patient)
 from training.data.records import Dataset
 
 CACHE_FORMAT = 1
@@ -56,8 +59,7 @@ class IntensityScale:
 
     def to_unit(self, intensity: np.ndarray) -> np.ndarray:
         """Intensities -> [-1, 1] (clipped; same shape)."""
-        scaled = (np.asarray(intensity, dtype=np.float32) - self.lo) / (self.hi - self.lo) * 2.0 - 1.0
-        return np.clip(scaled, -1.0, 1.0)
+        return normalise(np.asarray(intensity), (self.lo, self.hi))
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,9 @@ class SliceCache:
         for name in _ROW_ARRAYS:
             setattr(self, name, np.load(self.path / f"{name}.npy", allow_pickle=False))
         n = len(self.case_index)
-        assert self.images.shape == (n, len(self.modalities), self.resolution, self.resolution), self.images.shape
-        assert self.labels.shape == (n, self.resolution, self.resolution), self.labels.shape
+        if self.images.shape != (n, len(self.modalities), self.resolution, self.resolution) \
+                or self.labels.shape != (n, self.resolution, self.resolution):
+            raise ValueError(f"{self.path}: arrays {self.images.shape} / {self.labels.shape} disagree with the index")
 
     # Worker processes (DataLoader with spawn) receive the path and re-map the arrays, never a copy.
     def __getstate__(self) -> dict:
@@ -285,9 +288,20 @@ def build_slice_cache(dataset: Dataset, preprocess: PreprocessConfig, out: Path)
     atomic_write_json(out / "index.json", index)
 
 
+def _open_existing(path: Path, preprocess: PreprocessConfig) -> SliceCache | None:
+    """The cache at ``path``, or None when there is none or it cannot be read (then it is rebuilt)."""
+    if not (path / "index.json").is_file():
+        return None
+    try:
+        return SliceCache(path, preprocess)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"{path}: unreadable slice cache, rebuilding it ({exc})", DataWarning, stacklevel=3)
+        return None
+
+
 def open_slice_cache(dataset: Dataset, preprocess: PreprocessConfig | None = None,
                      cache_dir: str | Path | None = None) -> SliceCache:
-    """Open the slice cache of (dataset, preprocess), building it first if missing or stale.
+    """Open the slice cache of (dataset, preprocess), building it first if missing, stale or unreadable.
 
     Safe to call from several processes at once: one builds (under an fcntl lock, into a temporary
     folder renamed into place), the others wait and then open the result.
@@ -296,16 +310,19 @@ def open_slice_cache(dataset: Dataset, preprocess: PreprocessConfig | None = Non
     location = cache_location(dataset, cache_dir)
     family, name = _cache_names(dataset, preprocess)
     final = location / name
-    if (final / "index.json").is_file():
-        return SliceCache(final, preprocess)
+    cache = _open_existing(final, preprocess)
+    if cache is not None:
+        return cache
     with file_lock(location / f".{family}.lock"):
-        if not (final / "index.json").is_file():
-            for stale in list(location.glob(f"{family}-*")) + list(location.glob(f".tmp-{family}-*")):
-                shutil.rmtree(stale, ignore_errors=True)  # other sources, or a crashed build
-            tmp = location / f".tmp-{name}-{os.getpid()}"
-            try:
-                build_slice_cache(dataset, preprocess, tmp)
-                os.rename(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        cache = _open_existing(final, preprocess)
+        if cache is not None:
+            return cache
+        for stale in list(location.glob(f"{family}-*")) + list(location.glob(f".tmp-{family}-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # other sources, an unreadable copy, or a crashed build
+        tmp = location / f".tmp-{name}-{os.getpid()}"
+        try:
+            build_slice_cache(dataset, preprocess, tmp)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return SliceCache(final, preprocess)
