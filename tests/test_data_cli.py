@@ -23,6 +23,10 @@ def test_inspect_prints_everything(phantoms, capsys):
                      "labels      6 classes", "white_matter", "shapes      16x16x6 (3)",
                      "spacings    13.75x13.75x25 mm (3)", "FLAIR", "problems    none"):
         assert expected in text, text
+    assert main(["inspect", str(phantoms), "--per-patient"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-4].split()[:4] == ["case", "shape", "spacing", "(mm)"]
+    assert lines[-1].split()[:3] == ["phantom_002", "16x16x6", "13.8x13.8x25"]
 
 
 def test_inspect_lists_skipped_patients_and_fail_mode_exits_1(phantoms, capsys):

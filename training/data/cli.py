@@ -20,7 +20,7 @@ from training.data.phantoms import write_phantom_dataset
 from training.data.preprocess import PreprocessConfig, load_preprocess_config
 from training.data.records import Dataset
 from training.data.splits import make_splits
-from training.data.summary import summarize
+from training.data.summary import patient_table, summarize
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser, on_error: str) -> None:
@@ -44,6 +44,8 @@ def _load(args: argparse.Namespace) -> tuple[Dataset, list[str]]:
 def _inspect(args: argparse.Namespace) -> int:
     dataset, problems = _load(args)
     print(summarize(dataset, problems))
+    if args.per_patient:
+        print(patient_table(dataset))
     return 0
 
 
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="print what a dataset holds and every problem found")
     _add_dataset_arguments(inspect, on_error="skip")
+    inspect.add_argument("--per-patient", action="store_true", help="also print one line per patient")
     inspect.set_defaults(run=_inspect)
     phantoms = commands.add_parser("phantoms", help="write a phantom-patient dataset")
     phantoms.add_argument("out", type=Path, help="output folder (must not exist or be empty)")

@@ -23,6 +23,16 @@ def _counted(counter: Counter, fmt, limit: int = 4) -> str:
     return ", ".join(parts)
 
 
+def patient_table(dataset: Dataset) -> str:
+    """One line per usable patient: case id, shape, spacing and voxel count of each label."""
+    rows = [["case", "shape", "spacing (mm)", *dataset.label_names]]
+    for p in dataset.patients:
+        counts = p.stats.label_voxels if p.stats is not None else {}
+        rows.append([p.case_id, "x".join(map(str, p.shape)), "x".join(f"{v:.3g}" for v in p.spacing),
+                     *(f"{counts.get(v, 0):,}" for v in dataset.label_values)])
+    return "\n".join(_table(rows, text_columns=(0, 1, 2)))
+
+
 def summarize(dataset: Dataset, problems: list[str] | None = None) -> str:
     """Multi-line summary: layout, patients, modalities, labels with voxel counts, shapes, spacings,
     intensity ranges per modality, skipped patients and other ``problems`` (e.g. warnings).
