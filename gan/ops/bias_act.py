@@ -1,0 +1,92 @@
+"""Bias + activation + gain + clamp, the elementwise epilogue of every StyleGAN2 layer.
+
+y = clamp(act(x + b) * gain, -clamp, clamp). Each activation carries its default slope `alpha`
+and its default `gain`, chosen (as in StyleGAN2) so that the output of a unit-variance input keeps
+roughly unit variance: sqrt(2) for the rectifiers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gan.ops.backend import select_impl
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One activation: y = func(x, alpha), with its default alpha and gain."""
+
+    func: Callable[[torch.Tensor, float], torch.Tensor]
+    alpha: float
+    gain: float
+
+
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    "linear": ActivationSpec(lambda x, a: x, 0.0, 1.0),
+    "relu": ActivationSpec(lambda x, a: F.relu(x), 0.0, math.sqrt(2)),
+    "lrelu": ActivationSpec(lambda x, a: F.leaky_relu(x, a), 0.2, math.sqrt(2)),
+    "tanh": ActivationSpec(lambda x, a: torch.tanh(x), 0.0, 1.0),
+    "sigmoid": ActivationSpec(lambda x, a: torch.sigmoid(x), 0.0, 1.0),
+    "elu": ActivationSpec(lambda x, a: F.elu(x), 0.0, 1.0),
+    "selu": ActivationSpec(lambda x, a: F.selu(x), 0.0, 1.0),
+    "softplus": ActivationSpec(lambda x, a: F.softplus(x), 0.0, 1.0),
+    "swish": ActivationSpec(lambda x, a: torch.sigmoid(x) * x, 0.0, math.sqrt(2)),
+}
+
+
+def resolve_bias_act_args(act: str, alpha: float | None, gain: float | None,
+                          clamp: float | None) -> tuple[ActivationSpec, float, float, float]:
+    """Fill in an activation's defaults. Returns (spec, alpha, gain, clamp); clamp < 0 means none."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
+    spec = ACTIVATIONS[act]
+    alpha = float(spec.alpha if alpha is None else alpha)
+    gain = float(spec.gain if gain is None else gain)
+    clamp = float(-1 if clamp is None else clamp)
+    return spec, alpha, gain, clamp
+
+
+def bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float,
+                 gain: float, clamp: float) -> torch.Tensor:
+    """Reference bias_act with resolved arguments (clamp < 0: no clamping)."""
+    spec = ACTIVATIONS[act]
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]).to(x.dtype)
+    x = spec.func(x, alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
+             alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
+             impl: str | None = None) -> torch.Tensor:
+    """Add a bias along `dim`, apply an activation, scale by `gain`, clamp to [-clamp, clamp].
+
+    Args:
+        x: any shape, float (fp32/fp16/bf16).
+        b: [x.shape[dim]] bias, or None.
+        dim: the channel axis of x that b runs along.
+        act: one of ACTIVATIONS ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu",
+            "softplus", "swish").
+        alpha: slope for lrelu (default 0.2); unused by the others.
+        gain: output scale (default: the activation's, e.g. sqrt(2) for lrelu).
+        clamp: clamp the output to [-clamp, clamp]; None for no clamping.
+        impl: per-call override of the backend ("auto", "ref", "fused").
+
+    Returns:
+        Tensor shaped like x, same dtype; differentiable to second order on both paths.
+    """
+    spec, alpha, gain, clamp = resolve_bias_act_args(act, alpha, gain, clamp)
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
+        raise ValueError(f"bias_act: bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}")
+    if select_impl("bias_act", x, impl) == "fused":
+        from gan.ops.triton_bias_act import bias_act_triton
+        return bias_act_triton(x, b, dim, act, alpha, gain, clamp)
+    return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
