@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from training.data import Splits, make_splits
+from training.data import Splits, load_or_make_splits, make_splits
 from training.data.splits import kfold_indices
 
 IDS = [f"case_{i:03d}" for i in range(23)]
@@ -66,3 +66,12 @@ def test_bad_requests():
         make_splits(IDS[:5], test_fraction=0.2)
     with pytest.raises(ValueError, match="n_folds"):
         make_splits(IDS, n_folds=1)
+
+
+def test_load_or_make_splits_reuses_the_file(tmp_path):
+    path = tmp_path / "splits.json"
+    first = load_or_make_splits(path, IDS)
+    assert path.is_file() and first == make_splits(IDS)
+    assert load_or_make_splits(path, list(reversed(IDS)), seed=999) == first  # the file wins
+    with pytest.raises(ValueError, match=r"only in the dataset: \['case_999'\]"):
+        load_or_make_splits(path, IDS + ["case_999"])

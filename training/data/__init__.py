@@ -26,7 +26,7 @@ from training.data.preprocess import (CaseInfo, IntensityNorm, PreprocessConfig,
                                       load_preprocess_config, preprocess_config_from_dict, preprocess_patient,
                                       restore_labels)
 from training.data.records import Dataset, IntensityStats, Patient, PatientStats
-from training.data.splits import Fold, Splits, make_splits
+from training.data.splits import Fold, Splits, load_or_make_splits, make_splits
 from training.data.torch_dataset import SliceDataset
 
 __all__ = [
@@ -34,6 +34,6 @@ __all__ = [
     "IntensityStats", "LAYOUTS", "PHANTOM_LABELS", "PHANTOM_MODALITIES", "Patient", "PatientError",
     "PatientErrors", "PatientStats", "PreprocessConfig", "PreprocessedCase", "SliceBatch", "SliceCache",
     "SliceDataset", "Splits", "cache_location", "default_phantom_dataset", "detect_layout",
-    "generate_phantom_patient", "load_dataset", "load_preprocess_config", "make_splits", "open_slice_cache",
-    "preprocess_config_from_dict", "preprocess_patient", "restore_labels", "write_phantom_dataset",
+    "generate_phantom_patient", "load_dataset", "load_or_make_splits", "load_preprocess_config", "make_splits",
+    "open_slice_cache", "preprocess_config_from_dict", "preprocess_patient", "restore_labels", "write_phantom_dataset",
 ]

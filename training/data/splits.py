@@ -107,3 +107,24 @@ def make_splits(case_ids: list[str], n_folds: int = 5, seed: int = 12345, test_f
         val = [rest[i] for i in val_index]
         folds.append(Fold(train=[c for c in rest if c not in set(val)], val=val))
     return Splits(seed=seed, test=test, folds=folds)
+
+
+def load_or_make_splits(path: str | Path, case_ids: list[str], n_folds: int = 5, seed: int = 12345,
+                        test_fraction: float = 0.2) -> Splits:
+    """The splits stored at ``path``, or new ones (`make_splits`) saved there if the file is absent.
+
+    A stored file must cover exactly ``case_ids`` (ValueError naming the file and the differing
+    patients otherwise), so every stage of a study trains and tests on the same patients.
+    """
+    path = Path(path)
+    if not path.is_file():
+        splits = make_splits(case_ids, n_folds, seed, test_fraction)
+        splits.save(path)
+        return splits
+    splits = Splits.load(path)
+    stored = set(splits.test) | {c for fold in splits.folds for c in fold.train + fold.val}
+    if stored != set(case_ids):
+        extra, missing = sorted(stored - set(case_ids)), sorted(set(case_ids) - stored)
+        raise ValueError(f"{path}: splits were made for other patients (only in the file: {extra[:5]}, "
+                         f"only in the dataset: {missing[:5]}); delete the file to make new splits")
+    return splits
