@@ -13,11 +13,21 @@ CACHE_ENV = "STYLEPAIR_CACHE_DIR"
 
 
 def user_cache_root() -> Path:
-    """``$STYLEPAIR_CACHE_DIR``, else ``$XDG_CACHE_HOME/stylepair``, else ``~/.cache/stylepair``."""
+    """``$STYLEPAIR_CACHE_DIR``, else ``$XDG_CACHE_HOME/stylepair``, else ``~/.cache/stylepair``.
+
+    When the home cache cannot be created or written (read-only home in CI), falls back to
+    ``<tmp>/stylepair-<uid>``; an explicit ``$STYLEPAIR_CACHE_DIR`` is always used as given.
+    """
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "stylepair"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "stylepair"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"stylepair-{os.getuid()}"
 
 
 def default_cache_location(root: Path, cache_dir: str | Path | None = None) -> Path:
