@@ -26,7 +26,7 @@ class NetworkConfig:
     w_avg_beta: float = 0.995             # decay of the tracked w_avg used by truncation
     channel_base: int | None = None       # ch(r) = min(channel_base // r, channel_max); None: auto
     channel_max: int = 512
-    num_fp16_res: int = 0                 # fp16 in the N highest-resolution blocks (CUDA only)
+    num_fp16_res: int = 4                 # fp16 in the N highest-resolution blocks (CUDA only)
     conv_clamp: float | None = 256.0      # activations clamped to +-conv_clamp (None: no clamp)
     mbstd_group_size: int | None = None   # minibatch-std group; None: 4
     mbstd_num_channels: int = 1           # minibatch-std feature channels
