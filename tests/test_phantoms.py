@@ -76,7 +76,7 @@ def test_default_dataset_is_made_once(tmp_path):
     assert first.parent == tmp_path / "phantoms"
 
 
-@pytest.mark.slow  # imports MONAI and trains for ~100 steps: seconds alone, much longer on a busy CPU
+@pytest.mark.slow  # imports MONAI and trains 150 steps: seconds alone, much longer on a busy CPU
 def test_a_small_unet_learns_the_phantoms_but_not_perfectly(tmp_path):
     """Tissues are learnable from 4 patients; lesions (varying size/position, sometimes absent) are not
     solved: the task a segmentation study needs (Dice well above chance, clearly below 1)."""
