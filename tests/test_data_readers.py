@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, detect_layout, load_dataset, write_phantom_dataset
+from training.data import (PHANTOM_LABELS, PHANTOM_MODALITIES, DatasetError, PatientErrors, detect_layout, load_dataset,
+                           write_phantom_dataset)
 from training.data.phantoms import generate_phantom_patient
 
 SHAPE = (16, 20, 8)
@@ -41,9 +42,9 @@ def test_layouts_read_back_the_written_patients(datasets, layout):
 
 def test_forced_layout_and_mismatch(datasets):
     assert load_dataset(datasets["nnunet"], layout="nnunet").layout == "nnunet"
-    with pytest.raises(Exception, match="needs a 'modality' mapping"):
+    with pytest.raises(DatasetError, match="needs a 'modality' mapping"):
         load_dataset(datasets["nnunet"], layout="msd")
-    with pytest.raises(Exception, match="an MSD or nnU-Net v2 dataset, not folder-per-patient"):
+    with pytest.raises(DatasetError, match="an MSD or nnU-Net v2 dataset, not folder-per-patient"):
         load_dataset(datasets["msd"], layout="folder")
 
 
@@ -54,7 +55,7 @@ def test_modality_subset_and_order(datasets):
         full = generate_phantom_patient(3, 0, SHAPE).images
         assert dataset.modalities == ["FLAIR", "T1"]
         np.testing.assert_array_equal(images, full[[3, 0]])
-    with pytest.raises(Exception, match=r"modalities \['PD'\] not in the dataset"):
+    with pytest.raises(DatasetError, match=r"modalities \['PD'\] not in the dataset"):
         load_dataset(datasets["msd"], modalities=["PD"])
 
 
@@ -113,7 +114,7 @@ def test_voxel_checks_are_remembered_until_a_file_changes(tmp_path, datasets, mo
     data = np.asarray(img.dataobj).copy()
     data[0, 0, 0] = 9
     nib.save(nib.Nifti1Image(data, img.affine), str(label))
-    with pytest.raises(Exception, match=r"label values \[9\] are not declared"):
+    with pytest.raises(PatientErrors, match=r"label values \[9\] are not declared"):
         load_dataset(root)
     assert checked == ["phantom_002"]
 
