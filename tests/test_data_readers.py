@@ -164,3 +164,15 @@ def test_singleton_fourth_axis_is_a_3d_volume(tmp_path, datasets):
     expected = generate_phantom_patient(3, 1, SHAPE)
     np.testing.assert_array_equal(patient.load_images(), expected.images)
     np.testing.assert_array_equal(patient.load_label(), expected.label)
+
+
+def test_corrupt_voxel_check_record_is_ignored(tmp_path, datasets):
+    root = tmp_path / "memo_broken"
+    shutil.copytree(datasets["nnunet"], root)
+    load_dataset(root)
+    records = list((root / ".stylepair_cache").glob("voxel-checks-*.json"))
+    assert len(records) == 1
+    records[0].write_text("{not json")
+    dataset = load_dataset(root)
+    assert len(dataset.patients) == 3 and all(p.stats is not None for p in dataset.patients)
+    assert json.loads(records[0].read_text())["format"] == 1  # rewritten
