@@ -88,6 +88,14 @@ def test_each_variant_trains_a_few_steps(tmp_path, phantoms, variant):
     out = G(z, c, mask=mask, noise_mode="const")
     channels = {"baseline": 4 + 6, "mask": 6, "conditional": 4}[variant]
     assert out.shape == (2, channels, 16, 16) and torch.isfinite(out).all()
+    # the generator-only export (what checkpoints/tiny-* hold) loads to the same generator
+    exported = ckpt.export_generator(run, tmp_path / "export")
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "G_ema.safetensors", "config.json", "dataset.json", "manifest.json", "metrics.json",
+        "progress.json"]
+    G2, info2 = ckpt.load_generator(tmp_path / "export")
+    assert torch.equal(G2(z, c, mask=mask, noise_mode="const"), out)
+    assert info2.sha256 == info.sha256 and info2.slices_per_patient == info.slices_per_patient
 
 
 def test_resume_continues_exactly(tmp_path, phantoms):
@@ -125,6 +133,11 @@ def test_incompatible_resume_is_refused_unless_forced(tmp_path, phantoms, other_
     with pytest.warns(UserWarning, match="force-resume"):
         assert main(["--resume", str(run), "--kimg", "0.008", "--gamma", "3.0", "--force-resume",
                      "--no-tensorboard"]) == 0
+    # a generator-only export cannot be resumed
+    ckpt.export_generator(run, tmp_path / "export")
+    assert main(["--resume", str(tmp_path / "export"), "--kimg", "0.008",
+                 "--no-tensorboard"]) == 2
+    assert "generator-only export" in capsys.readouterr().err
     # a fresh run into a directory that holds snapshots is refused too
     with pytest.raises(SystemExit):
         main(base + ["--out", str(run), "--kimg", "0.004"])

@@ -495,6 +495,11 @@ class GanTrainer:
         for problem in problems:
             warnings.warn(f"--force-resume: {problem}", stacklevel=2)
         content = ckpt.read_snapshot(snapshot)
+        missing = [name for name in (*self.modules(), "optim_G", "optim_D", "rng")
+                   if name not in content.tensors]
+        if missing:
+            raise ResumeError(f"{snapshot}: lacks {', '.join(missing)} (a generator-only export?); "
+                              "training can only resume from a full snapshot")
         for name, module in self.modules().items():
             module.load_state_dict(content.tensors[name], strict=True)
         for name, opt in self.opt.items():

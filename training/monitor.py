@@ -126,7 +126,7 @@ class TrainingMonitor:
         if self.writer is not None:
             for key, value in stats.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(key, value, global_step=nimg // 1000)
+                    self.writer.add_scalar(key, value, global_step=nimg)
             self.writer.flush()
         if self.bar is not None and not self.bar.disable:
             shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
@@ -147,7 +147,7 @@ class TrainingMonitor:
         shutil.copyfile(path, self.run_dir / f"{tag}-latest.png")
         if self.writer is not None:
             for name, grid in grids.items():
-                self.writer.add_image(f"{tag}/{name}", grid, global_step=nimg // 1000,
+                self.writer.add_image(f"{tag}/{name}", grid, global_step=nimg,
                                       dataformats="HWC")
             self.writer.flush()
         return path
