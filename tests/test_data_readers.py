@@ -168,7 +168,7 @@ def test_singleton_fourth_axis_is_a_3d_volume(tmp_path, datasets):
 
 def test_corrupt_voxel_check_record_is_ignored(tmp_path, datasets):
     root = tmp_path / "memo_broken"
-    shutil.copytree(datasets["nnunet"], root)
+    shutil.copytree(datasets["nnunet"], root, ignore=shutil.ignore_patterns(".stylepair_cache"))
     load_dataset(root)
     records = list((root / ".stylepair_cache").glob("voxel-checks-*.json"))
     assert len(records) == 1
