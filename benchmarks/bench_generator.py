@@ -8,8 +8,10 @@ Rows (untrained baseline G, 5 output channels, fp32, eval, const noise):
   ref, grouped modconv    gan.ops 'ref' backend; modulated conv as one grouped convolution (inference)
   ref, scale/conv/scale   gan.ops 'ref' backend; the non-fused modulated conv form (training default)
   naive                   the same network written the textbook way: a Python loop over samples,
-                          each modulating/demodulating its own weights, FIR resampling by explicit
-                          zero insertion and a dense depthwise filter, bias/act/clamp as separate ops
+                          each modulating/demodulating its own weights; upsampling convs as zero
+                          insertion + a dense 3x3 conv of the sparse image + FIR filter (the ref
+                          path uses a strided transposed conv instead, a quarter of the work);
+                          bias/act/clamp as separate ops
   fused                   gan.ops 'fused' backend (Triton); on a GPU at the same size, otherwise under
                           TRITON_INTERPRET=1 on CPU at a tiny size (interpreted kernels are slow:
                           this row shows it runs and agrees, not its speed)
@@ -75,8 +77,12 @@ def naive_modulated_layer(layer: ModulatedConvLayer, x: torch.Tensor, w: torch.T
         weight = weight / (weight.square().sum(dim=[1, 2, 3], keepdim=True) + 1e-8).sqrt()  # demodulate
         xi = x[i:i + 1]
         if layer.up == 2:
-            # Transposed conv (zero insertion + full conv), then the FIR filter on the 2H+1 result.
-            yi = F.conv_transpose2d(xi, weight.transpose(0, 1), stride=2)
+            # Zero insertion to 2H-1, a dense 3x3 convolution of the sparse image (full padding:
+            # 2H+1), then the FIR filter with gain 4 back to 2H.
+            H, W = xi.shape[2:]
+            sparse = torch.zeros(1, xi.shape[1], 2 * H - 1, 2 * W - 1, dtype=xi.dtype)
+            sparse[:, :, ::2, ::2] = xi
+            yi = F.conv2d(sparse, weight.flip([2, 3]), padding=2)
             yi = F.conv2d(F.pad(yi, [1, 1, 1, 1]),
                           (layer.resample_filter * 4).expand(yi.shape[1], 1, 4, 4), groups=yi.shape[1])
         else:
