@@ -53,7 +53,7 @@ def test_auto_rules_and_override_errors():
     assert resolved.loss.r1_gamma == pytest.approx(0.0002 * 256 ** 2 / 16)   # 0.8192
     assert resolved.optim.g_lr == 0.0025 and resolved.ema_kimg == pytest.approx(5.0)
     assert resolve_config(cfg, num_processes=8).batch == 64
-    with pytest.raises(ConfigError, match="unknown key 'chanel_base'"):
+    with pytest.raises(ConfigError, match="unknown key 'network.chanel_base'"):
         apply_override(cfg, "network.chanel_base", 4)
     with pytest.raises(ConfigError, match="expected an integer"):
         apply_override(cfg, "batch", "many")
@@ -63,7 +63,7 @@ def test_bad_cli_input_gives_clear_errors(capsys, tmp_path, phantoms):
     with pytest.raises(SystemExit):
         main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path),
                      "--set", "loss.gama=1", "--dry-run"])
-    assert "unknown key 'gama'" in capsys.readouterr().err
+    assert "unknown key 'loss.gama'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant", ["baseline", "mask", "conditional"])

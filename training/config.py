@@ -9,6 +9,7 @@ The resolved configuration is what is saved with the run and compared on resume.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,43 +111,43 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def config_from_dict(data: dict, cls: type = TrainConfig, where: str = "config") -> Any:
-    """Build ``cls`` from a nested dict, checking keys and types; unknown keys are an error."""
+    """Build ``cls`` from a nested dict, checking keys and types; unknown keys are an error.
+
+    ``where`` names the source (a file, "--set") in error messages.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     base = cls()
-    _apply_mapping(base, data, where)
+    _apply_mapping(base, data, where, "")
     return base
 
 
-def _apply_mapping(obj: Any, data: dict, where: str) -> None:
+def _apply_mapping(obj: Any, data: dict, where: str, prefix: str) -> None:
     for key, value in data.items():
-        _set_field(obj, str(key), value, where)
+        _set_field(obj, str(key), value, where, prefix)
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _set_field(obj: Any, key: str, value: Any, where: str) -> None:
+def _set_field(obj: Any, key: str, value: Any, where: str, prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(obj)}
+    dotted = f"{prefix}{key}"
     if key not in names:
-        raise ConfigError(f"{where}: unknown key '{key}' for {type(obj).__name__} "
+        raise ConfigError(f"{where}: unknown key '{dotted}' for {type(obj).__name__} "
                           f"(valid: {', '.join(sorted(names))})")
-    hint = _field_types(type(obj))[key]
+    hint = typing.get_type_hints(type(obj))[key]
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' is a section; give a mapping or dotted keys")
-        _apply_mapping(current, value, f"{where}.{key}")
+            raise ConfigError(f"{where}: '{dotted}' is a section; give a mapping or dotted keys")
+        _apply_mapping(current, value, where, f"{dotted}.")
         return
-    setattr(obj, key, _coerce(value, hint, f"{where}.{key}"))
+    setattr(obj, key, _coerce(value, hint, f"{where}: {dotted}"))
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a type hint (int, float, str, bool, Optional, list, tuple)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -248,7 +249,7 @@ def apply_override(cfg: TrainConfig, key: str, value: Any) -> None:
                               f"of {type(target).__name__} (sections: "
                               f"{', '.join(n for n in sorted(names) if dataclasses.is_dataclass(getattr(target, n)))})")
         target = child
-    _set_field(target, parts[-1], value, f"--set {key}")
+    _set_field(target, parts[-1], value, "--set", ".".join(parts[:-1]) + "." if len(parts) > 1 else "")
 
 
 # --------------------------------------------------------------------------------------------
