@@ -45,7 +45,8 @@ def test_cache_and_splits_commands(phantoms, tmp_path, capsys):
     assert main(["cache", str(phantoms), "--resolution", "8", "--cache-dir", str(tmp_path / "c")]) == 0
     text = capsys.readouterr().out
     assert "18 from 3 patients, 8x8, 4 modalities, float32" in text and str(tmp_path / "c") in text
-    assert main(["splits", str(phantoms), "--out", str(tmp_path / "s.json"), "--folds", "2", "--test-fraction", "0"]) == 0
+    out = str(tmp_path / "s.json")
+    assert main(["splits", str(phantoms), "--out", out, "--folds", "2", "--test-fraction", "0"]) == 0
     assert Splits.load(tmp_path / "s.json").n_folds == 2
     assert json.loads((tmp_path / "s.json").read_text())["seed"] == 12345
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from training.data import IntensityNorm, Patient, PreprocessConfig, load_preprocess_config, preprocess_patient, restore_labels
+from training.data import (IntensityNorm, Patient, PreprocessConfig, load_preprocess_config, preprocess_patient,
+                           restore_labels)
 from training.data.nifti import write_nifti
 from training.data.preprocess import intensity_window, label_indices, normalise, slice_geometry
 
@@ -15,7 +16,8 @@ def make_patient(tmp_path, images, label, spacing=(1.0, 1.0, 2.0), names=("T1", 
         files.append(tmp_path / f"case_{name}.nii.gz")
         write_nifti(files[-1], volume.astype(np.float32), affine)
     write_nifti(tmp_path / "case_seg.nii.gz", label.astype(np.uint8), affine)
-    return Patient("case", files, tmp_path / "case_seg.nii.gz", affine, spacing, label.shape, list(names), [None] * len(names))
+    return Patient("case", files, tmp_path / "case_seg.nii.gz", affine, spacing, label.shape, list(names),
+                   [None] * len(names))
 
 
 def test_mr_percentiles_within_foreground_and_ct_window():
@@ -29,7 +31,8 @@ def test_mr_percentiles_within_foreground_and_ct_window():
     config = PreprocessConfig()
     assert config.norm_for("CT") == IntensityNorm("window", -1000.0, 2000.0, False)
     assert config.norm_for("FLAIR").method == "percentile"
-    assert normalise(np.array([-2000.0, 500.0, 3000.0]), intensity_window(volume, config.norm_for("ct"))).tolist() == [-1.0, 0.0, 1.0]
+    ct_window = intensity_window(volume, config.norm_for("ct"))
+    assert normalise(np.array([-2000.0, 500.0, 3000.0]), ct_window).tolist() == [-1.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="lower < upper"):
         IntensityNorm("window", 10.0, -10.0)
 
@@ -65,7 +68,8 @@ def test_preprocess_patient_arrays_header_and_inverse(tmp_path):
         index = np.argwhere(labels == labels.max()).mean(axis=0)
         return (affine @ np.append(index, 1.0))[:3]
     stacked = case.labels.transpose(1, 2, 0)
-    np.testing.assert_allclose(centroid_mm(stacked, np.array(info.slice_affine)), centroid_mm(label, patient.affine), atol=1e-6)
+    np.testing.assert_allclose(centroid_mm(stacked, np.array(info.slice_affine)), centroid_mm(label, patient.affine),
+                               atol=1e-6)
     np.testing.assert_array_equal(restore_labels(case.labels, info), label_indices(label, [0, 1, 2, 4]))
 
 

@@ -151,7 +151,8 @@ def test_single_modality_ct_msd_and_uncompressed_nnunet(tmp_path):
     (nnunet / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "bone": 1}, "numTraining": 1, "file_ending": ".nii"}))
     dataset = load_dataset(nnunet)
-    assert dataset.layout == "nnunet" and dataset.case_ids == ["pelvis_01"] and dataset.label_names == ["background", "bone"]
+    assert dataset.layout == "nnunet" and dataset.case_ids == ["pelvis_01"]
+    assert dataset.label_names == ["background", "bone"]
 
 
 def test_singleton_fourth_axis_is_a_3d_volume(tmp_path, datasets):

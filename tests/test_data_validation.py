@@ -53,7 +53,8 @@ def test_missing_label_file(tmp_path):
     root = phantoms(tmp_path, "nnunet")
     missing = root / "labelsTr" / "phantom_000.nii.gz"
     missing.unlink()
-    (root / "dataset.json").write_text(json.dumps({**json.loads((root / "dataset.json").read_text()), "numTraining": 2}))
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 2}))
     assert_fails(root, missing, "label file is missing")
 
 

@@ -25,7 +25,8 @@ from training.data.summary import patient_table, summarize
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser, on_error: str) -> None:
     parser.add_argument("dataset", type=Path, help="dataset folder (MSD, nnU-Net v2 raw, or folder-per-patient)")
-    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto", help="force a layout (default: %(default)s)")
+    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto",
+                        help="force a layout (default: %(default)s)")
     parser.add_argument("--on-error", choices=("fail", "skip"), default=on_error,
                         help="bad patients: fail, or skip them with a warning (default: %(default)s)")
     parser.add_argument("--modalities", type=lambda s: [m for m in s.split(",") if m], default=None,
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylepair-data", description="Inspect a NIfTI dataset, write phantom patients, build the slice cache, "
                                            "write patient-level splits.",
-        epilog="examples:\n" + "\n".join(__doc__.strip().splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="examples:\n" + "\n".join(__doc__.strip().splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="print what a dataset holds and every problem found")
     _add_dataset_arguments(inspect, on_error="skip")
@@ -102,24 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
     phantoms.add_argument("--patients", type=int, default=20, help="number of patients (default: %(default)s)")
     phantoms.add_argument("--seed", type=int, default=0, help="population seed (default: %(default)s)")
-    phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"), help="volume size (default: 64 64 24)")
+    phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"),
+                          help="volume size (default: 64 64 24)")
     phantoms.add_argument("--layout", choices=LAYOUTS, default="msd", help="layout to write (default: %(default)s)")
     phantoms.set_defaults(run=_phantoms)
     cache = commands.add_parser("cache", help="build (or reuse) the slice cache of a dataset")
     _add_dataset_arguments(cache, on_error="fail")
     cache.add_argument("--config", default=None,
                        help="preprocessing preset in configs/data/ (phantom, brats, ct) or a YAML path "
-                            "(default: PreprocessConfig defaults, 64 px, MR percentiles 0.5-99.5 %%, CT -1000..2000 HU)")
+                            "(default: PreprocessConfig defaults, 64 px, MR percentiles 0.5-99.5 %%, "
+                            "CT -1000..2000 HU)")
     cache.add_argument("--resolution", type=int, default=None, help="slice size in pixels, overriding the config")
     cache.add_argument("--cache-dir", type=Path, default=None,
-                       help="cache location (default: $STYLEPAIR_CACHE_DIR, DATASET/.stylepair_cache, ~/.cache/stylepair)")
+                       help="cache location (default: $STYLEPAIR_CACHE_DIR, DATASET/.stylepair_cache, "
+                            "~/.cache/stylepair)")
     cache.set_defaults(run=_cache)
     splits = commands.add_parser("splits", help="write patient-level test + k-fold splits as JSON")
     _add_dataset_arguments(splits, on_error="fail")
     splits.add_argument("--out", type=Path, required=True, help="splits JSON to write")
     splits.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default: %(default)s)")
     splits.add_argument("--seed", type=int, default=12345, help="split seed (default: %(default)s, nnU-Net's)")
-    splits.add_argument("--test-fraction", type=float, default=0.2, help="fraction of patients held out for testing (default: %(default)s)")
+    splits.add_argument("--test-fraction", type=float, default=0.2,
+                        help="fraction of patients held out for testing (default: %(default)s)")
     splits.set_defaults(run=_splits)
     return parser
 

@@ -80,19 +80,22 @@ def scan_folder(root: Path, modalities: list[str] | None = None) -> LayoutScan:
         counts = Counter(role for roles, _, _ in scanned.values() for role in roles)
         modalities = sorted(role for role, n in counts.items() if n * 2 > len(folders))
         if not modalities:
-            raise DatasetError(root, f"cannot discover modality names consistently across patients (found {dict(counts)})")
+            raise DatasetError(root, "cannot discover modality names consistently across patients "
+                                     f"(found {dict(counts)})")
     cases: list[CaseFiles] = []
     for folder, (roles, labels, problem) in scanned.items():
         files = [roles.get(m, folder / f"{folder.name}_{m}.nii.gz") for m in modalities]
         case = CaseFiles(folder.name, files, [None] * len(modalities), labels[0] if len(labels) == 1 else None, problem)
         missing = [m for m in modalities if m not in roles]
         if case.problem is None and missing:
-            case.problem = PatientError(folder.name, files[modalities.index(missing[0])], f"missing modality '{missing[0]}'")
+            case.problem = PatientError(folder.name, files[modalities.index(missing[0])],
+                                        f"missing modality '{missing[0]}'")
         elif case.problem is None and not labels:
             case.problem = PatientError(folder.name, folder / f"{folder.name}_seg.nii.gz",
                                         f"label file is missing (expected one named *_{{{','.join(LABEL_SUFFIXES)}}})")
         elif case.problem is None and len(labels) > 1:
-            case.problem = PatientError(folder.name, labels[1], f"more than one label file ({[p.name for p in labels]})")
+            case.problem = PatientError(folder.name, labels[1],
+                                        f"more than one label file ({[p.name for p in labels]})")
         extra = sorted(set(roles) - set(modalities))
         if extra and not chosen_by_caller:
             warnings.warn(f"{folder}: ignoring file(s) of undeclared modalities {extra}", DataWarning, stacklevel=2)

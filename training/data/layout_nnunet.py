@@ -58,7 +58,8 @@ def scan_nnunet(root: Path) -> LayoutScan:
             case.problem = PatientError(case_id, files[c], f"missing modality '{modalities[c]}' (channel {c:04d})")
         elif extra:
             case.problem = PatientError(case_id, found[extra[0]],
-                                        f"channel {extra[0]:04d} is not declared in dataset.json ({len(modalities)} channels)")
+                                        f"channel {extra[0]:04d} is not declared in dataset.json "
+                                        f"({len(modalities)} channels)")
         elif case.label_file is None:
             case.problem = PatientError(case_id, labels_dir / f"{case_id}{ending}", "label file is missing")
         cases.append(case)

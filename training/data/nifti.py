@@ -82,7 +82,8 @@ def _load(path: Path, case_id: str) -> nib.Nifti1Image:
         gzip_problem = _gzip_problem(path)
         if gzip_problem is not None:
             raise PatientError(case_id, path, gzip_problem) from exc
-        reason = str(exc).replace(f"File {path}", "the file").replace(f'"{path}"', "the file").replace(str(path), "the file")
+        reason = str(exc).replace(f"File {path}", "the file").replace(f'"{path}"', "the file")
+        reason = reason.replace(str(path), "the file")  # the path already starts the message
         raise PatientError(case_id, path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise PatientError(case_id, path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
@@ -128,7 +129,8 @@ def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, OSError, ValueError) as exc:
-        raise PatientError(case_id, header.path, f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from exc
+        raise PatientError(case_id, header.path,
+                           f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 5 and data.shape[3] == 1:
         data = data[:, :, :, 0, :]
     if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a singleton 4th axis

@@ -63,7 +63,8 @@ class Patient:
             data = loaded[path]
             volume = data if channel is None else data[..., channel]
             if volume.shape != tuple(self.shape):
-                raise PatientError(self.case_id, path, f"voxel array has shape {volume.shape}, expected {tuple(self.shape)}")
+                raise PatientError(self.case_id, path,
+                                   f"voxel array has shape {volume.shape}, expected {tuple(self.shape)}")
             bad = ~np.isfinite(volume)
             if bad.any():
                 where = tuple(int(i) for i in np.argwhere(bad)[0])

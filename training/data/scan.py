@@ -86,7 +86,8 @@ def parse_labels(entry: object, path: Path) -> tuple[list[int], list[str]]:
     pairs: list[tuple[int, str]] = []
     for key, value in entry.items():
         if isinstance(value, (list, tuple)):
-            raise DatasetError(path, f"label {key!r} is region-based ({value}); only plain integer labels are supported")
+            raise DatasetError(path, f"label {key!r} is region-based ({value}); "
+                                     "only plain integer labels are supported")
         if isinstance(value, bool):
             raise DatasetError(path, f"label {key!r} has a non-integer value {value!r}")
         if isinstance(value, int):  # nnU-Net v2: name -> value
@@ -95,7 +96,8 @@ def parse_labels(entry: object, path: Path) -> tuple[list[int], list[str]]:
         try:  # MSD: "value" -> name
             pairs.append((int(key), str(value)))
         except ValueError as exc:
-            raise DatasetError(path, f"cannot read label entry {key!r}: {value!r} (expected \"0\": \"name\" or \"name\": 0)") from exc
+            raise DatasetError(path, f"cannot read label entry {key!r}: {value!r} "
+                                     "(expected \"0\": \"name\" or \"name\": 0)") from exc
     values = [v for v, _ in pairs]
     duplicates = sorted(v for v, c in Counter(values).items() if c > 1)
     if duplicates:

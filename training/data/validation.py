@@ -17,7 +17,8 @@ PERCENTILES = (0.5, 50.0, 99.5)
 def _same_grid(reference: VolumeHeader, other: VolumeHeader, case_id: str) -> None:
     if other.shape != reference.shape:
         raise PatientError(case_id, other.path,
-                           f"shape {other.shape} disagrees with {reference.path.name} {reference.shape} (canonical orientation)")
+                           f"shape {other.shape} disagrees with {reference.path.name} {reference.shape} "
+                           "(canonical orientation)")
     tolerance = max(1e-4, AFFINE_TOLERANCE_VOXELS * min(reference.spacing))
     difference = float(np.max(np.abs(other.affine - reference.affine)))
     if difference > tolerance:
