@@ -227,6 +227,13 @@ def test_refuses_existing_directories(tmp_path, baseline_source):
     with pytest.raises(OutputDirError, match="no synthesis.json"):
         sample_to_directory(baseline_source, settings(baseline_source), foreign, progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    real = write_phantom_dataset(tmp_path / "real", n_patients=1, shape=(8, 8, 8), layout="nnunet")
+    with pytest.raises(OutputDirError, match="refusing to delete"):
+        sample_to_directory(baseline_source, settings(baseline_source), real, overwrite=True, progress=False)
+    assert (real / "labelsTr" / "phantom_000.nii.gz").is_file()
+    report = sample_to_directory(baseline_source, settings(baseline_source, patients=1), foreign, overwrite=True,
+                                 progress=False)
+    assert report.written == 1 and (foreign / "notes.txt").read_text() == "mine"
 
     out = tmp_path / "syn"
     sample_to_directory(baseline_source, settings(baseline_source, patients=2), out, progress=False)

@@ -357,20 +357,15 @@ def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, 
 
     Refuses (OutputDirError) a non-empty directory unless resuming, appending or overwriting;
     --overwrite deletes only what this tool writes (imagesTr, labelsTr, dataset.json,
-    synthesis.json, preview.png).
+    synthesis.json, preview.png), and only in a directory this tool wrote (with synthesis.json).
     """
     out_dir = Path(out_dir)
     if append and overwrite:
         raise OutputDirError("--append and --overwrite exclude each other")
-    if overwrite:
-        for name in OWNED_ENTRIES:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
     log_path = out_dir / "synthesis.json"
-    if _is_empty(out_dir):
+    if overwrite:
+        _remove_synthetic_dataset(out_dir)
+    if overwrite or _is_empty(out_dir):
         empty.sessions.append(_new_session(settings, first_candidate=0))
         return empty, "new"
     if not log_path.is_file():
@@ -397,6 +392,20 @@ def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, 
     raise OutputDirError(
         f"{out_dir}: already holds a synthetic dataset of {len(log.patients)} patients; pass --append to "
         f"add patients or --overwrite to replace it")
+
+
+def _remove_synthetic_dataset(out_dir: Path) -> None:
+    """Delete what sample_to_directory writes; refuses a dataset it did not write (e.g. real data)."""
+    present = [name for name in OWNED_ENTRIES if (out_dir / name).exists()]
+    if present and not (out_dir / "synthesis.json").is_file():
+        raise OutputDirError(f"{out_dir}: holds {', '.join(present)} but no synthesis.json, so it is not a "
+                             f"synthetic dataset written by stylepair; refusing to delete it even with --overwrite")
+    for name in present:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 def _new_session(settings: SamplingSettings, first_candidate: int) -> SamplingSession:
