@@ -115,7 +115,7 @@ def test_round_trip_matches_source_dataset(tmp_path):
 
 def test_to_volumes_maps_indices_to_label_values_and_unit_range_to_intensity():
     data = source_dataset(label_values=[0, 2, 7, 300, 301, 302])
-    images = torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1, 1).expand(3, len(MODALITIES), RES, RES)
+    images = torch.tensor([-1.0, 0.0, 1.5]).view(3, 1, 1, 1).expand(3, len(MODALITIES), RES, RES)  # 1.5: overshoot
     labels = torch.arange(3).view(3, 1, 1).expand(3, RES, RES) * 2  # indices 0, 2, 4
     volume, label_volume = to_volumes(images, labels, data)
     assert volume.shape == (len(MODALITIES), RES, RES, 3) and label_volume.shape == (RES, RES, 3)

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gan import PairSampler, channels_to_labels
-from training.checkpoint import load_generator
+from training.checkpoint import RunInfo, load_generator
 from training.data.cache import IntensityScale
 from training.patient_preview import read_case, write_preview
 from training.synthetic_dataset import (PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
@@ -247,11 +247,12 @@ class _OpenPatient:
 class PatientSampler:
     """Generates synthetic patients in memory, batching slices through the networks.
 
-    slices: the pipeline's SliceGenerator; slices_per_patient: slice counts to draw from (ignored
-    when fixed_slices is given); drop_end_slices: stack ends training left out (see plan_patient);
-    seed: candidate j uses the seed (seed, j); truncation_psi /
-    truncation_cutoff: StyleGAN truncation of w towards w_avg in the first `cutoff` layers (all
-    when None); batch: slices per network call; noise_mode: "const" | "random" | "none".
+    slices: the pipeline's SliceGenerator; slices_per_patient: stack lengths of the real patients
+    to draw from; fixed_slices: generate this many slices instead; drop_end_slices: stack ends
+    training left out (see plan_patient); seed: candidate j uses the seed (seed, j);
+    truncation_psi / truncation_cutoff: StyleGAN truncation of w towards w_avg in the first
+    `cutoff` layers (all when None); batch: slices per network call; device: where the networks
+    are; noise_mode: "const" | "random" | "none".
     """
 
     def __init__(self, slices: SliceGenerator, slices_per_patient: Sequence[int], seed: int = 0,
@@ -349,13 +350,15 @@ def to_volumes(images: torch.Tensor, labels: torch.Tensor, source: SourceDataset
                ) -> tuple[np.ndarray, np.ndarray]:
     """Stack slices into volumes in the real dataset's units.
 
-    images [S, M, H, W] in [-1, 1] -> float32 [M, H, W, S] in each modality's intensity range;
+    images [S, M, H, W] ~[-1, 1] -> float32 [M, H, W, S] in each modality's intensity range,
+    clamped to [-1, 1] first: the range the training slices were clipped to, so values beyond it
+    are the generator's overshoot, not intensities it learned.
     labels [S, H, W] indices in [0, L) -> [H, W, S] real label values (uint8, or int16 above 255).
     Slice k becomes the axial plane [..., k], the last (canonical RAS superior) axis.
     """
     S, M, H, W = images.shape
     assert labels.shape == (S, H, W) and M == len(source.modalities)
-    stacked = images.permute(1, 2, 3, 0).numpy()  # [M, H, W, S]
+    stacked = images.clamp(-1.0, 1.0).permute(1, 2, 3, 0).numpy()  # [M, H, W, S]
     volume = np.stack([source.intensity[m].to_intensity(stacked[m]) for m in range(M)])
     dtype = np.uint8 if max(source.label_values) <= 255 else np.int16
     lookup = np.asarray(source.label_values, dtype=dtype)
@@ -387,7 +390,7 @@ def intensity_scale(entry: dict, modality: str, where: str) -> IntensityScale:
         raise ValueError(f"{where}: intensity entry {entry!r} lacks numeric 'lo' and 'hi'") from exc
 
 
-def source_dataset(info, where: str) -> SourceDataset:
+def source_dataset(info: RunInfo, where: str) -> SourceDataset:
     """SourceDataset from a training.checkpoint.RunInfo (`where` names the checkpoint in errors).
 
     The typical header's origin is moved to the first slice training kept (drop_end_slices)."""
@@ -406,13 +409,13 @@ def source_dataset(info, where: str) -> SourceDataset:
                          affine, [int(n) for n in info.slices_per_patient], drop)
 
 
-def _record(role: str, run: str | Path, info) -> GeneratorRecord:
+def _record(role: str, run: str | Path, info: RunInfo) -> GeneratorRecord:
     return GeneratorRecord(role=role, variant=info.variant, run=str(run), checkpoint=str(info.checkpoint),
                            sha256=info.sha256, kimg=float(info.kimg), cond=info.cond,
                            dataset_fingerprint=info.dataset_fingerprint)
 
 
-def _check_conditioning(generator: torch.nn.Module, info, where: str) -> None:
+def _check_conditioning(generator: torch.nn.Module, info: RunInfo, where: str) -> None:
     expected = 1 if info.cond == "slice-position" else 0
     if generator.c_dim != expected:
         raise ValueError(f"{where}: trained with cond {info.cond!r} but its generator has c_dim "
