@@ -181,15 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = init_distributed(args.device)
+    try:
+        ctx = init_distributed(args.device)
+    except RuntimeError as err:
+        parser.error(str(err))
     try:
         saved = None
-        if args.resume is not None:
-            saved = ckpt.read_json(ckpt.latest_good_snapshot(args.resume) / "config.json")
         try:
+            if args.resume is not None:
+                saved = ckpt.read_json(ckpt.latest_good_snapshot(args.resume) / "config.json")
             cfg = build_config(args, ctx.world_size, saved)
             run_dir = _resolve_run_dir(args)
-        except ConfigError as err:
+        except (ConfigError, ckpt.CheckpointError) as err:
             parser.error(str(err))
         if args.dry_run:
             if ctx.is_main:
@@ -200,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                          "it or choose another --out")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        return _train(cfg, run_dir, args, ctx)
+        from training.data import DataError
+        try:
+            return _train(cfg, run_dir, args, ctx)
+        except (DataError, ckpt.CheckpointError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     finally:
         shutdown_distributed(ctx)
 

@@ -317,6 +317,9 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     for name in cfg.metrics:
         if name not in known_metrics:
             raise ConfigError(f"unknown metric '{name}' (known: {', '.join(known_metrics)})")
+    if "consistency" in cfg.metrics and cfg.variant == "mask":
+        raise ConfigError("metric 'consistency' needs images and masks; the mask variant makes "
+                          "masks only (use fid,kid, which compare masks)")
     if cfg.track_metric is not None and cfg.track_metric not in cfg.metrics:
         raise ConfigError(f"track_metric '{cfg.track_metric}' is not among metrics {cfg.metrics}")
     if cfg.kimg <= 0 or cfg.tick_kimg <= 0 or cfg.snap < 1 or cfg.keep_last < 1:
