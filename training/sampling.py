@@ -85,6 +85,7 @@ class SourceDataset:
         if not self.slices_per_patient or min(self.slices_per_patient) < 1:
             raise ValueError(f"slices_per_patient must be non-empty positive counts: {self.slices_per_patient}")
 
+
 # ----------------------------------------------------------------------------------------------
 # Slice generators: one network call for a batch of slices
 
@@ -365,6 +366,7 @@ def to_volumes(images: torch.Tensor, labels: torch.Tensor, source: SourceDataset
     label_volume = lookup[labels.permute(1, 2, 0).numpy()]  # [H, W, S]
     return volume, label_volume
 
+
 # ----------------------------------------------------------------------------------------------
 # Loading the generators of a pipeline from training runs
 
@@ -472,6 +474,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
+
 # ----------------------------------------------------------------------------------------------
 # The whole stage: sample, gate, write, record, preview
 
@@ -505,7 +508,7 @@ def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_
     Each accepted patient is written atomically and then recorded in synthesis.json and
     dataset.json (both replaced atomically), so an interrupted call resumes at the next missing
     patient when run again with the same settings. See `open_output` for existing directories;
-    one process at a time writes into a directory (a lock file in it).
+    one process at a time writes into a directory (flock on the directory).
     Raises OutputDirError for a refused directory and QualityGateError when the quality gate rejects
     more than MAX_REJECTIONS_PER_PATIENT candidates per requested patient.
     """

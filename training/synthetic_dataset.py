@@ -191,6 +191,7 @@ class NnUNetRawWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.root / "dataset.json", self.dataset_json(num_training, description))
 
+
 # ----------------------------------------------------------------------------------------------
 # synthesis.json: what produced the dataset, and how far each sampling session got
 
@@ -310,6 +311,7 @@ def software_versions() -> dict[str, str]:
 def now_utc() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
 
 # ----------------------------------------------------------------------------------------------
 # The output directory: new, resumed, appended to, overwritten or refused
