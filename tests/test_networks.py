@@ -67,7 +67,7 @@ def test_modulated_layer_styles_start_at_one_and_noise_strength_at_zero():
 
 def test_demodulation_gives_unit_output_variance():
     torch.manual_seed(0)
-    layer = ModulatedConvLayer(64, 64, w_dim=16, resolution=16, activation="linear")
+    layer = ModulatedConvLayer(64, 64, w_dim=16, resolution=16, activation="linear").requires_grad_(False)
     x = torch.randn(4, 64, 16, 16)
     w = torch.randn(4, 16) * 3                                   # large styles: removed by demod
     y = layer(x, w, noise_mode="none")
