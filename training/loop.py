@@ -236,11 +236,13 @@ class GanTrainer:
     # ---- construction ---------------------------------------------------------------------
 
     def _build_networks(self) -> None:
-        cfg, channels = self.cfg, {"image_channels": self.data.image_channels,
-                                   "label_channels": self.data.label_channels}
+        cfg = self.cfg
+        image_channels, label_channels = self.data.image_channels, self.data.label_channels
         torch.manual_seed(cfg.seed)              # identical initial weights on every process
-        self.G = build_generator(cfg.variant, cfg.network, **channels)
-        self.D = build_discriminator(cfg.variant, cfg.network, **channels)
+        self.G = build_generator(cfg.variant, cfg.network, image_channels=image_channels,
+                                 label_channels=label_channels)
+        self.D = build_discriminator(cfg.variant, cfg.network, image_channels=image_channels,
+                                     label_channels=label_channels)
         self.G.to(self.device).train().requires_grad_(False)
         self.D.to(self.device).train().requires_grad_(False)
         self.ctx.broadcast_module(self.G)
