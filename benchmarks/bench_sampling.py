@@ -6,6 +6,9 @@ slice-position conditioned) through `PatientSampler`, batched versus one slice p
 
 Network time dominates at 128², so the batched/one-at-a-time ratio there shows what batching buys
 the convolutions; at `tiny` it also shows that the per-patient bookkeeping costs nothing per slice.
+On a CPU, glibc's malloc returning large buffers to the kernel costs a lot of system time; for
+steadier figures start the process with MALLOC_MMAP_THRESHOLD_=17179869184
+MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 (SCIENCE.md §6).
 """
 from __future__ import annotations
 
@@ -57,13 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; untrained baseline generator, "
           f"{MODALITIES} modalities + {LABELS} labels, {args.patient_slices} slices per patient")
-    print(f"{'config':>8} {'res':>5} {'batched (b=%d)' % args.batch:>16} {'one per call':>14} {'ratio':>7}")
+    print(f"{'config':>8} {'res':>5} {'batched, b=%d' % args.batch:>15} {'one per call':>14} {'ratio':>7}   (slices/s)")
     for config in args.configs.split(","):
         slices = make_slices(config)
         n = args.slices or (192 if config == "tiny" else 48)
         batched = slices_per_second(slices, n, args.patient_slices, args.batch)
         single = slices_per_second(slices, max(n // 2, args.patient_slices), args.patient_slices, 1)
-        print(f"{config:>8} {slices.resolution:>4}² {batched:>12.1f} s/s {single:>10.1f} s/s {batched / single:>6.2f}x")
+        print(f"{config:>8} {slices.resolution:>4}² {batched:>15.1f} {single:>14.1f} {batched / single:>6.2f}x")
 
 
 if __name__ == "__main__":
