@@ -468,6 +468,15 @@ def test_cli_pair_writes_dataset_synthesis_record_and_preview(tmp_path, runs, ca
     png = matplotlib.image.imread(out / "preview.png")
     assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 500
 
+    # The same command again: nothing to sample; the preview gains rows of real patients.
+    real = write_phantom_dataset(tmp_path / "real", n_patients=2, shape=(16, 16, 8), layout="nnunet")
+    status = cli_main(["--mask-gan", str(runs["mask"]), "--image-gan", str(runs["conditional"]), "--patients", "2",
+                       "--out", str(out), "--psi", "0.7", "--cutoff", "2", "--seed", "4", "--keep-empty",
+                       "--preview-real", str(real), "--quiet"])
+    assert status == 0 and "nothing to do" in capsys.readouterr().out
+    with_real = matplotlib.image.imread(out / "preview.png")
+    assert with_real.shape[1] == png.shape[1] and with_real.shape[0] > 1.5 * png.shape[0]
+
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["--gan", str(runs["baseline"]), "--patients", "2", "--out", str(out), "--quiet"])
     assert exit_info.value.code == 2

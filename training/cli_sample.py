@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replace imagesTr/, labelsTr/, dataset.json, synthesis.json and preview.png in DIR")
     out.add_argument("--preview", action="store_true",
                      help="write DIR/preview.png: modalities and mask overlay of a few patients")
+    out.add_argument("--preview-real", metavar="DATASET", default=None,
+                     help="with the preview, show a few patients of this real dataset below the synthetic ones")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--psi", type=float, default=1.0, help="truncation psi (1: none, 0: the mean w)")
     sampling.add_argument("--cutoff", type=int, default=None,
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                     args.cutoff, args.slices, gate)
         report = sample_to_directory(source, settings, args.out, batch=args.batch, device=device,
                                      append=args.append, overwrite=args.overwrite, preview=args.preview,
-                                     progress=not args.quiet)
+                                     preview_real=args.preview_real, progress=not args.quiet)
     except (OutputDirError, CheckpointError, ValueError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except QualityGateError as exc:

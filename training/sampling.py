@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from gan import PairSampler, channels_to_labels
 from training.checkpoint import RunInfo, load_generator
 from training.data.cache import IntensityScale
-from training.patient_preview import read_case, write_preview
+from training.data import load_dataset
+from training.patient_preview import PreviewCase, read_case, write_preview
 from training.synthetic_dataset import (PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
                                         SamplingSession, SamplingSettings, SynthesisLog, exclusive_output,
                                         now_utc, open_output)
@@ -501,14 +502,16 @@ class SamplingReport:
 
 def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_dir: str | Path, *,
                         batch: int = 16, device: str | torch.device = "cpu", append: bool = False,
-                        overwrite: bool = False, preview: bool = False, progress: bool = True
-                        ) -> SamplingReport:
+                        overwrite: bool = False, preview: bool = False, preview_real: str | Path | None = None,
+                        progress: bool = True) -> SamplingReport:
     """Write settings.patients synthetic patients from `source` into out_dir (nnU-Net v2 raw).
 
     Each accepted patient is written atomically and then recorded in synthesis.json and
     dataset.json (both replaced atomically), so an interrupted call resumes at the next missing
     patient when run again with the same settings. See `open_output` for existing directories;
     one process at a time writes into a directory (flock on the directory).
+    preview writes out_dir/preview.png of the first patients of this session; preview_real (a real
+    dataset folder) adds its first patients below them.
     Raises OutputDirError for a refused directory and QualityGateError when the quality gate rejects
     more than MAX_REJECTIONS_PER_PATIENT candidates per requested patient.
     """
@@ -529,12 +532,25 @@ def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_
                                      device, settings.noise_mode, data.drop_end_slices)
             written = _run_session(sampler, data, log, writer, progress)
         preview_path = None
-        if preview:
+        if preview or preview_real is not None:
             shown = (session.patients or log.patients)[:PREVIEW_PATIENTS]
-            cases = [read_case(out_dir, p.case_id, len(data.modalities)) for p in shown]
-            preview_path = write_preview(out_dir / PREVIEW_NAME, [(source.pipeline, cases)], data.modalities,
-                                         data.label_values, data.label_names)
+            preview_path = _write_preview(out_dir, source, [p.case_id for p in shown], preview_real)
     return SamplingReport(out_dir, action, written, len(log.patients), dict(session.rejected), preview_path)
+
+
+def _write_preview(out_dir: Path, source: SamplingSource, case_ids: list[str], real_root: Path | None) -> Path:
+    """out_dir/preview.png of the given synthetic cases, above the first PREVIEW_PATIENTS patients
+    of the real dataset at real_root (read with the project's reader) when one is given."""
+    data = source.dataset
+    groups = [(source.pipeline, [read_case(out_dir, case_id, len(data.modalities)) for case_id in case_ids])]
+    if real_root is not None:
+        real = load_dataset(real_root, modalities=list(data.modalities), check_voxels=False)
+        if real.label_values != data.label_values:
+            raise ValueError(f"{real_root}: label values {real.label_values} differ from the generator's "
+                             f"{data.label_values}")
+        groups.append(("real", [PreviewCase(p.case_id, p.load_images(), p.load_label())
+                                for p in real.patients[:PREVIEW_PATIENTS]]))
+    return write_preview(out_dir / PREVIEW_NAME, groups, data.modalities, data.label_values, data.label_names)
 
 
 def _discard_unrecorded(writer: NnUNetRawWriter, log: SynthesisLog) -> None:
