@@ -72,11 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         rows_table.append((f"{args.reads:,} random slices from the NIfTI files", seconds,
                            f"{args.reads / seconds:,.0f} slices/s"))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows_table.append(("peak resident memory of this process", 0.0, f"{peak_mib:,.0f} MiB"))
+    rows_table.append(("peak resident memory of this process", float("nan"), f"{peak_mib:,.0f} MiB"))
     width = max(len(name) for name, _, _ in rows_table)
     print(f"{'step'.ljust(width)}  {'seconds':>9}  note")
     for name, seconds, note in rows_table:
-        print(f"{name.ljust(width)}  {seconds:9.4f}  {note}")
+        shown = "-" if seconds != seconds else f"{seconds:.4f}"  # NaN: not a timing
+        print(f"{name.ljust(width)}  {shown:>9}  {note}")
 
 
 if __name__ == "__main__":
