@@ -5,7 +5,9 @@ parity tests run on CPU tensors on machines without a GPU (CI included). Caches 
 outside a test's own tmp_path (the default phantom dataset, slice caches of read-only datasets) go
 to one temporary folder per test session, never to the user's ~/.cache.
 """
+import atexit
 import os
+import shutil
 import tempfile
 
 import torch
@@ -15,3 +17,4 @@ if not torch.cuda.is_available():
 
 if "STYLEPAIR_CACHE_DIR" not in os.environ:
     os.environ["STYLEPAIR_CACHE_DIR"] = tempfile.mkdtemp(prefix="stylepair-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["STYLEPAIR_CACHE_DIR"], True)
