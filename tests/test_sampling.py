@@ -483,6 +483,20 @@ def test_cli_pair_writes_dataset_synthesis_record_and_preview(tmp_path, runs, ca
     assert "--append" in capsys.readouterr().err
 
 
+def test_cli_names_the_problem_on_bad_input(tmp_path, runs, capsys):
+    for argv, message in ((["--gan", str(tmp_path / "missing")], "no such run"),
+                          (["--gan", str(runs["mask"])], "is a 'mask' run"),
+                          (["--gan", str(runs["baseline"]), "--patients", "0"], "--patients must be >= 1"),
+                          (["--patients", "1"], "give --gan RUN")):
+        argv = [*argv, "--out", str(tmp_path / "out"), "--quiet"]
+        if "--patients" not in argv:
+            argv += ["--patients", "1"]
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_cli_help_lists_every_option_with_defaults(capsys):
     with pytest.raises(SystemExit):
         cli_main(["--help"])

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse argv (default sys.argv[1:]), sample, print a summary; exit status 0 on success, 2 on a
-    usage error (bad arguments, refused directory, incompatible generators)."""
+    """Parse argv (default sys.argv[1:]), sample, print a summary. Returns 0 on success; exits with
+    2 on a usage error (bad arguments, refused directory, unusable or incompatible runs), 1 when the
+    quality gate gives up, 130 when interrupted (rerun to resume)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.gan is None and args.mask_gan is None and args.image_gan is None:
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except QualityGateError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted; the patients written so far are kept, rerun the same "
+                         f"command to resume\n")
     if report.action == "complete":
         print(f"{report.out_dir}: already complete ({report.total} patients), nothing to do")
     else:
