@@ -183,6 +183,10 @@ def test_unconditioned_slices_are_independent():
     plan = plan_patient(0, seed=1, z_dims=(16,), c_dim=0, slices_per_patient=[6])
     assert plan.c.shape == (6, 0) and plan.n_slices == 6
     assert len({tuple(row.tolist()) for row in plan.latents[0]}) == 6
+    slices = BaselineSlices(tiny_generator("baseline", c_dim=0), len(MODALITIES), len(LABEL_VALUES))
+    (patient,) = PatientSampler(slices, [3], seed=1, batch=2).candidates(count=1)
+    assert patient.images.shape == (3, len(MODALITIES), RES, RES)
+    assert not torch.allclose(patient.images[0], patient.images[1])
 
 
 def test_slice_positions_follow_the_slices_training_kept():
