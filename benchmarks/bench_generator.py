@@ -5,8 +5,10 @@ fused (Triton) path against the reference where it can run.
     python -m benchmarks.bench_generator --resolution 128 --batch 8 --repeats 2
 
 Rows (untrained baseline G, 5 output channels, fp32, eval, const noise):
-  ref, grouped modconv    gan.ops 'ref' backend; modulated conv as one grouped convolution (inference)
-  ref, scale/conv/scale   gan.ops 'ref' backend; the non-fused modulated conv form (training default)
+  ref, grouped modconv    gan.ops 'ref' backend; modulated conv as one grouped convolution (the
+                          reference's choice for GPU inference)
+  ref, scale/conv/scale   gan.ops 'ref' backend; the non-fused modulated conv form (training, and
+                          what our synthesis chooses on CPU for batches > 1)
   naive                   the same network written the textbook way: a Python loop over samples,
                           each modulating/demodulating its own weights; upsampling convs as zero
                           insertion + a dense 3x3 conv of the sparse image + FIR filter (the ref
@@ -145,8 +147,7 @@ def make_generator(args: argparse.Namespace, resolution: int, channel_base: int,
 
 def run_path(G: Generator, z: torch.Tensor, backend: str, fused_modconv: bool) -> torch.Tensor:
     ops.set_backend(backend)
-    G.train(not fused_modconv)                     # blocks choose the grouped form in eval mode
-    return G(z, None, noise_mode="const")
+    return G.synthesis(G.mapping(z, None), noise_mode="const", fused_modconv=fused_modconv)
 
 
 def cpu_rows(args: argparse.Namespace) -> list[Row]:
@@ -160,7 +161,6 @@ def cpu_rows(args: argparse.Namespace) -> list[Row]:
                                       args.repeats, sync=False)
             diff = float((run_path(G, z, "ref", fused_modconv) - reference).abs().max())
             rows.append(Row(name, "cpu", args.resolution, args.batch, speed, diff))
-        G.eval()
         ops.set_backend("ref")
         speed = images_per_second(lambda: naive_generator(G, z), args.batch, args.repeats, sync=False)
         diff = float((naive_generator(G, z) - reference).abs().max())

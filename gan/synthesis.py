@@ -66,15 +66,26 @@ class SynthesisBlock(nn.Module):
             return torch.float16
         return torch.float32
 
+    def choose_fused_modconv(self, batch: int, device: torch.device, dtype: torch.dtype) -> bool:
+        """Grouped ("fused") vs scale/conv/scale modulated conv.
+
+        The reference uses the grouped form for fp32 inference on GPU and for a batch of one, the
+        scale/conv/scale form in training and fp16.  On CPU the scale/conv/scale form measured
+        1.2-2x faster for batches > 1 (benchmarks/bench_generator.py), so it runs there.
+        """
+        if batch == 1:
+            return True
+        return device.type == "cuda" and not self.training and dtype == torch.float32
+
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
                 features: torch.Tensor | None = None, noise_mode: str = "random",
-                force_fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                fused_modconv: bool | None = None, force_fp32: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         N, res = ws.shape[0], self.resolution
         assert ws.shape[1] == self.num_conv + 1, f"block {res} expects {self.num_conv + 1} ws"
         dtype = self.compute_dtype(ws.device, force_fp32)
-        # Grouped ("fused") modulated conv is fastest for inference; in training and in fp16 the
-        # scale/conv/scale form is preferred (as in the reference), except for a batch of one.
-        fused_modconv = (not self.training) and (dtype == torch.float32 or N == 1)
+        if fused_modconv is None:
+            fused_modconv = self.choose_fused_modconv(N, ws.device, dtype)
         if self.conv0 is None:
             x = self.const.to(dtype).unsqueeze(0).repeat(N, 1, 1, 1)      # [N, C, 4, 4]
         else:
@@ -133,13 +144,15 @@ class SynthesisNetwork(nn.Module):
             start += block.num_conv
         return slices
 
-    def forward(self, ws: torch.Tensor, mask: torch.Tensor | None = None,
-                noise_mode: str = "random", update_emas: bool = False) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, mask: torch.Tensor | None = None, noise_mode: str = "random",
+                update_emas: bool = False, fused_modconv: bool | None = None) -> torch.Tensor:
         """Image [N, img_channels, res, res] from ws [N, num_ws, w_dim].
 
         ``mask`` [N, mask_channels, res, res] in [-1, 1] is required by (and only accepted by) a
         network with a mask encoder.  ``noise_mode``: random | const | none.  ``update_emas`` is
         accepted for interface symmetry with the mapping (synthesis tracks no running averages).
+        ``fused_modconv`` forces the grouped (True) or scale/conv/scale (False) form of the
+        modulated convolutions; None chooses per block (see SynthesisBlock.choose_fused_modconv).
         """
         del update_emas
         if noise_mode not in NOISE_MODES:
@@ -149,7 +162,8 @@ class SynthesisNetwork(nn.Module):
         features = self.encode_mask(mask, ws.shape[0])
         x = img = None
         for block, block_ws in zip(self.blocks, self.split_ws(ws.to(torch.float32))):
-            x, img = block(x, img, block_ws, features.get(block.resolution), noise_mode=noise_mode)
+            x, img = block(x, img, block_ws, features.get(block.resolution), noise_mode=noise_mode,
+                           fused_modconv=fused_modconv)
         return img
 
     def encode_mask(self, mask: torch.Tensor | None, batch: int) -> dict[int, torch.Tensor]:

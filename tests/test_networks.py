@@ -163,6 +163,20 @@ def test_style_mixing_uses_the_second_latent_after_the_crossover():
     assert torch.allclose(G(z1, None, noise_mode="const"), img1, atol=1e-6)
 
 
+def test_modulated_conv_forms_agree_and_cpu_uses_scale_conv_scale():
+    torch.manual_seed(0)
+    G = build_generator("baseline", tiny_cfg(), image_channels=2, label_channels=2).eval()
+    ws = G.mapping(torch.randn(3, 16), None)
+    grouped = G.synthesis(ws, noise_mode="const", fused_modconv=True)
+    scaled = G.synthesis(ws, noise_mode="const", fused_modconv=False)
+    assert torch.allclose(grouped, scaled, atol=1e-5)
+    assert torch.equal(G.synthesis(ws, noise_mode="const"), scaled)     # the CPU choice, batch > 1
+    block = G.synthesis.blocks[-1]
+    assert block.choose_fused_modconv(1, torch.device("cpu"), torch.float32)
+    assert block.choose_fused_modconv(8, torch.device("cuda"), torch.float32)
+    assert not block.choose_fused_modconv(8, torch.device("cuda"), torch.float16)
+
+
 def test_fp16_blocks_are_the_highest_resolutions_and_stay_fp32_on_cpu():
     assert fp16_resolutions(256, 4) == {32, 64, 128, 256}
     assert fp16_resolutions(16, 4) == {8, 16}                    # never the 4x4 block
