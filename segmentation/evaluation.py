@@ -1,0 +1,100 @@
+"""Per-patient evaluation on reassembled 3D volumes at the slice-cache resolution.
+
+A test patient's slices are predicted one by one by the 2D U-Net and stacked back into a volume
+[X, Y, Z] (the cache's grid: rows x, columns y, slice k along z), then compared with the reference
+volume of label indices:
+
+- Dice per class (every non-background class) with ``monai.metrics.DiceMetric``;
+- HD95 per class with ``monai.metrics.HausdorffDistanceMetric(percentile=95)`` in millimetres,
+  using the voxel spacing of the resampled slices (in-plane pixel size, slice distance);
+- the same two for "foreground": all non-background classes merged.
+
+Empty structures (the same rule for every class and for foreground):
+
+    reference and prediction both empty      Dice 1, HD95 0     (nothing to find, nothing found)
+    reference empty, prediction not empty    Dice 0, HD95 NaN   (a false detection; no distance)
+    reference not empty, prediction empty    Dice 0, HD95 inf   (a missed structure)
+    both not empty                           MONAI's values
+
+so Dice is always defined; an HD95 of NaN is left out of means by the report, inf ranks last.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
+FOREGROUND = "foreground"
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of one case: dice in [0, 1]; hd95 in mm (NaN / inf by the empty-structure rule)."""
+
+    name: str
+    dice: float
+    hd95: float
+
+
+@torch.no_grad()
+def predict_volume(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Label indices uint8 [X, Y, Z] for one volume of images float32 [M, X, Y, Z] in [-1, 1],
+    predicted slice by slice (argmax of the logits) in batches of ``batch_size`` slices."""
+    model.eval()
+    m, x, y, z = images.shape
+    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # [Z, M, X, Y]
+    predicted = []
+    for start in range(0, z, batch_size):
+        logits = model(slices[start:start + batch_size].to(device))
+        predicted.append(logits.argmax(dim=1).to("cpu", torch.uint8))
+    labels = torch.cat(predicted).permute(1, 2, 0).numpy()
+    assert labels.shape == (x, y, z), labels.shape
+    return labels
+
+
+def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two boolean volumes [X, Y, Z] with ``monai.metrics.DiceMetric`` (both empty: 1)."""
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    value = metric(_as_batch(prediction), _as_batch(reference))
+    return float(value.reshape(-1)[0])
+
+
+def hd95_score(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """95th-percentile symmetric Hausdorff distance in mm of two boolean volumes [X, Y, Z] with
+    voxel size ``spacing`` (mm); the empty-structure rule of the module docstring applies."""
+    has_prediction, has_reference = bool(prediction.any()), bool(reference.any())
+    if not has_reference:
+        return 0.0 if not has_prediction else math.nan
+    if not has_prediction:
+        return math.inf
+    metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    value = metric(_as_batch(prediction), _as_batch(reference), spacing=[float(s) for s in spacing])
+    return float(value.reshape(-1)[0])
+
+
+def _as_batch(mask: np.ndarray) -> torch.Tensor:
+    """Boolean [X, Y, Z] -> float [1, 1, X, Y, Z] (MONAI metrics take one-hot batches)."""
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+
+
+def foreground_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of all non-background labels merged; prediction and reference are index volumes [X, Y, Z]."""
+    return dice_score(prediction > 0, reference > 0)
+
+
+def evaluate_case(prediction: np.ndarray, reference: np.ndarray, label_names: list[str],
+                  spacing: tuple[float, float, float], hd95: bool = True) -> list[ClassScore]:
+    """Scores of one case: every non-background class (by name, in label order), then "foreground".
+
+    prediction, reference: label indices [X, Y, Z] (0 = background, < len(label_names));
+    spacing: voxel size in mm of that grid; hd95 False leaves HD95 as NaN (not computed).
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
+    masks = [(name, prediction == index, reference == index) for index, name in enumerate(label_names) if index > 0]
+    masks.append((FOREGROUND, prediction > 0, reference > 0))
+    return [ClassScore(name, dice_score(pred, ref), hd95_score(pred, ref, spacing) if hd95 else math.nan)
+            for name, pred, ref in masks]

@@ -1,0 +1,102 @@
+"""The study grid: one `Run` per (dataset, fold, repeat, arm, k, n) with a stable id, and sharding.
+
+The real-only arm ``real`` has k = 0; every synthetic arm gets each k of the config resolved
+against the run's n real training patients ("1x" = n).  Duplicate (arm, k) pairs after resolving
+(e.g. k: [4, "1x"] with n = 4) and k = 0 for synthetic arms (that is the baseline) are dropped.
+The order is deterministic (dataset, fold, repeat, n, arm, k as written in the config), and a
+run's id does not depend on the order or on which other runs exist, so shards and re-runs agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from segmentation.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, resolve_k
+
+
+@dataclass(frozen=True)
+class Run:
+    """One U-Net training run.
+
+    n_real: real training patients used (after subsampling); n_real_requested: the config entry
+    (None = all patients of the fold); n_synthetic: synthetic patients added (0 for ``real``);
+    seed: the run's seed (config seed + repeat, shared by all arms of a repeat).
+    """
+
+    dataset: str
+    fold: int
+    repeat: int
+    arm: str
+    n_synthetic: int
+    n_real: int
+    n_real_requested: int | None
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """Stable, file-name-safe id, e.g. ``phantom-f0-r0-pair-k4-nall``."""
+        n = "all" if self.n_real_requested is None else str(self.n_real)
+        return f"{self.dataset}-f{self.fold}-r{self.repeat}-{self.arm}-k{self.n_synthetic}-n{n}"
+
+
+def expand_grid(config: StudyConfig, train_sizes: dict[tuple[str, int], int]) -> list[Run]:
+    """All runs of ``config``.  ``train_sizes[(dataset, fold)]`` = real training patients of that
+    fold (`make_splits`); a requested n larger than that is an error naming the dataset and fold."""
+    runs: list[Run] = []
+    for dataset in config.datasets:
+        for fold in config.splits.fold_indices():
+            available = train_sizes[(dataset.name, fold)]
+            for repeat in range(config.repeats):
+                for requested in config.n_real:
+                    if requested is not None and requested > available:
+                        raise StudyConfigError(f"study {config.name}: n_real {requested} exceeds the {available} real "
+                                         f"training patients of dataset {dataset.name!r} fold {fold}")
+                    n_real = available if requested is None else requested
+                    runs.extend(_runs_of_cell(config, dataset.name, fold, repeat, n_real, requested))
+    return runs
+
+
+def _runs_of_cell(config: StudyConfig, dataset: str, fold: int, repeat: int, n_real: int,
+                  requested: int | None) -> list[Run]:
+    seed = config.seed + repeat
+    cell = []
+    if config.baseline:
+        cell.append(Run(dataset, fold, repeat, BASELINE_ARM, 0, n_real, requested, seed))
+    for arm in config.arms:
+        ks = dict.fromkeys(resolve_k(k, n_real) for k in config.k)
+        cell.extend(Run(dataset, fold, repeat, arm.name, k, n_real, requested, seed) for k in ks if k > 0)
+    return cell
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; ValueError with the expected form otherwise."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def shard(runs: list[Run], index: int, count: int) -> list[Run]:
+    """Runs ``index``, ``index + count``, ... of the grid: shards are disjoint, cover the grid, and
+    mix cheap and expensive runs evenly because neighbouring runs differ in arm and k."""
+    return runs[index::count]
+
+
+def max_synthetic(runs: list[Run], arm: str) -> int:
+    """The largest k any run of ``arm`` needs (0 when it has none)."""
+    return max((r.n_synthetic for r in runs if r.arm == arm), default=0)
+
+
+def describe_grid(runs: list[Run]) -> str:
+    """The grid as text: one line per run, then the counts per factor."""
+    lines = [f"{'run_id':<40} {'dataset':<12} {'fold':>4} {'rep':>3} {'arm':<14} {'k':>4} {'n':>4} {'seed':>5}"]
+    lines += [f"{r.run_id:<40} {r.dataset:<12} {r.fold:>4} {r.repeat:>3} {r.arm:<14} {r.n_synthetic:>4} "
+              f"{r.n_real:>4} {r.seed:>5}" for r in runs]
+    factors = {"datasets": {r.dataset for r in runs}, "folds": {r.fold for r in runs},
+               "repeats": {r.repeat for r in runs}, "arms": {r.arm for r in runs},
+               "k values": {r.n_synthetic for r in runs}, "n values": {r.n_real for r in runs}}
+    lines.append(f"{len(runs)} runs: " + ", ".join(f"{len(v)} {k}" for k, v in factors.items()))
+    return "\n".join(lines)

@@ -1,0 +1,433 @@
+"""Running a study: data preparation, one U-Net per grid run, results on disk.
+
+Results folder (``RESULTS``)::
+
+    runs/RUN_ID.json        one per finished run, written atomically at the end of the run:
+                            run, config, patients used, training curve, metrics per case, wall time
+    cases.csv               tidy table rebuilt from all run JSONs (under an fcntl lock)
+    splits/DATASET.json     the patient-level splits every shard and re-run uses
+    tensorboard/RUN_ID/     training loss and validation Dice curves
+    synthetic/ARM/          patients sampled from a GAN arm (nnU-Net v2 raw), shared by all runs
+
+A run that crashes writes no JSON, so re-running (any shard) redoes exactly the unfinished runs.
+A finished run whose recorded configuration differs from the current one is an error (the results
+folder belongs to another study definition), never silently reused.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import monai
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from segmentation.evaluation import evaluate_case, predict_volume
+from segmentation.grid import Run, expand_grid, max_synthetic, shard
+from segmentation.study_config import (BASELINE_ARM, PHANTOMS, ArmSpec, DatasetSpec, StudyConfig,
+                                       fingerprint)
+from segmentation.unet import BUDGET_RULE, build_unet, train_unet
+from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
+                           load_or_make_splits, make_splits, open_slice_cache)
+from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
+
+RESULT_FORMAT = 1
+CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "case", "class",
+                "dice", "hd95")
+
+
+class StudyDataError(ValueError):
+    """A dataset or synthetic source cannot be used in the study (the message names the folder)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: real datasets, their splits, synthetic sources
+
+
+@dataclass
+class RealData:
+    """A real dataset as the study uses it: the validated `Dataset`, its slice cache and splits."""
+
+    spec: DatasetSpec
+    dataset: Dataset
+    cache: SliceCache
+    splits: Splits
+
+
+@dataclass
+class SyntheticData:
+    """One synthetic source for one real dataset: its folder, `Dataset` and slice cache."""
+
+    arm: ArmSpec
+    folder: Path
+    dataset: Dataset
+    cache: SliceCache
+
+
+@dataclass
+class StudyData:
+    """Everything the runs read: real data per dataset name, synthetic data per (dataset, arm)."""
+
+    real: dict[str, RealData]
+    synthetic: dict[tuple[str, str], SyntheticData] = field(default_factory=dict)
+
+
+def dataset_root(spec: DatasetSpec) -> Path:
+    """The folder of ``spec``: its path, or the generated phantom dataset for ``phantoms``."""
+    if spec.path == PHANTOMS:
+        p = spec.phantoms
+        return default_phantom_dataset(n_patients=p.n_patients, shape=tuple(p.shape), seed=p.seed)
+    return Path(spec.path)
+
+
+def load_real(spec: DatasetSpec, config: StudyConfig, results: Path, with_cache: bool = True) -> RealData | tuple:
+    """Read and validate a real dataset, make (or reuse) its splits in ``results/splits``, and open
+    its slice cache.  ``with_cache`` False (planning, dry runs): headers only, splits not saved,
+    returns (dataset, splits)."""
+    modalities = list(spec.modalities) if spec.modalities is not None else None
+    dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=modalities, check_voxels=with_cache)
+    s, path = config.splits, results / "splits" / f"{spec.name}.json"
+    if with_cache or path.is_file():
+        splits = load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
+    else:  # a dry run writes nothing
+        splits = make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
+    if not with_cache:
+        return dataset, splits
+    return RealData(spec, dataset, open_slice_cache(dataset, spec.preprocess), splits)
+
+
+def check_compatible(real: Dataset, synthetic: Dataset, folder: Path) -> None:
+    """StudyDataError naming ``folder`` when its channels or label values differ from the real data."""
+    if list(synthetic.modalities) != list(real.modalities):
+        raise StudyDataError(f"{folder}: synthetic channels {synthetic.modalities} differ from the real dataset "
+                             f"{real.name!r} channels {real.modalities} (names and order must match)")
+    if list(synthetic.label_values) != list(real.label_values):
+        raise StudyDataError(f"{folder}: synthetic label values {synthetic.label_values} differ from the real "
+                             f"dataset {real.name!r} label values {real.label_values}")
+
+
+def load_synthetic(arm: ArmSpec, folder: Path, real: RealData, needed: int, cache_dir: Path | None = None
+                   ) -> SyntheticData:
+    """Read a synthetic nnU-Net folder, check it against the real data and that it holds at least
+    ``needed`` patients, and cache its slices with the real dataset's preprocessing."""
+    if not folder.is_dir():
+        raise StudyDataError(f"{folder}: synthetic dataset folder of arm {arm.name!r} does not exist")
+    dataset = load_dataset(folder, layout="auto")
+    check_compatible(real.dataset, dataset, folder)
+    if len(dataset.patients) < needed:
+        raise StudyDataError(f"{folder}: arm {arm.name!r} needs {needed} synthetic patients, the folder holds "
+                             f"{len(dataset.patients)}")
+    return SyntheticData(arm, folder, dataset, open_slice_cache(dataset, real.spec.preprocess, cache_dir))
+
+
+def sample_gan_arm(arm: ArmSpec, patients: int, out_dir: Path, seed: int, device: str, progress: bool) -> Path:
+    """Sample ``patients`` patients from the GAN run(s) of ``arm`` (truncation ``arm.psi``) into
+    ``out_dir`` (nnU-Net v2 raw) with `training.sampling`; a complete folder is reused as is."""
+    from training.sampling import load_source, sample_to_directory
+    from training.synthetic_dataset import SamplingSettings
+
+    with file_lock(out_dir.parent / f".{out_dir.name}.lock"):  # shards wait for one sampler
+        if arm.mask_gan is None:
+            source = load_source(gan=arm.gan, device=device)
+        else:
+            source = load_source(mask_gan=arm.mask_gan, image_gan=arm.gan, device=device)
+        settings = SamplingSettings(pipeline=source.pipeline, generators=source.generators, patients=patients,
+                                    seed=seed, truncation_psi=arm.psi)
+        sample_to_directory(source, settings, out_dir, device=device, progress=progress)
+    return out_dir
+
+
+def prepare_data(config: StudyConfig, runs: list[Run], results: Path, device: str = "cpu",
+                 progress: bool = True) -> StudyData:
+    """Load every real dataset and every synthetic source the ``runs`` need (GAN arms sampled
+    first into ``results/synthetic/ARM``), failing before any training on unusable data."""
+    real = {spec.name: load_real(spec, config, results) for spec in config.datasets}
+    data = StudyData(real)
+    for spec in config.datasets:
+        for arm in config.arms:
+            needed = max_synthetic([r for r in runs if r.dataset == spec.name], arm.name)
+            if needed == 0:
+                continue
+            if arm.folder is not None:
+                folder, cache_dir = Path(arm.folder), None
+            else:
+                folder = results / "synthetic" / (arm.name if len(config.datasets) == 1 else f"{spec.name}-{arm.name}")
+                sample_gan_arm(arm, arm.patients or max_synthetic(runs, arm.name), folder, config.seed, device,
+                               progress)
+                cache_dir = results / "synthetic" / ".slice_cache"
+            data.synthetic[(spec.name, arm.name)] = load_synthetic(arm, folder, real[spec.name], needed, cache_dir)
+    return data
+
+
+def plan_runs(config: StudyConfig, results: Path) -> tuple[list[Run], dict[str, Dataset]]:
+    """The study grid and the real datasets (headers read): their splits resolve n and "1x" k."""
+    sizes, datasets = {}, {}
+    for spec in config.datasets:
+        datasets[spec.name], splits = load_real(spec, config, results, with_cache=False)
+        for fold in config.splits.fold_indices():
+            sizes[(spec.name, fold)] = len(splits.fold(fold).train)
+    return expand_grid(config, sizes), datasets
+
+
+# ----------------------------------------------------------------------------------------------
+# Which patients a run uses
+
+
+@dataclass(frozen=True)
+class RunPatients:
+    """Case ids of one run: real training (subsampled), synthetic training, real validation, test."""
+
+    train_real: list[str]
+    train_synthetic: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def _ordered_subset(ids: list[str], count: int, seed: list[int]) -> list[str]:
+    """The first ``count`` of a seeded permutation of sorted ``ids`` (sorted): nested for growing count."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    chosen = sorted(ids)
+    return sorted(chosen[i] for i in order[:count])
+
+
+def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
+    """Patients of ``run``: n real training patients are a nested subset drawn per (fold, repeat);
+    the k synthetic ones a nested subset drawn per (repeat, arm), identical across folds."""
+    real = data.real[run.dataset]
+    fold = real.splits.fold(run.fold)
+    train = list(fold.train)
+    if run.n_real_requested is not None:
+        train = _ordered_subset(train, run.n_real, [config.seed, run.fold, run.repeat])
+    synthetic: list[str] = []
+    if run.arm != BASELINE_ARM:
+        source = data.synthetic[(run.dataset, run.arm)].dataset
+        synthetic = _ordered_subset(source.case_ids, run.n_synthetic,
+                                    [config.seed, run.repeat, zlib.crc32(run.arm.encode())])
+    return RunPatients(train, synthetic, list(fold.val), list(real.splits.test))
+
+
+def _case_rows(cache: SliceCache, case_ids: list[str]) -> np.ndarray:
+    """All slice rows int64 [n] of ``case_ids`` (every slice: the U-Net is tested on whole volumes)."""
+    return np.concatenate([cache.rows_of(c) for c in case_ids]) if case_ids else np.zeros(0, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+
+
+def run_config(run: Run, config: StudyConfig) -> dict:
+    """The configuration that decides a run's result (stored in its JSON and fingerprinted)."""
+    arm = None if run.arm == BASELINE_ARM else dataclasses.asdict(config.arm(run.arm))
+    return json.loads(json.dumps({
+        "run": dataclasses.asdict(run), "dataset": dataclasses.asdict(config.dataset(run.dataset)), "arm": arm,
+        "splits": dataclasses.asdict(config.splits), "unet": dataclasses.asdict(config.unet),
+        "train": dataclasses.asdict(config.train), "metrics": list(config.metrics),
+    }, default=list))
+
+
+def _source(run: Run, config: StudyConfig) -> str:
+    return "real" if run.arm == BASELINE_ARM else config.arm(run.arm).source
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed torch and switch on deterministic algorithms (warn-only) for the block, then restore."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _json_number(value: float) -> float | str | None:
+    """JSON has no NaN / inf: NaN -> null, inf -> "inf" (read back by `_from_json_number`)."""
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _from_json_number(value: float | str | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, device: torch.device) -> dict:
+    """Train and test one run; returns its result record (not yet written)."""
+    started = time.time()
+    real = data.real[run.dataset]
+    patients = run_patients(run, config, data)
+    parts = [SliceDataset(real.cache, _case_rows(real.cache, patients.train_real))]
+    if patients.train_synthetic:
+        syn_cache = data.synthetic[(run.dataset, run.arm)].cache
+        parts.append(SliceDataset(syn_cache, _case_rows(syn_cache, patients.train_synthetic)))
+    slices = ConcatDataset(parts)
+    val_volumes = [real.cache.volume(c) for c in patients.val]
+    tensorboard = results / "tensorboard" / run.run_id
+    shutil.rmtree(tensorboard, ignore_errors=True)  # curves of a crashed attempt
+    with deterministic(run.seed), SummaryWriter(str(tensorboard)) as writer:
+        model = build_unet(config.unet, len(real.dataset.modalities), len(real.dataset.label_values)).to(device)
+        outcome = train_unet(model, slices, val_volumes, config.train, run.seed, device,
+                             log=lambda tag, value, step: writer.add_scalar(tag, value, step))
+        model.load_state_dict(outcome.best_state)
+        cases = test_cases(model, real, patients.test, config, device)
+    training = dataclasses.asdict(outcome)
+    del training["best_state"]
+    return {
+        "format": RESULT_FORMAT, "run_id": run.run_id, "study": config.name,
+        "fingerprint": fingerprint(run_config(run, config)), "config": run_config(run, config),
+        "source": _source(run, config), "budget_rule": BUDGET_RULE, "seed": run.seed,
+        "patients": dataclasses.asdict(patients),
+        "slices": {"train_real": len(parts[0]), "train_synthetic": len(slices) - len(parts[0])},
+        "training": training, "cases": cases,
+        "wall_seconds": round(time.time() - started, 3), "device": str(device),
+        "software": {"torch": torch.__version__, "monai": monai.__version__},
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def test_cases(model: torch.nn.Module, real: RealData, test_ids: list[str], config: StudyConfig,
+               device: torch.device) -> list[dict]:
+    """Scores of every test patient: rows {case, class, dice, hd95 (JSON number, null or "inf")}."""
+    rows = []
+    for case_id in test_ids:
+        images, reference = real.cache.volume(case_id)
+        prediction = predict_volume(model, images, config.train.batch_size, device)
+        spacing = real.cache.case_info(case_id).slice_spacing
+        for score in evaluate_case(prediction, reference, real.dataset.label_names, spacing,
+                                   hd95="hd95" in config.metrics):
+            rows.append({"case": case_id, "class": score.name, "dice": _json_number(score.dice),
+                         "hd95": _json_number(score.hd95)})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Results on disk
+
+
+def run_path(results: Path, run: Run) -> Path:
+    return results / "runs" / f"{run.run_id}.json"
+
+
+def finished_result(results: Path, run: Run, config: StudyConfig) -> dict | None:
+    """The stored result of ``run``, or None when it has not finished.  `StudyDataError` when the
+    stored run was made with another configuration or its file is unreadable."""
+    path = run_path(results, run)
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StudyDataError(f"{path}: unreadable run result ({exc}); delete it to run it again") from None
+    if stored.get("fingerprint") != fingerprint(run_config(run, config)):
+        raise StudyDataError(f"{path}: this run was made with a different study configuration; use another --results "
+                         f"folder, or delete the file to run it again")
+    return stored
+
+
+def read_results(results: Path) -> list[dict]:
+    """Every run JSON under ``results/runs`` (sorted by run id)."""
+    out = []
+    for path in sorted((results / "runs").glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise StudyDataError(f"{path}: unreadable run result ({exc})") from None
+    return out
+
+
+def cases_table(records: list[dict]) -> str:
+    """The tidy CSV text (`CASE_COLUMNS`) of run records: one row per (run, test case, class).
+
+    Empty dice/hd95 = not defined (NaN); "inf" = an HD95 of a missed structure."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CASE_COLUMNS)
+    for record in records:
+        run = record["config"]["run"]
+        for row in record["cases"]:
+            values = [_from_json_number(row["dice"]), _from_json_number(row["hd95"])]
+            writer.writerow([run["dataset"], run["fold"], run["repeat"], run["arm"], record["source"],
+                             run["n_synthetic"], run["n_real"], record["run_id"], row["case"], row["class"],
+                             *["" if math.isnan(v) else repr(v) for v in values]])
+    return buffer.getvalue()
+
+
+def rebuild_cases_csv(results: Path) -> Path:
+    """Rewrite ``results/cases.csv`` from all run JSONs, under an fcntl lock (shards share it)."""
+    with file_lock(results / ".cases.lock"):
+        path = results / "cases.csv"
+        atomic_write_text(path, cases_table(read_results(results)))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+
+
+@dataclass
+class StudySummary:
+    """What `run_study` did: the shard's runs, how many were run now and skipped, the results folder."""
+
+    results: Path
+    runs: list[Run]
+    ran: list[str]
+    skipped: list[str]
+    seconds: float
+    cases_csv: Path
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; other names as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, shard_count: int = 1,
+              device: str = "auto", progress: bool = True) -> StudySummary:
+    """Run this shard's part of the study grid into ``results``; finished runs are skipped.
+
+    Each finished run is written to ``results/runs/RUN_ID.json`` (atomic) and ``cases.csv`` is
+    rebuilt after each run.  Returns a `StudySummary`.
+    """
+    started = time.time()
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results / "study.json", config.to_dict())
+    runs = shard(plan_runs(config, results)[0], shard_index, shard_count)
+    pending = [run for run in runs if finished_result(results, run, config) is None]
+    skipped = [run.run_id for run in runs if run not in pending]
+    torch_device = resolve_device(device)
+    ran: list[str] = []
+    if pending:
+        data = prepare_data(config, pending, results, str(torch_device), progress)
+        bar = tqdm(total=len(runs), initial=len(skipped), desc=f"study {config.name}", unit="run",
+                   disable=None if progress else True)
+        with bar:
+            for run in pending:
+                bar.set_postfix_str(run.run_id)
+                record = execute_run(run, config, data, results, torch_device)
+                atomic_write_json(run_path(results, run), record)
+                rebuild_cases_csv(results)
+                ran.append(run.run_id)
+                bar.update(1)
+    csv_path = rebuild_cases_csv(results)
+    return StudySummary(results, runs, ran, skipped, time.time() - started, csv_path)

@@ -1,0 +1,468 @@
+"""`StudyConfig`: the augmentation study read from YAML (``configs/study/NAME.yaml``).
+
+A study trains MONAI 2D U-Nets on n real patients plus k synthetic ones and tests them on held-out
+real patients.  The YAML has these top-level keys (every one optional except ``datasets``; unknown
+keys anywhere are errors naming the key)::
+
+    name: micro                    # default: the file name without .yaml
+    seed: 0                        # run seed = seed + repeat (identical across arms: paired runs)
+    repeats: 1                     # independent repeats of every (dataset, fold, arm, k, n)
+    datasets:                      # real datasets (MSD, nnU-Net v2 or folder-per-patient)
+      - name: phantom
+        path: phantoms             # a folder, or the word "phantoms" = training.data.default_phantom_dataset
+        phantoms: {n_patients: 20, shape: [64, 64, 24], seed: 0}   # only with path: phantoms
+        layout: auto
+        modalities: null           # optional subset / order of channel names
+        preprocess: phantom        # a preset name / YAML path (configs/data) or a mapping of fields
+    splits: {n_folds: 5, folds: null, test_fraction: 0.2, seed: 12345}   # folds: which to run
+    baseline: true                 # include the real-only arm "real" (k = 0)
+    arms:                          # synthetic sources, each a folder or a GAN run
+      - {name: pair, folder: synthetic/pair}
+      - {name: gan, gan: checkpoints/run, mask_gan: null, psi: 0.7, patients: null}
+    k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x")
+    n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves
+    unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
+    train: {iterations: 2000, batch_size: 16, learning_rate: 0.001, ...}   # see `TrainConfig`
+    metrics: [dice, hd95]
+
+Relative paths are taken relative to the current working directory.  `apply_overrides` applies
+``key=value`` strings (dotted keys; list items by index or by their ``name``) before validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.data import PreprocessConfig, load_preprocess_config, preprocess_config_from_dict
+
+PHANTOMS = "phantoms"
+METRICS = ("dice", "hd95")
+BASELINE_ARM = "real"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_MULTIPLE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
+
+
+class StudyConfigError(ValueError):
+    """A study YAML (or an override) is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Size of the generated phantom dataset used when a dataset's path is ``phantoms``."""
+
+    n_patients: int = 20
+    shape: tuple[int, int, int] = (64, 64, 24)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One real dataset: where it is, how it is read and how it is preprocessed into slices."""
+
+    name: str
+    path: str
+    layout: str = "auto"
+    modalities: tuple[str, ...] | None = None
+    phantoms: PhantomSpec = PhantomSpec()
+    preprocess: PreprocessConfig = PreprocessConfig()
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One synthetic source.  Exactly one of ``folder`` (an nnU-Net v2 raw dataset, as
+    ``sample_patients.py`` writes) or ``gan`` (a GAN run directory sampled with ``psi``) is set.
+
+    mask_gan: the mask generator run of a two-stage pair (with ``gan`` = the image generator);
+    patients: how many patients to sample from a GAN (default: the largest k the grid needs).
+    """
+
+    name: str
+    folder: str | None = None
+    gan: str | None = None
+    mask_gan: str | None = None
+    psi: float = 1.0
+    patients: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "folder" if self.folder is not None else "gan"
+
+    @property
+    def source(self) -> str:
+        """A short description of where the patients come from (the ``source`` column)."""
+        if self.folder is not None:
+            return f"folder:{self.folder}"
+        return f"gan:{self.gan}" + (f"+mask:{self.mask_gan}" if self.mask_gan else "") + f"@psi={self.psi:g}"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Patient-level splits (`training.data.make_splits`): a hold-out test set and n_folds folds.
+
+    folds: the fold indices to run (None: all).
+    """
+
+    n_folds: int = 5
+    folds: tuple[int, ...] | None = None
+    test_fraction: float = 0.2
+    seed: int = 12345
+
+    def fold_indices(self) -> tuple[int, ...]:
+        return tuple(range(self.n_folds)) if self.folds is None else self.folds
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """`monai.networks.nets.UNet` (spatial_dims=2): channels per level, strides between levels
+    (len(strides) == len(channels) - 1), residual units per block, normalisation, dropout."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+    norm: str = "instance"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """MONAI dictionary transforms, applied per training slice.
+
+    flip_prob: RandFlipd along each in-plane axis (image + label); rotate90_prob: RandRotate90d
+    (image + label); noise_prob / noise_std: RandGaussianNoised (image only, std in [-1, 1] units);
+    scale_prob / scale_factor: RandScaleIntensityd (image only, intensity x (1 + U(-f, f))).
+    """
+
+    flip_prob: float = 0.5
+    rotate90_prob: float = 0.5
+    noise_prob: float = 0.2
+    noise_std: float = 0.05
+    scale_prob: float = 0.2
+    scale_factor: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation budget, identical for every run of a study.
+
+    iterations x batch_size slices are drawn uniformly with replacement from the pooled training
+    slices (real + synthetic), so adding synthetic patients changes what is seen, never how much.
+    val_every: iterations between validations on the real validation patients (mean foreground
+    Dice of their volumes); the best validation state is the one tested.  patience: validations
+    without improvement before stopping early (None: run the whole budget).
+    """
+
+    iterations: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    val_every: int = 100
+    patience: int | None = None
+    num_workers: int = 0
+    augment: AugmentConfig = AugmentConfig()
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study; see the module docstring for the YAML."""
+
+    name: str
+    datasets: tuple[DatasetSpec, ...]
+    arms: tuple[ArmSpec, ...] = ()
+    baseline: bool = True
+    k: tuple[int | str, ...] = ()
+    n_real: tuple[int | None, ...] = (None,)
+    splits: SplitSpec = SplitSpec()
+    repeats: int = 1
+    seed: int = 0
+    unet: UNetConfig = UNetConfig()
+    train: TrainConfig = TrainConfig()
+    metrics: tuple[str, ...] = METRICS
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for spec in self.datasets:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no dataset {name!r} in study {self.name}")
+
+    def arm(self, name: str) -> ArmSpec:
+        for spec in self.arms:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no arm {name!r} in study {self.name}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (the preprocessing configs as their field dicts)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def resolve_k(k: int | str, n_real: int) -> int:
+    """Number of synthetic patients for a k entry: an int as is, ``"2x"`` = round(2 * n_real)."""
+    if isinstance(k, int):
+        return k
+    return int(round(float(_MULTIPLE.match(k).group(1)) * n_real))  # type: ignore[union-attr]
+
+
+def fingerprint(obj: Any) -> str:
+    """Short sha256 of the canonical JSON of ``obj`` (dataclasses allowed)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    text = json.dumps(obj, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading: dict -> dataclasses, with errors that name the file and the key
+
+
+class _Reader:
+    """Builds the dataclasses from a mapping, naming ``where`` (file) and the key path in errors."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, key: str, problem: str) -> StudyConfigError:
+        return StudyConfigError(f"{self.where}: {key}: {problem}")
+
+    def mapping(self, value: Any, key: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+
+    def sequence(self, value: Any, key: str) -> list:
+        if not isinstance(value, (list, tuple)):
+            raise self.fail(key, f"expected a list, got {type(value).__name__} {value!r}")
+        return list(value)
+
+    def dataclass(self, cls: type, value: Any, key: str, nested: dict | None = None, **fixed: Any) -> Any:
+        """``cls(**value)`` with unknown keys rejected by name and field types checked."""
+        values = dict(self.mapping(value, key))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
+                            f"unknown key (known keys: {', '.join(sorted(known - set(fixed)))})")
+        for name, build in (nested or {}).items():
+            if name in values:
+                values[name] = build(values[name], f"{key}.{name}" if key else name)
+        for f in dataclasses.fields(cls):
+            if f.name in values and not (nested and f.name in nested):
+                values[f.name] = self.typed(values[f.name], f.type, f"{key}.{f.name}" if key else f.name)
+        values.update(fixed)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise self.fail(key or "study", str(exc)) from None
+
+    def typed(self, value: Any, annotation: str, key: str) -> Any:
+        """Check/convert a scalar or tuple field against its annotation string."""
+        optional = annotation.endswith("| None")
+        base = annotation.removesuffix(" | None")
+        if value is None:
+            if optional:
+                return None
+            raise self.fail(key, "must not be empty")
+        if base.startswith("tuple["):
+            inner = base[len("tuple["):-1].split(",")[0].strip()
+            items = self.sequence(value, key)
+            return tuple(self.typed(item, inner, f"{key}[{i}]") for i, item in enumerate(items))
+        if base == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, f"expected an integer, got {value!r}")
+        elif base == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.fail(key, f"expected a number, got {value!r}")
+            value = float(value)
+        elif base == "bool":
+            if not isinstance(value, bool):
+                raise self.fail(key, f"expected true or false, got {value!r}")
+        elif base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise self.fail(key, f"expected a string, got {value!r}")
+            value = str(value)
+        return value
+
+    def preprocess(self, value: Any, key: str) -> PreprocessConfig:
+        try:
+            if isinstance(value, str):
+                return load_preprocess_config(value)
+            return preprocess_config_from_dict(self.mapping(value, key))
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def phantoms(self, value: Any, key: str) -> PhantomSpec:
+        spec = self.dataclass(PhantomSpec, value, key)
+        if len(spec.shape) != 3 or spec.n_patients < 1:
+            raise self.fail(key, f"needs n_patients >= 1 and a shape of 3 sizes, got {spec}")
+        return spec
+
+    def dataset(self, value: Any, key: str) -> DatasetSpec:
+        values = self.mapping(value, key)
+        if "path" not in values:
+            raise self.fail(f"{key}.path", "missing (a dataset folder, or 'phantoms')")
+        values = {"name": _default_dataset_name(values), **values}
+        spec = self.dataclass(DatasetSpec, values, key, nested={"preprocess": self.preprocess,
+                                                                "phantoms": self.phantoms})
+        if "phantoms" in values and spec.path != PHANTOMS:
+            raise self.fail(f"{key}.phantoms", f"only allowed with path: {PHANTOMS}")
+        self.name(spec.name, f"{key}.name")
+        return spec
+
+    def arm(self, value: Any, key: str) -> ArmSpec:
+        spec = self.dataclass(ArmSpec, value, key)
+        self.name(spec.name, f"{key}.name")
+        if spec.name == BASELINE_ARM:
+            raise self.fail(f"{key}.name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
+        if (spec.folder is None) == (spec.gan is None):
+            raise self.fail(key, f"arm {spec.name!r} needs exactly one of 'folder' or 'gan'")
+        if spec.folder is not None and (spec.mask_gan is not None or spec.patients is not None):
+            raise self.fail(key, f"arm {spec.name!r}: mask_gan / patients only apply to a 'gan' source")
+        if not 0.0 <= spec.psi <= 2.0:
+            raise self.fail(f"{key}.psi", f"truncation psi must lie in [0, 2], got {spec.psi}")
+        return spec
+
+    def name(self, name: str, key: str) -> None:
+        if not _NAME.match(name):
+            raise self.fail(key, f"{name!r} is not a usable name (letters, digits, '_', '.', '+', '-')")
+
+    def k_value(self, value: Any, key: str) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and _MULTIPLE.match(value):
+            return value.strip().replace(" ", "")
+        raise self.fail(key, f"a k value is a number of patients >= 0 or a multiple of n like '1x', got {value!r}")
+
+
+def _default_dataset_name(values: dict) -> str:
+    path = str(values.get("path", "dataset"))
+    return PHANTOMS if path == PHANTOMS else Path(path).name
+
+
+def study_config_from_dict(values: Any, where: str = "study", name: str = "study") -> StudyConfig:
+    """Validate a mapping (a parsed YAML) into a `StudyConfig`; errors name ``where`` and the key."""
+    read = _Reader(where)
+    values = dict(read.mapping(values, ""))
+    values.setdefault("name", name)
+    if "datasets" not in values:
+        raise read.fail("datasets", "missing: list at least one real dataset")
+    nested = {
+        "datasets": lambda v, k: tuple(read.dataset(d, f"{k}[{i}]") for i, d in enumerate(read.sequence(v, k))),
+        "arms": lambda v, k: tuple(read.arm(a, f"{k}[{i}]") for i, a in enumerate(read.sequence(v or [], k))),
+        "k": lambda v, k: tuple(read.k_value(x, f"{k}[{i}]") for i, x in enumerate(read.sequence(v, k))),
+        "splits": lambda v, k: read.dataclass(SplitSpec, v, k),
+        "unet": lambda v, k: read.dataclass(UNetConfig, v, k),
+        "train": lambda v, k: read.dataclass(TrainConfig, v, k,
+                                             nested={"augment": lambda a, ka: read.dataclass(AugmentConfig, a, ka)}),
+    }
+    config = read.dataclass(StudyConfig, values, "", nested=nested)
+    _check(config, read)
+    return config
+
+
+def _check(config: StudyConfig, read: _Reader) -> None:
+    """Cross-field checks: non-empty grid, unique names, sane sizes."""
+    read.name(config.name, "name")
+    if not config.datasets:
+        raise read.fail("datasets", "list at least one real dataset")
+    for key, names in (("datasets", [d.name for d in config.datasets]), ("arms", [a.name for a in config.arms])):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise read.fail(key, f"names must be unique, repeated: {duplicates}")
+    if not config.baseline and not config.arms:
+        raise read.fail("arms", "no arms: set baseline: true or list synthetic sources")
+    if config.arms and not [k for k in config.k if k != 0]:
+        raise read.fail("k", "synthetic arms need at least one k > 0 (number of synthetic patients, or '1x')")
+    if any(n is not None and n < 1 for n in config.n_real):
+        raise read.fail("n_real", f"entries are numbers of real patients >= 1 or null (all), got {list(config.n_real)}")
+    if config.repeats < 1:
+        raise read.fail("repeats", f"must be >= 1, got {config.repeats}")
+    splits = config.splits
+    if splits.n_folds < 2:
+        raise read.fail("splits.n_folds", f"must be >= 2, got {splits.n_folds}")
+    bad = [f for f in splits.fold_indices() if not 0 <= f < splits.n_folds]
+    if bad or not splits.fold_indices():
+        raise read.fail("splits.folds", f"fold indices must lie in 0..{splits.n_folds - 1}, got {splits.folds}")
+    unet = config.unet
+    if len(unet.channels) < 2 or len(unet.strides) != len(unet.channels) - 1:
+        raise read.fail("unet.strides", f"needs len(channels) - 1 = {len(unet.channels) - 1} entries "
+                                        f"for channels {list(unet.channels)}, got {list(unet.strides)}")
+    train = config.train
+    if train.iterations < 1 or train.batch_size < 1 or train.val_every < 1 or train.learning_rate <= 0:
+        raise read.fail("train", "iterations, batch_size, val_every must be >= 1 and learning_rate > 0")
+    unknown = sorted(set(config.metrics) - set(METRICS))
+    if unknown or "dice" not in config.metrics:
+        raise read.fail("metrics", f"choose from {list(METRICS)} (dice always), got {list(config.metrics)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and overrides
+
+
+def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides, validate; `StudyConfigError` on problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyConfigError(f"{path}: no such study config")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise StudyConfigError(f"{path}: expected a mapping of study settings, got {type(values).__name__}")
+    values = apply_overrides(values, overrides, str(path))
+    return study_config_from_dict(values, where=str(path), name=path.stem)
+
+
+def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...], where: str = "study") -> dict:
+    """Return a copy of ``values`` with each ``"a.b.c=value"`` applied (value parsed as YAML).
+
+    List items are addressed by index (``arms.0.folder``) or by their name (``arms.pair.folder``).
+    """
+    values = json.loads(json.dumps(values, default=list))
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise StudyConfigError(f"{where}: override {override!r} is not key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise StudyConfigError(f"{where}: override {override!r}: value is not valid YAML ({exc})") from None
+        parts = key.strip().split(".")
+        node: Any = values
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[:depth + 1]), where, create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, key, where)] = value
+        else:
+            node[last] = value
+    return values
+
+
+def _child(node: Any, part: str, key: str, where: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, key, where)]
+    if not isinstance(node, dict):
+        raise StudyConfigError(f"{where}: override key {key!r}: {type(node).__name__} has no keys")
+    if part not in node or node[part] is None:
+        if not create:
+            raise StudyConfigError(f"{where}: override key {key!r} does not exist")
+        node[part] = {}
+    return node[part]
+
+
+def _list_index(items: list, part: str, key: str, where: str) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    if part in names:
+        return names.index(part)
+    raise StudyConfigError(f"{where}: override key {key!r}: no list item {part!r} (names: {names})")
