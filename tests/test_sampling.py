@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan import NetworkConfig, build_generator
+from gan import NetworkConfig, build_generator, channels_to_labels
 from training.checkpoint import DatasetInfo, SnapshotContent, write_snapshot
 from training.cli_sample import main as cli_main
 from training.config import TrainConfig, config_to_dict
@@ -204,6 +204,7 @@ def test_batching_does_not_change_patients(baseline_source):
     many = list(PatientSampler(baseline_source.slices, [4], seed=5, batch=3).candidates(count=2))
     for a, b in zip(one, many):
         torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=1e-4)
+        assert (a.labels == b.labels).float().mean() > 0.99  # argmax may flip only on near-ties
         assert a.images.shape[0] == a.plan.n_slices and a.labels.shape == (a.plan.n_slices, RES, RES)
 
 
@@ -213,7 +214,6 @@ def test_pair_pipeline_labels_come_from_mask_generator():
     sampler = PatientSampler(pair, [4], seed=0, batch=3)
     (patient,) = list(sampler.candidates(count=1))
     z_mask = patient.plan.latents[0].clone()
-    from gan import channels_to_labels
     with torch.inference_mode():
         expected = channels_to_labels(mask_G(z_mask, patient.plan.c, noise_mode="const"))
     assert torch.equal(patient.labels, expected)
