@@ -203,7 +203,7 @@ def print_table(title: str, rows: list[Row], baseline: str) -> None:
     print(f"  {'path':<24} {'device':<6} {'res':>5} {'batch':>5} {'img/s':>10} {'vs ' + baseline:>14} {'max|diff|':>10}")
     for r in rows:
         print(f"  {r.path:<24} {r.device:<6} {r.resolution:>5} {r.batch:>5} {r.img_per_s:>10.2f} "
-              f"{r.img_per_s / base:>13.2f}x {r.max_abs_diff:>10.2e}")
+              f"{r.img_per_s / base:>13.3g}x {r.max_abs_diff:>10.2e}")
 
 
 def main(argv: list[str] | None = None) -> None:
