@@ -115,7 +115,9 @@ def test_w_avg_tracking_and_truncation():
 def test_generator_truncation_psi_zero_gives_w_avg_image():
     torch.manual_seed(0)
     G = build_generator("baseline", tiny_cfg(), image_channels=1, label_channels=2).eval()
-    G.mapping(torch.randn(32, 16), None, update_emas=True)
+    assert not G.mapping.w_avg.any()
+    G(torch.randn(32, 16), None, update_emas=True)              # training forward tracks w_avg
+    assert G.mapping.w_avg.any()
     a = G(torch.randn(3, 16), None, truncation_psi=0.0, noise_mode="const")
     assert torch.allclose(a[0], a[1], atol=1e-5) and torch.allclose(a[0], a[2], atol=1e-5)
     ws = G.mapping.w_avg.expand(1, G.num_ws, -1)
