@@ -246,6 +246,25 @@ def test_gradients_reach_every_parameter(variant):
         assert any(n.startswith("synthesis.mask_encoder.") for n, _ in G.named_parameters())
 
 
+def test_second_order_gradients_for_r1_and_path_length():
+    """R1 differentiates D's input gradient; path-length regularisation G's ws gradient."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(c_dim=1)
+    G = build_generator("baseline", cfg, image_channels=1, label_channels=2).train()
+    D = build_discriminator("baseline", cfg, image_channels=1, label_channels=2).train()
+    real = torch.randn(4, 3, 16, 16, requires_grad=True)
+    (grad_real,) = torch.autograd.grad(D(real, torch.rand(4, 1)).sum(), real, create_graph=True)
+    grad_real.square().sum().backward()                          # R1 penalty
+    assert all(torch.isfinite(p.grad).all() for p in D.parameters() if p.grad is not None)
+    assert D.blocks[0].conv0.weight.grad.abs().sum() > 0
+    ws = G.mapping(torch.randn(2, 16), torch.rand(2, 1))
+    img = G.synthesis(ws)
+    (grad_ws,) = torch.autograd.grad((img * torch.randn_like(img)).sum(), ws, create_graph=True)
+    grad_ws.square().sum().backward()                            # path-length penalty
+    assert G.synthesis.blocks[-1].conv1.weight.grad.abs().sum() > 0
+    assert G.mapping.layers[0].weight.grad.abs().sum() > 0
+
+
 def test_determinism_for_a_fixed_seed():
     def run():
         torch.manual_seed(123)
