@@ -72,7 +72,7 @@ class NetworkConfig:
             raise ValueError("NetworkConfig.w_avg_beta must be in [0, 1) and mapping_lr_mult > 0")
         return cfg
 
-    def channels(self, res: int) -> int:
-        """Feature channels of the blocks at resolution ``res``: min(channel_base // res, channel_max)."""
-        base = self.resolved().channel_base if self.channel_base is None else self.channel_base
-        return max(min(base // res, self.channel_max), 1)
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    """Feature channels of the blocks at ``resolution``: min(channel_base // r, channel_max), >= 1."""
+    return max(min(channel_base // resolution, channel_max), 1)

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from gan.config import channels_at
 from gan.layers import Conv2dLayer, FullyConnectedLayer
 from gan.mapping import MappingNetwork
 from gan.synthesis import fp16_resolutions
@@ -129,7 +130,7 @@ class Discriminator(nn.Module):
         self.img_resolution = resolution
         self.c_dim = c_dim
         resolutions = [2 ** i for i in range(resolution.bit_length() - 1, 2, -1)]   # res ... 8
-        channels = {r: max(min(channel_base // r, channel_max), 1) for r in resolutions + [4]}
+        channels = {r: channels_at(r, channel_base, channel_max) for r in resolutions + [4]}
         fp16_res = fp16_resolutions(resolution, num_fp16_res)
         self.blocks = nn.ModuleList(
             DiscriminatorBlock(channels[r], channels[r // 2], r,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gan import ops
+from gan.config import channels_at
 from gan.layers import ModulatedConvLayer, ToOutputLayer, resample_filter
 
 NOISE_MODES = ("random", "const", "none")
@@ -127,7 +128,7 @@ class SynthesisNetwork(nn.Module):
         feature_channels = {} if mask_encoder is None else mask_encoder.feature_channels
         fp16_res = fp16_resolutions(resolution, num_fp16_res)
         self.resolutions = block_resolutions(resolution)
-        channels = {r: max(min(channel_base // r, channel_max), 1) for r in self.resolutions}
+        channels = {r: channels_at(r, channel_base, channel_max) for r in self.resolutions}
         self.blocks = nn.ModuleList()
         for r in self.resolutions:
             self.blocks.append(SynthesisBlock(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan.config import NetworkConfig
+from gan.config import NetworkConfig, channels_at
 from gan.discriminator import Discriminator
 from gan.layers import Conv2dLayer
 from gan.mapping import MappingNetwork
@@ -46,7 +46,7 @@ class MaskEncoder(nn.Module):
         self.in_channels = in_channels
         self.resolution = resolution
         self.resolutions = block_resolutions(resolution)[::-1]       # res, ..., 4
-        self.feature_channels = {r: max(min(channel_base // r, channel_max), 1) for r in self.resolutions}
+        self.feature_channels = {r: channels_at(r, channel_base, channel_max) for r in self.resolutions}
         e = self.feature_channels
         self.from_mask = Conv2dLayer(in_channels, e[resolution], 1, activation="lrelu", conv_clamp=conv_clamp)
         self.refine = nn.ModuleList(

@@ -6,6 +6,7 @@ import torch
 
 from gan import (MappingNetwork, NetworkConfig, SynthesisNetwork, build_discriminator, build_generator,
                  channels_to_labels, labels_to_channels)
+from gan.config import channels_at
 from gan.discriminator import MinibatchStdLayer
 from gan.layers import Conv2dLayer, FullyConnectedLayer, ModulatedConvLayer
 from gan.mapping import normalize_2nd_moment
@@ -323,5 +324,6 @@ def test_bad_resolution_is_refused(resolution):
 def test_auto_channel_base_follows_resolution():
     assert NetworkConfig(resolution=256).resolved().channel_base == 16384
     assert NetworkConfig(resolution=512).resolved().channel_base == 32768
-    assert NetworkConfig(resolution=64, channel_base=32768, channel_max=512).channels(64) == 512
+    assert channels_at(64, 32768, 512) == 512 and channels_at(256, 16384, 512) == 64
+    assert channels_at(512, 128, 16) == 1                         # never zero channels
     assert math.isclose(NetworkConfig().resolved().mapping_lr_mult, 0.01)
