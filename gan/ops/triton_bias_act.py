@@ -13,7 +13,7 @@ where inside(z) = |gain * act(z)| <= clamp is where the clamp lets the gradient 
 without a clamp; torch.clamp passes the gradient at the bounds too). The bias gradient is dx summed
 over every axis but `dim`. The first-order gradient is itself an autograd Function whose backward
 uses the kernel again, so R1 (a gradient penalty on D's input gradient) can differentiate through
-it; a third derivative raises instead of silently returning a wrong one.
+it; a third derivative raises a clear error instead of silently returning a wrong one.
 
 This module imports triton, so the dispatcher in gan.ops.bias_act imports it only when a fused
 kernel first runs; on CPU the kernels run under TRITON_INTERPRET=1 only.
@@ -191,6 +191,8 @@ class BiasActSpec:
 
     def bias_grad(self, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """d(loss)/db: dx summed over every axis but `dim`, accumulated in float32, in `dtype`."""
+        if not self.reduce_dims:  # x is the bias' own shape (sum over an empty dim list would sum all)
+            return dx.to(dtype)
         return dx.float().sum(dim=self.reduce_dims).to(dtype)
 
 
@@ -199,22 +201,19 @@ class _BiasAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, b: torch.Tensor | None, spec: BiasActSpec) -> torch.Tensor:
-        x = x.contiguous()
-        b_cast = b.to(x.dtype).contiguous() if b is not None else None
         ctx.spec = spec
-        ctx.b_dtype = b.dtype if b is not None else None
-        ctx.save_for_backward(x, b_cast)
-        return spec.launch(MODE_FORWARD, x, b_cast)
+        ctx.save_for_backward(x, b)
+        return spec.launch(MODE_FORWARD, x, b)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, b_cast = ctx.saved_tensors
+        x, b = ctx.saved_tensors
         spec: BiasActSpec = ctx.spec
         dx = db = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dx = _BiasActGrad.apply(dy, x, b_cast, spec)
+            dx = _BiasActGrad.apply(dy.contiguous(), x, b, spec)
             if ctx.needs_input_grad[1]:
-                db = spec.bias_grad(dx, ctx.b_dtype)
+                db = spec.bias_grad(dx, b.dtype)
         return dx, db, None
 
 
@@ -223,26 +222,37 @@ class _BiasActGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dy: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, spec: BiasActSpec) -> torch.Tensor:
-        dy = dy.contiguous()
         ctx.spec = spec
         ctx.save_for_backward(dy, x, b)
         return spec.launch(MODE_GRAD, x, b, g=dy)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, ddx: torch.Tensor):
         dy, x, b = ctx.saved_tensors
         spec: BiasActSpec = ctx.spec
-        ddx = ddx.contiguous()
         d_dy = d_x = d_b = None
         if ctx.needs_input_grad[0]:
-            # dx is linear in dy: its derivative along ddx is the first-order kernel applied to ddx.
-            d_dy = spec.launch(MODE_GRAD, x, b, g=ddx).to(dy.dtype)
+            # dx is linear in dy: its derivative along ddx is the first-order op applied to ddx.
+            d_dy = _BiasActGrad.apply(ddx.contiguous(), x, b, spec)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            d_x = spec.launch(MODE_GRAD2, x, b, g=ddx, h=dy)
+            d_x = _BiasActGrad2.apply(ddx.contiguous(), dy, x, b, spec)
             if ctx.needs_input_grad[2]:
                 d_b = spec.bias_grad(d_x, b.dtype)
         return d_dy, d_x, d_b, None
+
+
+class _BiasActGrad2(torch.autograd.Function):
+    """ddx * dy * gain * act''(x + b) * inside: the second-order term, the last order implemented."""
+
+    @staticmethod
+    def forward(ctx, ddx: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None,
+                spec: BiasActSpec) -> torch.Tensor:
+        return spec.launch(MODE_GRAD2, x, b, g=ddx, h=dy)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        raise RuntimeError("bias_act (fused Triton path): derivatives beyond the second order are not implemented; "
+                           "run bias_act with impl='ref' for third and higher derivatives")
 
 
 def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float, gain: float,
@@ -273,4 +283,9 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
     if b is not None and b.device != x.device:
         raise ValueError(f"bias_act_triton: bias on {b.device} but x on {x.device}")
     spec = BiasActSpec(act, alpha, gain, clamp, dim, x.shape)
+    # Layout and dtype changes happen here, outside the Functions, so that autograd records them and the
+    # tensors the Functions save are the graph's own (second-order terms in x, b and dy stay connected).
+    x = x.contiguous()
+    if b is not None:
+        b = b.to(x.dtype).contiguous()
     return _BiasAct.apply(x, b, spec)
