@@ -61,9 +61,9 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if self.conv0 is None else 2
         self.register_buffer("resample_filter", resample_filter(in_channels > 0), persistent=False)
 
-    def compute_dtype(self, device: torch.device, force_fp32: bool) -> torch.dtype:
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
         """fp16 only for fp16 blocks on CUDA (CPU fp16 convolutions are ~90x slower)."""
-        if self.use_fp16 and not force_fp32 and device.type == "cuda":
+        if self.use_fp16 and device.type == "cuda":
             return torch.float16
         return torch.float32
 
@@ -80,11 +80,10 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
                 features: torch.Tensor | None = None, noise_mode: str = "random",
-                fused_modconv: bool | None = None, force_fp32: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                fused_modconv: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         N, res = ws.shape[0], self.resolution
         assert ws.shape[1] == self.num_conv + 1, f"block {res} expects {self.num_conv + 1} ws"
-        dtype = self.compute_dtype(ws.device, force_fp32)
+        dtype = self.compute_dtype(ws.device)
         if fused_modconv is None:
             fused_modconv = self.choose_fused_modconv(N, ws.device, dtype)
         if self.conv0 is None:
@@ -104,12 +103,13 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """ws [N, num_ws, w_dim] (+ features per resolution) -> image [N, img_channels, res, res].
+    """ws [N, num_ws, w_dim] (+ a mask) -> image [N, img_channels, res, res].
 
     The output is not clamped: after training it lies approximately in [-1, 1].
-    ``feature_channels`` maps a block resolution to the number of spatial feature channels the
-    block receives (the conditional variant); a ``mask_encoder`` (an nn.Module turning a mask
-    [N, mask_channels, res, res] into {res: features}) is owned by the network when given.
+    ``mask_encoder`` (the conditional variant; see gan.variants.MaskEncoder) is an nn.Module with
+    attributes ``in_channels`` (L) and ``feature_channels`` {r: e(r)}, mapping a mask
+    [N, L, res, res] to {r: features [N, e(r), r, r]}; the network owns it, and block r
+    concatenates features[r] to its conv1 input.
     """
 
     def __init__(self, w_dim: int, resolution: int, img_channels: int, channel_base: int,
