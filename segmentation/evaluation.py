@@ -21,6 +21,7 @@ so Dice is always defined; an HD95 of NaN is left out of means by the report, in
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,9 @@ def hd95_score(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[flo
     if not has_prediction:
         return math.inf
     metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    value = metric(_as_batch(prediction), _as_batch(reference), spacing=[float(s) for s in spacing])
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own metric passes
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        value = metric(_as_batch(prediction), _as_batch(reference), spacing=[float(s) for s in spacing])
     return float(value.reshape(-1)[0])
 
 

@@ -27,7 +27,8 @@ import torch
 from monai.data import DataLoader
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from monai.transforms import (Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandScaleIntensityd)
+from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandScaleIntensityd
+from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import RandomSampler
 
@@ -81,8 +82,9 @@ class AugmentedSlices(TorchDataset):
         item = {"image": image, "label": label[None]}
         if self.transform is not None:
             item = self.transform(item)
-        image = torch.as_tensor(item["image"], dtype=torch.float32).contiguous()
-        label = torch.as_tensor(item["label"]).long().contiguous()
+        # Plain tensors: MONAI's MetaTensor would route every later torch call through its metadata hooks.
+        image = convert_to_tensor(item["image"], dtype=torch.float32, track_meta=False).contiguous()
+        label = convert_to_tensor(item["label"], dtype=torch.long, track_meta=False).contiguous()
         return image, label
 
 

@@ -1,0 +1,161 @@
+"""Study YAML -> StudyConfig (clear errors naming the key), overrides, the grid, shards, the CLI."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segmentation.cli_study import build_parser, main
+from segmentation.grid import describe_grid, expand_grid, parse_shard, shard
+from segmentation.study_config import (StudyConfigError, apply_overrides, load_study_config, resolve_k,
+                                       study_config_from_dict)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "study"
+
+
+def _write(tmp_path: Path, values: dict, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _minimal(**extra) -> dict:
+    return {"datasets": [{"name": "d", "path": "phantoms"}], **extra}
+
+
+@pytest.mark.parametrize("name", ["micro", "phantom_demo", "paper"])
+def test_shipped_configs_load(name):
+    config = load_study_config(CONFIGS / f"{name}.yaml")
+    assert config.name == name
+    assert config.datasets and config.metrics[0] == "dice"
+
+
+def test_defaults_and_name_from_file(tmp_path):
+    config = load_study_config(_write(tmp_path, _minimal(), "my_study.yaml"))
+    assert config.name == "my_study" and config.baseline and config.arms == ()
+    assert config.unet.channels == (16, 32, 64, 128) and config.train.iterations == 2000
+
+
+@pytest.mark.parametrize("values, key", [
+    (_minimal(epochs=3), "epochs"),
+    (_minimal(train={"iterationz": 3}), "train.iterationz"),
+    (_minimal(train={"augment": {"flip": 0.5}}), "train.augment.flip"),
+    ({"datasets": [{"path": "phantoms", "prepro": {}}]}, "datasets[0].prepro"),
+    (_minimal(arms=[{"name": "a", "folder": "x", "colour": 1}]), "arms[0].colour"),
+    (_minimal(unet={"channels": [8, 16], "strides": [2, 2]}), "unet.strides"),
+])
+def test_unknown_or_bad_keys_are_named(tmp_path, values, key):
+    path = _write(tmp_path, values)
+    with pytest.raises(StudyConfigError) as error:
+        load_study_config(path)
+    assert str(path) in str(error.value) and key in str(error.value)
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({}, "datasets: missing"),
+    (_minimal(train={"iterations": "many"}), "expected an integer"),
+    (_minimal(arms=[{"name": "a", "folder": "x", "gan": "y"}], k=[1]), "exactly one of 'folder' or 'gan'"),
+    (_minimal(arms=[{"name": "real", "folder": "x"}], k=[1]), "real-only baseline"),
+    (_minimal(arms=[{"name": "a", "folder": "x"}]), "need at least one k > 0"),
+    (_minimal(k=["two"]), "multiple of n"),
+    (_minimal(metrics=["dice", "iou"]), "choose from"),
+    (_minimal(splits={"n_folds": 3, "folds": [3]}), "fold indices"),
+    (_minimal(preprocess_typo=1), "unknown key"),
+    ({"datasets": [{"path": "phantoms", "preprocess": {"resolution": 2}}]}, "resolution must be >= 4"),
+    ({"datasets": [{"path": "x", "phantoms": {"n_patients": 2}}]}, "only allowed with path: phantoms"),
+])
+def test_invalid_values_give_clear_errors(values, fragment):
+    with pytest.raises(StudyConfigError, match=fragment):
+        study_config_from_dict(values, where="bad.yaml")
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(StudyConfigError, match="no such study config"):
+        load_study_config(tmp_path / "absent.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("datasets: [unclosed\n")
+    with pytest.raises(StudyConfigError, match="not valid YAML"):
+        load_study_config(path)
+
+
+def test_overrides_by_dotted_key_index_and_name():
+    values = _minimal(arms=[{"name": "pair", "folder": "a"}, {"name": "noise", "folder": "b"}], k=[1])
+    out = apply_overrides(values, ["train.iterations=7", "arms.noise.folder=/x/y", "arms.0.psi=0.5",
+                                   'k=[2, "1x"]'])
+    config = study_config_from_dict(out)
+    assert config.train.iterations == 7 and config.arm("noise").folder == "/x/y"
+    assert config.arm("pair").folder == "a" and config.k == (2, "1x")
+    assert values["arms"][1]["folder"] == "b"  # the input is not modified
+    with pytest.raises(StudyConfigError, match="no list item 'gan'"):
+        apply_overrides(values, ["arms.gan.folder=z"])
+    with pytest.raises(StudyConfigError, match="not key=value"):
+        apply_overrides(values, ["train.iterations"])
+
+
+def test_resolve_k():
+    assert resolve_k(5, 12) == 5
+    assert resolve_k("1x", 12) == 12 and resolve_k("0.5x", 12) == 6 and resolve_k("2x", 3) == 6
+
+
+def _grid_config(**extra):
+    return study_config_from_dict(_minimal(arms=[{"name": "syn", "folder": "f"}, {"name": "noise", "folder": "g"}],
+                                           k=[3, "1x", 0], splits={"n_folds": 2}, **extra))
+
+
+def test_grid_runs_and_ids():
+    config = _grid_config(n_real=[None, 2], repeats=2)
+    runs = expand_grid(config, {("d", 0): 3, ("d", 1): 4})
+    ids = [r.run_id for r in runs]
+    assert len(ids) == len(set(ids))
+    # fold 0, n=3: "1x" == 3 -> one k per arm; fold 1, n=4: k 3 and 4; n=2: k 3 and 2.
+    per_cell = {(r.fold, r.repeat, r.n_real): 0 for r in runs}
+    for r in runs:
+        per_cell[(r.fold, r.repeat, r.n_real)] += 1
+    assert per_cell == {(0, 0, 3): 3, (0, 1, 3): 3, (0, 0, 2): 5, (0, 1, 2): 5,
+                        (1, 0, 4): 5, (1, 1, 4): 5, (1, 0, 2): 5, (1, 1, 2): 5}
+    assert all(r.n_synthetic == 0 for r in runs if r.arm == "real")
+    assert all(r.n_synthetic > 0 for r in runs if r.arm != "real")
+    assert "d-f1-r1-noise-k4-nall" in ids and "d-f0-r0-syn-k2-n2" in ids
+    assert {r.seed for r in runs if r.repeat == 1} == {1}
+    assert "runs:" in describe_grid(runs) and str(len(runs)) in describe_grid(runs)
+    with pytest.raises(StudyConfigError, match="n_real 2 exceeds the 1 real training patients"):
+        expand_grid(config, {("d", 0): 1, ("d", 1): 4})
+
+
+def test_shards_partition_the_grid():
+    runs = expand_grid(_grid_config(), {("d", 0): 3, ("d", 1): 4})
+    parts = [shard(runs, i, 3) for i in range(3)]
+    ids = [r.run_id for part in parts for r in part]
+    assert sorted(ids) == sorted(r.run_id for r in runs) and len(ids) == len(set(ids))
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "a/2", "1", "-1/2"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_cli_help_shows_defaults():
+    text = build_parser().format_help()
+    for fragment in ("--results DIR", "results/NAME", "--shard I/N", "0/1", "--dry-run", "--device", "auto",
+                     "--set KEY=VALUE", "--synthetic NAME=FOLDER", "iterations"):
+        assert fragment in text
+
+
+def test_cli_bad_config_exits_with_message(tmp_path, capsys):
+    path = _write(tmp_path, _minimal(trian={"iterations": 3}))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--dry-run"])
+    assert exit_info.value.code == 2
+    assert "trian" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(CONFIGS / "micro.yaml"), "--shard", "2/2", "--dry-run"])
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
+    results = tmp_path / "results"
+    main([str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(results), "--device", "cpu",
+          "--synthetic", f"other={tmp_path / 'not-needed-for-a-dry-run'}", "--set", "train.iterations=5"])
+    out = capsys.readouterr().out
+    assert "phantom-f0-r0-real-k0-nall" in out and "phantom-f1-r0-other-k3-nall" in out
+    assert "6 runs" in out and "s/step measured on cpu" in out and "estimated training time" in out
+    assert "5 steps x 8 slices" in out
+    assert not results.exists()
