@@ -1,11 +1,12 @@
 """StyleGAN2 building blocks: equalised-lr layers, mapping, synthesis, discriminator, masks."""
 import math
+import os
 
 import pytest
 import torch
 
 from gan import (MappingNetwork, NetworkConfig, SynthesisNetwork, build_discriminator, build_generator,
-                 channels_to_labels, labels_to_channels)
+                 channels_to_labels, labels_to_channels, ops)
 from gan.config import channels_at
 from gan.discriminator import MinibatchStdLayer
 from gan.layers import Conv2dLayer, FullyConnectedLayer, ModulatedConvLayer
@@ -264,6 +265,40 @@ def test_second_order_gradients_for_r1_and_path_length():
     grad_ws.square().sum().backward()                            # path-length penalty
     assert G.synthesis.blocks[-1].conv1.weight.grad.abs().sum() > 0
     assert G.mapping.layers[0].weight.grad.abs().sum() > 0
+
+
+def fused_ops_runnable() -> bool:
+    on_gpu = torch.cuda.is_available()
+    return ops.triton_available() and (on_gpu or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.skipif(not fused_ops_runnable(), reason="needs triton and a GPU or TRITON_INTERPRET=1")
+def test_fused_ops_path_matches_reference_for_g_and_d():
+    """The whole conditional G + D, forward and backward, on the fused (Triton) ops: on CPU this
+    runs the kernels under the interpreter, so the networks are tiny."""
+    cfg = NetworkConfig(resolution=16, z_dim=8, w_dim=8, c_dim=1, mapping_layers=1, channel_base=64,
+                        channel_max=8, d_mapping_layers=1)
+    torch.manual_seed(0)
+    G = build_generator("conditional", cfg, image_channels=1, label_channels=2).train()
+    D = build_discriminator("conditional", cfg, image_channels=1, label_channels=2).train()
+    z, c = torch.randn(2, 8), torch.rand(2, 1)
+    mask = labels_to_channels(torch.randint(0, 2, (2, 16, 16)), 2)
+    results = {}
+    previous = ops.get_backend()
+    try:
+        for backend in ("ref", "fused"):
+            ops.set_backend(backend)
+            G.zero_grad()
+            D.zero_grad()
+            img = G(z, c, mask=mask, noise_mode="const")
+            logits = D(torch.cat([img, mask], dim=1), c)
+            logits.sum().backward()
+            grads = torch.cat([p.grad.flatten() for p in [*G.parameters(), *D.parameters()]])
+            results[backend] = (img.detach(), logits.detach(), grads)
+    finally:
+        ops.set_backend(previous)
+    for ref, fused in zip(results["ref"], results["fused"]):
+        assert torch.allclose(ref, fused, rtol=1e-4, atol=1e-5)
 
 
 def test_determinism_for_a_fixed_seed():
