@@ -161,3 +161,13 @@ def test_sigterm_writes_a_snapshot_and_stops(tmp_path, phantoms, monkeypatch):
     snap, content = _weights(run)
     assert content.documents["progress"]["nimg"] == 8
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # handler restored
+
+
+@pytest.mark.parametrize("mode, p", [("none", 0.0), ("fixed", 0.5)])
+def test_augmentation_modes_keep_p(tmp_path, phantoms, mode, p):
+    run = tmp_path / mode
+    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run),
+                        "--kimg", "0.016", "--aug", mode, "--p", str(p),
+                        "--set", "augment.speed_kimg=0.01"]) == 0
+    _, content = _weights(run)
+    assert content.documents["progress"]["augment_p"] == p and content.documents["progress"]["ada"] is None
