@@ -171,3 +171,23 @@ def test_augmentation_modes_keep_p(tmp_path, phantoms, mode, p):
                         "--set", "augment.speed_kimg=0.01"]) == 0
     _, content = _weights(run)
     assert content.documents["progress"]["augment_p"] == p and content.documents["progress"]["ada"] is None
+
+
+def test_ema_update_follows_the_half_life_with_ramp_up(phantoms, tmp_path):
+    from training.cli_train import build_config, build_parser
+    from training.loop import GanTrainer, open_training_data
+
+    args = build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms,
+                                             "--set", "ema_kimg=1.0"])
+    cfg = build_config(args, num_processes=1)
+    trainer = GanTrainer(cfg, tmp_path / "run", open_training_data(cfg), tensorboard=False)
+    param, ema = next(trainer.G.parameters()), next(trainer.G_ema.parameters())
+    with torch.no_grad():
+        param.add_(1.0)
+    before = ema.detach().clone()
+    trainer.progress.nimg = 400                 # ramp-up: horizon min(1000, 400 * 0.05) = 20 images
+    trainer.update_ema()
+    beta = 0.5 ** (cfg.batch / 20.0)
+    assert torch.allclose(ema, param.detach() + beta * (before - param.detach()), atol=1e-6)
+    for b_ema, b in zip(trainer.G_ema.buffers(), trainer.G.buffers()):
+        assert torch.equal(b_ema, b)           # buffers are copied, not averaged
