@@ -1,0 +1,164 @@
+"""The micro-study end to end on phantom patients: real-only baseline + a phantom synthetic arm + a
+useless noise arm, 2 k values, 2 folds; determinism, shards, re-runs, crashes, bad synthetic data."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segmentation import runner
+from segmentation.runner import CASE_COLUMNS, StudyDataError, prepare_data, run_study
+from segmentation.study_config import load_study_config
+from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_dataset
+from training.data.fsutils import atomic_write_json
+from training.data.nifti import write_nifti
+
+MICRO = Path(__file__).resolve().parents[1] / "configs" / "study" / "micro.yaml"
+
+
+def write_noise_dataset(out: Path, n_patients: int, shape=(32, 32, 8), seed: int = 0,
+                        modalities=PHANTOM_MODALITIES) -> Path:
+    """A deliberately useless synthetic source in nnU-Net v2 layout: uniform noise images and
+    independent random label maps with the phantom channels and labels."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([6.0, 6.0, 18.0, 1.0])
+    for i in range(n_patients):
+        for c in range(len(modalities)):
+            write_nifti(out / "imagesTr" / f"noise_{i:03d}_{c:04d}.nii.gz",
+                        rng.uniform(0, 1000, size=shape).astype(np.float32), affine)
+        write_nifti(out / "labelsTr" / f"noise_{i:03d}.nii.gz",
+                    rng.integers(0, len(PHANTOM_LABELS), size=shape).astype(np.uint8), affine)
+    atomic_write_json(out / "dataset.json", {
+        "name": "Noise", "channel_names": {str(i): m for i, m in enumerate(modalities)},
+        "labels": {n: i for i, n in enumerate(PHANTOM_LABELS)}, "numTraining": n_patients,
+        "file_ending": ".nii.gz"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    other = write_phantom_dataset(root / "other", n_patients=4, shape=(32, 32, 8), seed=7, layout="nnunet")
+    noise = write_noise_dataset(root / "noise", n_patients=4)
+    return {"other": other, "noise": noise}
+
+
+def micro_config(sources, *overrides):
+    arms = json.dumps([{"name": name, "folder": str(folder)} for name, folder in sources.items()])
+    return load_study_config(MICRO, [f"arms={arms}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def micro_study(sources, tmp_path_factory):
+    results = tmp_path_factory.mktemp("micro")
+    config = micro_config(sources)
+    summary = run_study(config, results, device="cpu", progress=False)
+    return config, results, summary
+
+
+def read_cases(results: Path) -> list[dict]:
+    with open(results / "cases.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def dice_by_key(results: Path) -> dict:
+    return {(r["run_id"], r["case"], r["class"]): r["dice"] for r in read_cases(results)}
+
+
+def test_micro_study_files_parse(micro_study):
+    config, results, summary = micro_study
+    # 2 folds x (baseline + 2 arms x k {2, "1x" = 3}) = 10 runs
+    assert len(summary.runs) == 10 and len(summary.ran) == 10 and not summary.skipped
+    files = sorted(p.stem for p in (results / "runs").glob("*.json"))
+    assert files == sorted(r.run_id for r in summary.runs)
+    assert not list((results / "runs").glob(".*"))  # no temporary files left
+    record = json.loads((results / "runs" / "phantom-f1-r0-noise-k3-nall.json").read_text())
+    assert record["config"]["run"]["n_synthetic"] == 3 and record["source"].startswith("folder:")
+    assert len(record["patients"]["train_synthetic"]) == 3
+    assert set(record["patients"]["test"]).isdisjoint(record["patients"]["train_real"] + record["patients"]["val"])
+    assert record["slices"]["train_synthetic"] == 3 * 8
+    assert "budget_rule" in record and record["training"]["iterations_run"] == config.train.iterations
+    assert [c["iteration"] for c in record["training"]["curve"]] == [6, 12]
+    assert record["wall_seconds"] > 0 and record["seed"] == 0
+    assert (results / "tensorboard" / record["run_id"]).is_dir()
+
+    rows = read_cases(results)
+    assert tuple(rows[0]) == CASE_COLUMNS
+    n_test = len(record["patients"]["test"])
+    assert len(rows) == 10 * n_test * len(PHANTOM_LABELS)  # (L - 1) classes + foreground per case
+    assert {r["arm"] for r in rows} == {"real", "other", "noise"}
+    assert {r["n_synthetic"] for r in rows if r["arm"] == "noise"} == {"2", "3"}
+    foreground = [float(r["dice"]) for r in rows if r["class"] == "foreground"]
+    assert all(0.0 <= d <= 1.0 for d in foreground)
+    assert all(r["hd95"] == "" or float(r["hd95"]) >= 0 for r in rows)
+
+
+def test_baseline_learns_something(micro_study):
+    _, results, _ = micro_study
+    dice = [float(r["dice"]) for r in read_cases(results) if r["arm"] == "real" and r["class"] == "foreground"]
+    assert np.mean(dice) > 0.3  # the head is most of the foreground: a few steps already find it
+
+
+def test_rerun_skips_finished_runs(micro_study):
+    config, results, summary = micro_study
+    before = {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*.json")}
+    again = run_study(config, results, device="cpu", progress=False)
+    assert again.ran == [] and sorted(again.skipped) == sorted(r.run_id for r in summary.runs)
+    assert {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*.json")} == before
+
+
+def test_changed_config_is_not_silently_reused(micro_study, sources):
+    _, results, _ = micro_study
+    with pytest.raises(StudyDataError, match="different study configuration"):
+        run_study(micro_config(sources, "train.learning_rate=0.02"), results, device="cpu", progress=False)
+
+
+def test_shards_reproduce_the_unsharded_study(micro_study, sources, tmp_path):
+    config, results, summary = micro_study
+    shards = [run_study(config, tmp_path, i, 2, device="cpu", progress=False) for i in range(2)]
+    ran = [run_id for s in shards for run_id in s.ran]
+    assert sorted(ran) == sorted(r.run_id for r in summary.runs) and len(ran) == len(set(ran))
+    # Same seeds in another process order and folder: identical Dice for every case and class.
+    assert dice_by_key(tmp_path) == dice_by_key(results)
+
+
+def test_another_seed_gives_other_results(micro_study, sources, tmp_path):
+    config, results, _ = micro_study
+    other = micro_config(sources, "seed=1", "arms=[]", "splits.folds=[0]")
+    run_study(other, tmp_path, device="cpu", progress=False)
+    new = {(r["case"], r["class"]): r["dice"] for r in read_cases(tmp_path)}
+    old = {(r["case"], r["class"]): r["dice"] for r in read_cases(results) if r["run_id"] == "phantom-f0-r0-real-k0-nall"}
+    assert new.keys() == old.keys() and new != old
+
+
+def test_crashed_run_leaves_no_result_and_is_redone(sources, tmp_path, monkeypatch):
+    config = micro_config(sources, "arms=[]", "splits.folds=[0]", "train.iterations=2", "train.val_every=2")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash during testing")
+
+    monkeypatch.setattr(runner, "test_cases", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_study(config, tmp_path, device="cpu", progress=False)
+    assert not list((tmp_path / "runs").glob("*"))
+    monkeypatch.undo()
+    summary = run_study(config, tmp_path, device="cpu", progress=False)
+    assert summary.ran == ["phantom-f0-r0-real-k0-nall"]
+    assert len(read_cases(tmp_path)) == 2 * len(PHANTOM_LABELS)
+
+
+def test_synthetic_folder_with_other_channels_is_refused(sources, tmp_path):
+    bad = write_noise_dataset(tmp_path / "wrong_channels", n_patients=1, modalities=("A", "B", "C", "D"))
+    config = micro_config({"wrong": bad})
+    runs = runner.plan_runs(config, tmp_path)[0]
+    with pytest.raises(StudyDataError, match=r"wrong_channels: synthetic channels \['A', 'B', 'C', 'D'\]"):
+        prepare_data(config, runs, tmp_path)
+
+
+def test_too_few_synthetic_patients_is_refused(sources, tmp_path):
+    config = micro_config({"other": sources["other"]}, 'k=["2x"]')  # needs 6, the folder holds 4
+    runs = runner.plan_runs(config, tmp_path)[0]
+    with pytest.raises(StudyDataError, match="needs 6 synthetic patients, the folder holds 4"):
+        prepare_data(config, runs, tmp_path)
