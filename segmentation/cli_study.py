@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from segmentation.grid import Run, describe_grid, parse_shard, shard
-from segmentation.runner import StudyDataError, plan_runs, resolve_device, run_study
+from segmentation.runner import StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device, run_study
 from segmentation.study_config import StudyConfig, StudyConfigError, load_study_config
 from segmentation.unet import BUDGET_RULE, measure_step_seconds
 from training.data import DataError
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_study(config, results, index, count, args.device, progress=not args.quiet)
     except (DataError, StudyConfigError, StudyDataError, FileNotFoundError) as exc:
         parser.exit(2, f"run_study.py: error: {exc}\n")
+    print(mean_dice_table(read_results(summary.results)))
     print(f"{len(summary.ran)} runs finished, {len(summary.skipped)} already done, in {summary.seconds:.1f} s; "
           f"results in {summary.results} (cases: {summary.cases_csv})", file=sys.stderr)
     return 0
