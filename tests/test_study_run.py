@@ -162,3 +162,20 @@ def test_too_few_synthetic_patients_is_refused(sources, tmp_path):
     runs = runner.plan_runs(config, tmp_path)[0]
     with pytest.raises(StudyDataError, match="needs 6 synthetic patients, the folder holds 4"):
         prepare_data(config, runs, tmp_path)
+
+
+def test_gan_arm_is_sampled_once_into_the_results_folder(sources, tmp_path):
+    from test_sampling import save_run  # a checkpoint of an untrained tiny generator (16 px)
+
+    gan = save_run(tmp_path / "gan" / "baseline", "baseline")
+    config = micro_config({}, f"arms=[{{name: gan, gan: {gan}, psi: 0.7}}]", "k=[2]", "splits.folds=[0]",
+                          "baseline=false", "train.iterations=2", "train.val_every=2")
+    summary = run_study(config, tmp_path / "results", device="cpu", progress=False)
+    assert summary.ran == ["phantom-f0-r0-gan-k2-nall"]
+    folder = tmp_path / "results" / "synthetic" / "gan"
+    synthesis = json.loads((folder / "synthesis.json").read_text())
+    assert synthesis["sessions"][-1]["settings"]["truncation_psi"] == 0.7
+    assert len(list((folder / "labelsTr").glob("*.nii.gz"))) == 2
+    record = json.loads((tmp_path / "results" / "runs" / f"{summary.ran[0]}.json").read_text())
+    assert record["source"].startswith("gan:") and "@psi=0.7" in record["source"]
+    assert len(record["patients"]["train_synthetic"]) == 2
