@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import monai
 import numpy as np
@@ -94,19 +94,22 @@ def dataset_root(spec: DatasetSpec) -> Path:
     return Path(spec.path)
 
 
-def load_real(spec: DatasetSpec, config: StudyConfig, results: Path, with_cache: bool = True) -> RealData | tuple:
-    """Read and validate a real dataset, make (or reuse) its splits in ``results/splits``, and open
-    its slice cache.  ``with_cache`` False (planning, dry runs): headers only, splits not saved,
-    returns (dataset, splits)."""
+def read_real(spec: DatasetSpec, config: StudyConfig, results: Path, full_check: bool = True
+              ) -> tuple[Dataset, Splits]:
+    """Read a real dataset and its splits.  ``full_check``: validate every voxel and make / reuse the
+    splits file ``results/splits/DATASET.json``; False (planning, dry runs): headers only, and splits
+    that are not saved when no file exists yet."""
     modalities = list(spec.modalities) if spec.modalities is not None else None
-    dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=modalities, check_voxels=with_cache)
+    dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=modalities, check_voxels=full_check)
     s, path = config.splits, results / "splits" / f"{spec.name}.json"
-    if with_cache or path.is_file():
-        splits = load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
-    else:  # a dry run writes nothing
-        splits = make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
-    if not with_cache:
-        return dataset, splits
+    if full_check or path.is_file():
+        return dataset, load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
+    return dataset, make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
+
+
+def load_real(spec: DatasetSpec, config: StudyConfig, results: Path) -> RealData:
+    """A real dataset, fully validated, with its saved splits and its slice cache."""
+    dataset, splits = read_real(spec, config, results)
     return RealData(spec, dataset, open_slice_cache(dataset, spec.preprocess), splits)
 
 
@@ -151,22 +154,23 @@ def sample_gan_arm(arm: ArmSpec, patients: int, out_dir: Path, seed: int, device
     return out_dir
 
 
-def prepare_data(config: StudyConfig, runs: list[Run], results: Path, device: str = "cpu",
+def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: str = "cpu",
                  progress: bool = True) -> StudyData:
-    """Load every real dataset and every synthetic source the ``runs`` need (GAN arms sampled
-    first into ``results/synthetic/ARM``), failing before any training on unusable data."""
+    """Load every real dataset and every synthetic source of the study ``grid`` (the whole grid, not
+    a shard: every shard then checks, samples and reads the same patients), failing before any
+    training on unusable data.  GAN arms are sampled first into ``results/synthetic/ARM``."""
     real = {spec.name: load_real(spec, config, results) for spec in config.datasets}
     data = StudyData(real)
     for spec in config.datasets:
         for arm in config.arms:
-            needed = max_synthetic([r for r in runs if r.dataset == spec.name], arm.name)
+            needed = max_synthetic([r for r in grid if r.dataset == spec.name], arm.name)
             if needed == 0:
                 continue
             if arm.folder is not None:
                 folder, cache_dir = Path(arm.folder), None
             else:
                 folder = results / "synthetic" / (arm.name if len(config.datasets) == 1 else f"{spec.name}-{arm.name}")
-                sample_gan_arm(arm, arm.patients or max_synthetic(runs, arm.name), folder, config.seed, device,
+                sample_gan_arm(arm, arm.patients or max_synthetic(grid, arm.name), folder, config.seed, device,
                                progress)
                 cache_dir = results / "synthetic" / ".slice_cache"
             data.synthetic[(spec.name, arm.name)] = load_synthetic(arm, folder, real[spec.name], needed, cache_dir)
@@ -177,7 +181,7 @@ def plan_runs(config: StudyConfig, results: Path) -> tuple[list[Run], dict[str, 
     """The study grid and the real datasets (headers read): their splits resolve n and "1x" k."""
     sizes, datasets = {}, {}
     for spec in config.datasets:
-        datasets[spec.name], splits = load_real(spec, config, results, with_cache=False)
+        datasets[spec.name], splits = read_real(spec, config, results, full_check=False)
         for fold in config.splits.fold_indices():
             sizes[(spec.name, fold)] = len(splits.fold(fold).train)
     return expand_grid(config, sizes), datasets
@@ -227,6 +231,20 @@ def _case_rows(cache: SliceCache, case_ids: list[str]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # One run
+
+
+class CaseVolumes(Sequence):
+    """Cases of a slice cache read on access: item i -> (images float32 [M, R, R, Z] in [-1, 1],
+    labels uint8 [R, R, Z]), so validation volumes are never all in memory at once."""
+
+    def __init__(self, cache: SliceCache, case_ids: list[str]):
+        self.cache, self.case_ids = cache, list(case_ids)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
+        return self.cache.volume(self.case_ids[index])
 
 
 def run_config(run: Run, config: StudyConfig) -> dict:
@@ -279,7 +297,7 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
         syn_cache = data.synthetic[(run.dataset, run.arm)].cache
         parts.append(SliceDataset(syn_cache, _case_rows(syn_cache, patients.train_synthetic)))
     slices = ConcatDataset(parts)
-    val_volumes = [real.cache.volume(c) for c in patients.val]
+    val_volumes = CaseVolumes(real.cache, patients.val)
     tensorboard = results / "tensorboard" / run.run_id
     shutil.rmtree(tensorboard, ignore_errors=True)  # curves of a crashed attempt
     with deterministic(run.seed), SummaryWriter(str(tensorboard)) as writer:
@@ -433,13 +451,14 @@ def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, sh
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / "study.json", config.to_dict())
-    runs = shard(plan_runs(config, results)[0], shard_index, shard_count)
+    grid = plan_runs(config, results)[0]
+    runs = shard(grid, shard_index, shard_count)
     pending = [run for run in runs if finished_result(results, run, config) is None]
     skipped = [run.run_id for run in runs if run not in pending]
     torch_device = resolve_device(device)
     ran: list[str] = []
     if pending:
-        data = prepare_data(config, pending, results, str(torch_device), progress)
+        data = prepare_data(config, grid, results, str(torch_device), progress)
         bar = tqdm(total=len(runs), initial=len(skipped), desc=f"study {config.name}", unit="run",
                    disable=None if progress else True)
         with bar:

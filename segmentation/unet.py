@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,7 +161,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     return float(loss.detach())
 
 
-def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]], batch_size: int,
+def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], batch_size: int,
              device: torch.device) -> float:
     """Mean foreground Dice over validation volumes (images [M, X, Y, Z], labels [X, Y, Z] indices);
     volumes without foreground in reference and prediction count as 1 (see `foreground_dice`)."""
@@ -170,13 +170,13 @@ def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]
     return float(np.mean(scores))
 
 
-def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: list[tuple[np.ndarray, np.ndarray]],
+def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequence[tuple[np.ndarray, np.ndarray]],
                config: TrainConfig, seed: int, device: torch.device,
                log: Callable[[str, float, int], None] | None = None) -> TrainResult:
     """Train ``model`` (already on ``device``) under the fixed budget of ``config`` (see module doc).
 
     slices: training items (image [M, H, W] in [-1, 1], label [H, W] indices, position);
-    val_volumes: the real validation patients as (images [M, X, Y, Z], labels [X, Y, Z]);
+    val_volumes: the real validation patients as (images [M, X, Y, Z], labels [X, Y, Z]) (any sequence);
     log(tag, value, iteration): optional scalar logger (TensorBoard).
     """
     if not val_volumes:
