@@ -305,9 +305,8 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
         outcome = train_unet(model, slices, val_volumes, config.train, run.seed, device,
                              log=lambda tag, value, step: writer.add_scalar(tag, value, step))
         model.load_state_dict(outcome.best_state)
-        cases = test_cases(model, real, patients.test, config, device)
-    training = dataclasses.asdict(outcome)
-    del training["best_state"]
+        cases = score_test_patients(model, real, patients.test, config, device)
+    training = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "best_state"}
     return {
         "format": RESULT_FORMAT, "run_id": run.run_id, "study": config.name,
         "fingerprint": fingerprint(run_config(run, config)), "config": run_config(run, config),
@@ -321,7 +320,7 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
     }
 
 
-def test_cases(model: torch.nn.Module, real: RealData, test_ids: list[str], config: StudyConfig,
+def score_test_patients(model: torch.nn.Module, real: RealData, test_ids: list[str], config: StudyConfig,
                device: torch.device) -> list[dict]:
     """Scores of every test patient: rows {case, class, dice, hd95 (JSON number, null or "inf")}."""
     rows = []

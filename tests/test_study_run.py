@@ -139,7 +139,7 @@ def test_crashed_run_leaves_no_result_and_is_redone(sources, tmp_path, monkeypat
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash during testing")
 
-    monkeypatch.setattr(runner, "test_cases", crash)
+    monkeypatch.setattr(runner, "score_test_patients", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_study(config, tmp_path, device="cpu", progress=False)
     assert not list((tmp_path / "runs").glob("*"))
@@ -179,3 +179,17 @@ def test_gan_arm_is_sampled_once_into_the_results_folder(sources, tmp_path):
     record = json.loads((tmp_path / "results" / "runs" / f"{summary.ran[0]}.json").read_text())
     assert record["source"].startswith("gan:") and "@psi=0.7" in record["source"]
     assert len(record["patients"]["train_synthetic"]) == 2
+
+
+def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sources, tmp_path, capsys):
+    from segmentation.cli_study import main
+
+    status = main([str(MICRO), "--results", str(tmp_path), "--device", "cpu", "--quiet",
+                   "--synthetic", f"other={sources['other']}", "--set", "k=[2]", "--set", "splits.folds=[1]",
+                   "--set", "train.iterations=2", "--set", "train.val_every=2"])
+    assert status == 0
+    captured = capsys.readouterr()
+    assert "| phantom | real | 0 | 1 |" in captured.out and "| phantom | other | 2 | 1 |" in captured.out
+    assert "2 runs finished, 0 already done" in captured.err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["phantom-f1-r0-other-k2-nall.json",
+                                                                     "phantom-f1-r0-real-k0-nall.json"]
