@@ -1,7 +1,9 @@
 """The study grid: one `Run` per (dataset, fold, repeat, arm, k, n) with a stable id, and sharding.
 
-The real-only arm ``real`` has k = 0; every synthetic arm gets each k of the config resolved
-against the run's n real training patients ("1x" = n).  Duplicate (arm, k) pairs after resolving
+The real-only arm ``real`` has k = 0; every synthetic arm gets each k of the config, where a
+multiple ("1x") is taken of the run's requested n_real, or -- for n_real null (the whole fold) -- of
+the smallest training fold of the dataset, so that every fold gets the same k values and the
+report's conditions (arm, k) line up across folds.  Duplicate (arm, k) pairs after resolving
 (e.g. k: [4, "1x"] with n = 4) and k = 0 for synthetic arms (that is the baseline) are dropped.
 The order is deterministic (dataset, fold, repeat, n, arm, k as written in the config), and a
 run's id does not depend on the order or on which other runs exist, so shards and re-runs agree.
@@ -40,30 +42,35 @@ class Run:
 
 def expand_grid(config: StudyConfig, train_sizes: dict[tuple[str, int], int]) -> list[Run]:
     """All runs of ``config``.  ``train_sizes[(dataset, fold)]`` = real training patients of that
-    fold (`make_splits`); a requested n larger than that is an error naming the dataset and fold."""
+    fold (`make_splits`); a requested n larger than that is a `StudyConfigError` naming the dataset
+    and fold."""
     runs: list[Run] = []
+    folds = config.splits.fold_indices()
     for dataset in config.datasets:
-        for fold in config.splits.fold_indices():
+        smallest_fold = min(train_sizes[(dataset.name, fold)] for fold in folds)
+        for fold in folds:
             available = train_sizes[(dataset.name, fold)]
             for repeat in range(config.repeats):
                 for requested in config.n_real:
                     if requested is not None and requested > available:
-                        raise StudyConfigError(f"study {config.name}: n_real {requested} exceeds the {available} real "
-                                         f"training patients of dataset {dataset.name!r} fold {fold}")
+                        raise StudyConfigError(f"study {config.name}: n_real {requested} exceeds the {available} "
+                                               f"real training patients of dataset {dataset.name!r} fold {fold}")
                     n_real = available if requested is None else requested
-                    runs.extend(_runs_of_cell(config, dataset.name, fold, repeat, n_real, requested))
+                    k_base = smallest_fold if requested is None else requested
+                    runs.extend(_runs_of_cell(config, dataset.name, fold, repeat, n_real, requested, k_base))
     return runs
 
 
 def _runs_of_cell(config: StudyConfig, dataset: str, fold: int, repeat: int, n_real: int,
-                  requested: int | None) -> list[Run]:
+                  requested: int | None, k_base: int) -> list[Run]:
+    """The runs of one (dataset, fold, repeat, n): the baseline, then each arm x distinct k > 0."""
     seed = config.seed + repeat
     cell = []
     if config.baseline:
         cell.append(Run(dataset, fold, repeat, BASELINE_ARM, 0, n_real, requested, seed))
+    ks = [k for k in dict.fromkeys(resolve_k(k, k_base) for k in config.k) if k > 0]
     for arm in config.arms:
-        ks = dict.fromkeys(resolve_k(k, n_real) for k in config.k)
-        cell.extend(Run(dataset, fold, repeat, arm.name, k, n_real, requested, seed) for k in ks if k > 0)
+        cell.extend(Run(dataset, fold, repeat, arm.name, k, n_real, requested, seed) for k in ks)
     return cell
 
 

@@ -19,7 +19,8 @@ keys anywhere are errors naming the key)::
     arms:                          # synthetic sources, each a folder or a GAN run
       - {name: pair, folder: synthetic/pair}
       - {name: gan, gan: checkpoints/run, mask_gan: null, psi: 0.7, patients: null}
-    k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x")
+    k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x"; for
+                                   # n_real null, n = the dataset's smallest training fold)
     n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
     train: {iterations: 2000, batch_size: 16, learning_rate: 0.001, ...}   # see `TrainConfig`
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,10 +205,11 @@ class StudyConfig:
 
 
 def resolve_k(k: int | str, n_real: int) -> int:
-    """Number of synthetic patients for a k entry: an int as is, ``"2x"`` = round(2 * n_real)."""
+    """Number of synthetic patients for a k entry: an int as is, ``"2x"`` = 2 * n_real rounded
+    half up (``"0.5x"`` of 13 = 7)."""
     if isinstance(k, int):
         return k
-    return int(round(float(_MULTIPLE.match(k).group(1)) * n_real))  # type: ignore[union-attr]
+    return math.floor(float(_MULTIPLE.match(k).group(1)) * n_real + 0.5)  # type: ignore[union-attr]
 
 
 def fingerprint(obj: Any) -> str:

@@ -94,6 +94,7 @@ def test_overrides_by_dotted_key_index_and_name():
 def test_resolve_k():
     assert resolve_k(5, 12) == 5
     assert resolve_k("1x", 12) == 12 and resolve_k("0.5x", 12) == 6 and resolve_k("2x", 3) == 6
+    assert resolve_k("0.5x", 13) == 7 and resolve_k("0.5x", 3) == 2  # half up, not to even
 
 
 def _grid_config(**extra):
@@ -106,15 +107,18 @@ def test_grid_runs_and_ids():
     runs = expand_grid(config, {("d", 0): 3, ("d", 1): 4})
     ids = [r.run_id for r in runs]
     assert len(ids) == len(set(ids))
-    # fold 0, n=3: "1x" == 3 -> one k per arm; fold 1, n=4: k 3 and 4; n=2: k 3 and 2.
+    # n = all: "1x" is taken of the smallest fold (3) in both folds, so k 3 == "1x" -> one k per arm;
+    # n = 2: k 3 and "1x" = 2.
     per_cell = {(r.fold, r.repeat, r.n_real): 0 for r in runs}
     for r in runs:
         per_cell[(r.fold, r.repeat, r.n_real)] += 1
     assert per_cell == {(0, 0, 3): 3, (0, 1, 3): 3, (0, 0, 2): 5, (0, 1, 2): 5,
-                        (1, 0, 4): 5, (1, 1, 4): 5, (1, 0, 2): 5, (1, 1, 2): 5}
+                        (1, 0, 4): 3, (1, 1, 4): 3, (1, 0, 2): 5, (1, 1, 2): 5}
+    k_by_fold = {f: {r.n_synthetic for r in runs if r.fold == f and r.n_real_requested is None} for f in (0, 1)}
+    assert k_by_fold[0] == k_by_fold[1] == {0, 3}  # conditions line up across folds
     assert all(r.n_synthetic == 0 for r in runs if r.arm == "real")
     assert all(r.n_synthetic > 0 for r in runs if r.arm != "real")
-    assert "d-f1-r1-noise-k4-nall" in ids and "d-f0-r0-syn-k2-n2" in ids
+    assert "d-f1-r1-noise-k3-nall" in ids and "d-f0-r0-syn-k2-n2" in ids
     assert {r.seed for r in runs if r.repeat == 1} == {1}
     assert "runs:" in describe_grid(runs) and str(len(runs)) in describe_grid(runs)
     with pytest.raises(StudyConfigError, match="n_real 2 exceeds the 1 real training patients"):
