@@ -120,17 +120,23 @@ def naive_generator(G: Generator, z: torch.Tensor) -> torch.Tensor:
 # timing
 
 
-def images_per_second(forward: Callable[[], torch.Tensor], batch: int, repeats: int, sync: bool) -> float:
-    """Best of ``repeats`` timed calls after one warm-up call."""
-    forward()
-    best = math.inf
+def measure(paths: dict[str, Callable[[], torch.Tensor]], reference: str, batch: int, repeats: int,
+            device: str, resolution: int) -> list[Row]:
+    """One row per path: best-of-``repeats`` img/s and max |output - reference output|.
+
+    The paths take turns within every round, so load changes on a shared machine hit all alike.
+    """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    outputs = {name: forward() for name, forward in paths.items()}        # also the warm-up call
+    best = dict.fromkeys(paths, math.inf)
     for _ in range(repeats):
-        start = time.perf_counter()
-        forward()
-        if sync:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return batch / best
+        for name, forward in paths.items():
+            start = time.perf_counter()
+            forward()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return [Row(name, device, resolution, batch, batch / best[name],
+                float((outputs[name] - outputs[reference]).abs().max())) for name in paths]
 
 
 def make_generator(args: argparse.Namespace, resolution: int, channel_base: int, channel_max: int) -> Generator:
@@ -145,27 +151,29 @@ def make_generator(args: argparse.Namespace, resolution: int, channel_base: int,
     return G.eval().requires_grad_(False)
 
 
-def run_path(G: Generator, z: torch.Tensor, backend: str, fused_modconv: bool) -> torch.Tensor:
+def run_path(G: Generator, z: torch.Tensor, backend: str, fused_modconv: bool | None) -> torch.Tensor:
+    """G's forward (const noise) on one ops backend and modulated-conv form (None: G's choice)."""
     ops.set_backend(backend)
     return G.synthesis(G.mapping(z, None), noise_mode="const", fused_modconv=fused_modconv)
 
 
+def run_naive(G: Generator, z: torch.Tensor) -> torch.Tensor:
+    """The naive generator (its mapping network runs on the 'ref' ops)."""
+    ops.set_backend("ref")
+    return naive_generator(G, z)
+
+
 def cpu_rows(args: argparse.Namespace) -> list[Row]:
+    """ref (both modulated-conv forms) vs naive at the benchmark size on CPU."""
     G = make_generator(args, args.resolution, args.channel_base, args.channel_max)
     z = torch.randn(args.batch, args.z_dim)
-    rows = []
+    paths = {
+        "ref, grouped modconv": lambda: run_path(G, z, "ref", fused_modconv=True),
+        "ref, scale/conv/scale": lambda: run_path(G, z, "ref", fused_modconv=False),
+        "naive": lambda: run_naive(G, z),
+    }
     with torch.no_grad():
-        reference = run_path(G, z, "ref", fused_modconv=True)
-        for name, fused_modconv in (("ref, grouped modconv", True), ("ref, scale/conv/scale", False)):
-            speed = images_per_second(lambda: run_path(G, z, "ref", fused_modconv), args.batch,
-                                      args.repeats, sync=False)
-            diff = float((run_path(G, z, "ref", fused_modconv) - reference).abs().max())
-            rows.append(Row(name, "cpu", args.resolution, args.batch, speed, diff))
-        ops.set_backend("ref")
-        speed = images_per_second(lambda: naive_generator(G, z), args.batch, args.repeats, sync=False)
-        diff = float((naive_generator(G, z) - reference).abs().max())
-        rows.append(Row("naive", "cpu", args.resolution, args.batch, speed, diff))
-    return rows
+        return measure(paths, "ref, grouped modconv", args.batch, args.repeats, "cpu", args.resolution)
 
 
 def fused_rows(args: argparse.Namespace) -> tuple[list[Row], str]:
@@ -177,22 +185,17 @@ def fused_rows(args: argparse.Namespace) -> tuple[list[Row], str]:
         os.environ.setdefault("TRITON_INTERPRET", "1")    # must precede the first triton import
         if os.environ["TRITON_INTERPRET"] != "1":
             return [], "fused: skipped (no GPU and TRITON_INTERPRET is not 1)"
-    device = "cuda" if on_gpu else "cpu"
     if on_gpu:
-        G, res, batch, repeats = make_generator(args, args.resolution, args.channel_base,
-                                                args.channel_max), args.resolution, args.batch, args.repeats
+        G = make_generator(args, args.resolution, args.channel_base, args.channel_max).to("cuda")
+        res, batch, repeats, device, fused_name = args.resolution, args.batch, args.repeats, "cuda", "fused"
     else:
-        G, res, batch, repeats = make_generator(args, 16, 128, 16), 16, 2, 1
-    G = G.to(device)
+        G = make_generator(args, 16, 128, 16)
+        res, batch, repeats, device, fused_name = 16, 2, 3, "cpu", "fused (interpreter)"
     z = torch.randn(batch, args.z_dim, device=device)
-    rows = []
+    paths = {"ref": lambda: run_path(G, z, "ref", fused_modconv=None),
+             fused_name: lambda: run_path(G, z, "fused", fused_modconv=None)}
     with torch.no_grad():
-        reference = run_path(G, z, "ref", fused_modconv=True)
-        for backend in ("ref", "fused"):
-            speed = images_per_second(lambda: run_path(G, z, backend, True), batch, repeats, sync=on_gpu)
-            diff = float((run_path(G, z, backend, True) - reference).abs().max())
-            label = backend if on_gpu else f"{backend} (interpreter)" if backend == "fused" else backend
-            rows.append(Row(label, device, res, batch, speed, diff))
+        rows = measure(paths, "ref", batch, repeats, device, res)
     ops.set_backend("auto")
     return rows, ""
 
