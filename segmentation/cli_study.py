@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from segmentation.grid import Run, describe_grid, parse_shard, shard
 from segmentation.runner import StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device, run_study
-from segmentation.study_config import StudyConfig, StudyConfigError, load_study_config
+from segmentation.study_config import StudyConfig, StudyConfigError, load_study_config, with_synthetic_folders
 from segmentation.unet import BUDGET_RULE, measure_step_seconds
 from training.data import DataError
 
@@ -49,29 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> StudyConfig:
-    """The study config of the command line: YAML, then --synthetic arms, then --set overrides.
-
-    ``--synthetic NAME=FOLDER`` replaces the folder of the arm NAME, or appends a folder arm NAME.
-    """
-    path = Path(args.config)
-    overrides = []
-    if args.synthetic:
-        if not path.is_file():
-            raise StudyConfigError(f"{path}: no such study config")
-        values = yaml.safe_load(path.read_text()) or {}
-        arms = list(values.get("arms") or []) if isinstance(values, dict) else []
-        for pair in args.synthetic:
-            name, sep, folder = pair.partition("=")
-            if not sep or not name or not folder:
-                raise StudyConfigError(f"--synthetic {pair!r}: expected NAME=FOLDER")
-            folder = str(Path(folder).expanduser().resolve())
-            names = [arm.get("name") if isinstance(arm, dict) else None for arm in arms]
-            if name in names:
-                arms[names.index(name)] = {"name": name, "folder": folder}
-            else:
-                arms.append({"name": name, "folder": folder})
-        overrides.append("arms=" + json.dumps(arms))
-    return load_study_config(path, overrides + list(args.overrides))
+    """The study config of the command line: the YAML with --set overrides, then --synthetic arms."""
+    config = load_study_config(args.config, args.overrides)
+    folders = {}
+    for pair in args.synthetic:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise StudyConfigError(f"--synthetic {pair!r}: expected NAME=FOLDER")
+        folders[name] = folder
+    return with_synthetic_folders(config, folders) if folders else config
 
 
 def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: str) -> str:

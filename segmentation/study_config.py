@@ -405,6 +405,27 @@ def _check(config: StudyConfig, read: _Reader) -> None:
         raise read.fail("metrics", f"choose from {list(METRICS)} (dice always), got {list(config.metrics)}")
 
 
+def with_synthetic_folders(config: StudyConfig, folders: dict[str, str | Path]) -> StudyConfig:
+    """``config`` with folder arms: each NAME -> FOLDER replaces the source of the arm NAME (keeping
+    its place) or is appended as a new arm.  Folders are made absolute; the result is re-checked."""
+    arms = list(config.arms)
+    names = [arm.name for arm in arms]
+    for name, folder in folders.items():
+        arm = ArmSpec(name=name, folder=str(Path(folder).expanduser().resolve()))
+        read = _Reader(f"synthetic folder {name}={folder}")
+        read.name(name, "name")
+        if name == BASELINE_ARM:
+            raise read.fail("name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
+        if name in names:
+            arms[names.index(name)] = arm
+        else:
+            arms.append(arm)
+            names.append(name)
+    updated = dataclasses.replace(config, arms=tuple(arms))
+    _check(updated, _Reader(f"study {config.name}"))
+    return updated
+
+
 # ----------------------------------------------------------------------------------------------
 # Files and overrides
 

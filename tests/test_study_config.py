@@ -163,3 +163,17 @@ def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
     assert "6 runs" in out and "s/step measured on cpu" in out and "estimated training time" in out
     assert "5 steps x 8 slices" in out
     assert not results.exists()
+
+
+def test_with_synthetic_folders_replaces_or_appends(tmp_path):
+    from segmentation.study_config import with_synthetic_folders
+
+    config = study_config_from_dict(_minimal(arms=[{"name": "pair", "gan": "runs/x", "psi": 0.7}], k=["1x"]))
+    updated = with_synthetic_folders(config, {"pair": tmp_path / "a", "noise": "relative/b"})
+    assert [a.name for a in updated.arms] == ["pair", "noise"]
+    assert updated.arm("pair").folder == str(tmp_path / "a") and updated.arm("pair").gan is None
+    assert Path(updated.arm("noise").folder).is_absolute()
+    with pytest.raises(StudyConfigError, match="real-only baseline"):
+        with_synthetic_folders(config, {"real": tmp_path})
+    with pytest.raises(StudyConfigError, match="need at least one k > 0"):
+        with_synthetic_folders(study_config_from_dict(_minimal()), {"pair": tmp_path})
