@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -245,21 +245,20 @@ class _Reader:
             raise self.fail(key, f"expected a list, got {type(value).__name__} {value!r}")
         return list(value)
 
-    def dataclass(self, cls: type, value: Any, key: str, nested: dict | None = None, **fixed: Any) -> Any:
+    def dataclass(self, cls: type, value: Any, key: str, nested: dict | None = None) -> Any:
         """``cls(**value)`` with unknown keys rejected by name and field types checked."""
         values = dict(self.mapping(value, key))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
-                            f"unknown key (known keys: {', '.join(sorted(known - set(fixed)))})")
+                            f"unknown key (known keys: {', '.join(sorted(known))})")
         for name, build in (nested or {}).items():
             if name in values:
                 values[name] = build(values[name], f"{key}.{name}" if key else name)
         for f in dataclasses.fields(cls):
             if f.name in values and not (nested and f.name in nested):
                 values[f.name] = self.typed(values[f.name], f.type, f"{key}.{f.name}" if key else f.name)
-        values.update(fixed)
         try:
             return cls(**values)
         except TypeError as exc:

@@ -2,7 +2,6 @@
 useless noise arm, 2 k values, 2 folds; determinism, shards, re-runs, crashes, bad synthetic data."""
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
