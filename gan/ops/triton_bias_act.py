@@ -21,6 +21,7 @@ kernel first runs; on CPU the kernels run under TRITON_INTERPRET=1 only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -161,19 +162,29 @@ def _block_size(numel: int, device: torch.device) -> int:
     return min(triton.next_power_of_2(max(numel, 1)), 1 << 16)
 
 
+@dataclass(frozen=True)
 class BiasActSpec:
     """The constant arguments of one bias_act call: activation, slope, gain, clamp and layout."""
 
-    def __init__(self, act: str, alpha: float, gain: float, clamp: float, dim: int, shape: torch.Size):
-        self.act = act
-        self.code = ACTIVATION_CODES[act]
-        self.alpha = float(alpha)
-        self.gain = float(gain)
-        self.clamp = float(clamp)
-        self.dim = dim
-        self.channels = shape[dim]
-        self.inner = math.prod(shape[dim + 1:])
-        self.reduce_dims = [i for i in range(len(shape)) if i != dim]
+    act: str
+    alpha: float
+    gain: float
+    clamp: float  # < 0: no clamp
+    dim: int  # the bias axis, in 0..len(shape) - 1
+    shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.dim]
+
+    @property
+    def inner(self) -> int:
+        """Elements per channel step in a contiguous tensor: the product of the axes after `dim`."""
+        return math.prod(self.shape[self.dim + 1:])
+
+    @property
+    def reduce_dims(self) -> list[int]:
+        return [i for i in range(len(self.shape)) if i != self.dim]
 
     def launch(self, mode: int, x: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor | None = None,
                h: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,7 +197,7 @@ class BiasActSpec:
         _bias_act_kernel[(triton.cdiv(numel, block),)](
             out, x, b if b is not None else x, g if g is not None else x, h if h is not None else x,
             numel, self.channels, self.inner, self.alpha, self.gain, self.clamp,
-            ACT=self.code, MODE=mode, HAS_BIAS=b is not None, HAS_CLAMP=self.clamp >= 0, BLOCK=block)
+            ACT=ACTIVATION_CODES[self.act], MODE=mode, HAS_BIAS=b is not None, HAS_CLAMP=self.clamp >= 0, BLOCK=block)
         return out
 
     def bias_grad(self, dx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -282,7 +293,7 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
         raise ValueError(f"bias_act_triton: bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}")
     if b is not None and b.device != x.device:
         raise ValueError(f"bias_act_triton: bias on {b.device} but x on {x.device}")
-    spec = BiasActSpec(act, alpha, gain, clamp, dim, x.shape)
+    spec = BiasActSpec(act, float(alpha), float(gain), float(clamp), dim, tuple(x.shape))
     # Layout and dtype changes happen here, outside the Functions, so that autograd records them and the
     # tensors the Functions save are the graph's own (second-order terms in x, b and dy stay connected).
     x = x.contiguous()
