@@ -139,7 +139,9 @@ def measure(paths: dict[str, Callable[[], torch.Tensor]], reference: str, batch:
                 float((outputs[name] - outputs[reference]).abs().max())) for name in paths]
 
 
-def make_generator(args: argparse.Namespace, resolution: int, channel_base: int, channel_max: int) -> Generator:
+def make_generator(args: argparse.Namespace, resolution: int, channel_base: int,
+                   channel_max: int) -> Generator:
+    """An untrained baseline G (fp32) with non-zero noise strengths, in eval mode."""
     cfg = NetworkConfig(resolution=resolution, z_dim=args.z_dim, w_dim=args.z_dim, mapping_layers=2,
                         channel_base=channel_base, channel_max=channel_max, num_fp16_res=0)
     torch.manual_seed(0)
@@ -203,7 +205,8 @@ def fused_rows(args: argparse.Namespace) -> tuple[list[Row], str]:
 def print_table(title: str, rows: list[Row], baseline: str) -> None:
     base = next(r.img_per_s for r in rows if r.path == baseline)
     print(title)
-    print(f"  {'path':<24} {'device':<6} {'res':>5} {'batch':>5} {'img/s':>10} {'vs ' + baseline:>14} {'max|diff|':>10}")
+    print(f"  {'path':<24} {'device':<6} {'res':>5} {'batch':>5} {'img/s':>10} "
+          f"{'vs ' + baseline:>14} {'max|diff|':>10}")
     for r in rows:
         print(f"  {r.path:<24} {r.device:<6} {r.resolution:>5} {r.batch:>5} {r.img_per_s:>10.2f} "
               f"{r.img_per_s / base:>13.3g}x {r.max_abs_diff:>10.2e}")
@@ -211,10 +214,12 @@ def print_table(title: str, rows: list[Row], baseline: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Print G forward img/s: ref (both modconv forms) vs naive on CPU, and fused vs ref."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=64, help="output size (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls, best kept (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds, best kept (default: %(default)s)")
     parser.add_argument("--z-dim", type=int, default=256, help="z = w dimension (default: %(default)s)")
     parser.add_argument("--channel-base", type=int, default=16384, help="(default: %(default)s)")
     parser.add_argument("--channel-max", type=int, default=256, help="(default: %(default)s)")

@@ -95,7 +95,8 @@ class DiscriminatorEpilogue(nn.Module):
         self.channels = channels
         self.cmap_dim = cmap_dim
         self.resolution = resolution
-        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
+        self.mbstd = (MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
+                      if mbstd_num_channels > 0 else None)
         self.conv = Conv2dLayer(channels + mbstd_num_channels, channels, 3, activation="lrelu",
                                 conv_clamp=conv_clamp)
         self.fc = FullyConnectedLayer(channels * resolution * resolution, channels, activation="lrelu")

@@ -61,7 +61,8 @@ class FullyConnectedLayer(nn.Module):
         return ops.bias_act(x, b, act=self.activation)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"activation={self.activation}")
 
 
 class Conv2dLayer(nn.Module):
