@@ -36,7 +36,7 @@ from torch.utils.data import ConcatDataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from segmentation.evaluation import evaluate_case, predict_volume
+from segmentation.evaluation import FOREGROUND, evaluate_case, predict_volume
 from segmentation.grid import Run, expand_grid, max_synthetic, shard
 from segmentation.study_config import (BASELINE_ARM, PHANTOMS, ArmSpec, DatasetSpec, StudyConfig,
                                        fingerprint)
@@ -287,7 +287,8 @@ def _from_json_number(value: float | str | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, device: torch.device) -> dict:
+def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, device: torch.device,
+                progress: bool = False) -> dict:
     """Train and test one run; returns its result record (not yet written)."""
     started = time.time()
     real = data.real[run.dataset]
@@ -303,9 +304,11 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
     with deterministic(run.seed), SummaryWriter(str(tensorboard)) as writer:
         model = build_unet(config.unet, len(real.dataset.modalities), len(real.dataset.label_values)).to(device)
         outcome = train_unet(model, slices, val_volumes, config.train, run.seed, device,
-                             log=lambda tag, value, step: writer.add_scalar(tag, value, step))
+                             log=lambda tag, value, step: writer.add_scalar(tag, value, step), progress=progress)
         model.load_state_dict(outcome.best_state)
         cases = score_test_patients(model, real, patients.test, config, device)
+        foreground = [_from_json_number(c["dice"]) for c in cases if c["class"] == FOREGROUND]
+        writer.add_scalar("test/foreground_dice", float(np.mean(foreground)), outcome.best_iteration)
     training = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "best_state"}
     return {
         "format": RESULT_FORMAT, "run_id": run.run_id, "study": config.name,
@@ -395,7 +398,7 @@ def rebuild_cases_csv(results: Path) -> Path:
     return path
 
 
-def mean_dice_table(records: list[dict], class_name: str = "foreground") -> str:
+def mean_dice_table(records: list[dict], class_name: str = FOREGROUND) -> str:
     """Mean Dice of ``class_name`` per (dataset, arm, k) over all test cases of the finished runs,
     as a Markdown table (runs, cases, mean, standard deviation over cases)."""
     cells: dict[tuple, list[float]] = {}
@@ -463,7 +466,7 @@ def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, sh
         with bar:
             for run in pending:
                 bar.set_postfix_str(run.run_id)
-                record = execute_run(run, config, data, results, torch_device)
+                record = execute_run(run, config, data, results, torch_device, progress)
                 atomic_write_json(run_path(results, run), record)
                 rebuild_cases_csv(results)
                 ran.append(run.run_id)

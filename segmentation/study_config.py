@@ -389,6 +389,9 @@ def _check(config: StudyConfig, read: _Reader) -> None:
     splits = config.splits
     if splits.n_folds < 2:
         raise read.fail("splits.n_folds", f"must be >= 2, got {splits.n_folds}")
+    if not 0.0 < splits.test_fraction < 1.0:
+        raise read.fail("splits.test_fraction", f"must lie in (0, 1): the study tests on held-out real patients, "
+                                                f"got {splits.test_fraction}")
     bad = [f for f in splits.fold_indices() if not 0 <= f < splits.n_folds]
     if bad or not splits.fold_indices():
         raise read.fail("splits.folds", f"fold indices must lie in 0..{splits.n_folds - 1}, got {splits.folds}")

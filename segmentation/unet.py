@@ -32,6 +32,7 @@ from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate9
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import RandomSampler
+from tqdm.auto import tqdm
 
 from segmentation.evaluation import foreground_dice, predict_volume
 from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
@@ -172,12 +173,13 @@ def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndar
 
 def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequence[tuple[np.ndarray, np.ndarray]],
                config: TrainConfig, seed: int, device: torch.device,
-               log: Callable[[str, float, int], None] | None = None) -> TrainResult:
+               log: Callable[[str, float, int], None] | None = None, progress: bool = False) -> TrainResult:
     """Train ``model`` (already on ``device``) under the fixed budget of ``config`` (see module doc).
 
     slices: training items (image [M, H, W] in [-1, 1], label [H, W] indices, position);
     val_volumes: the real validation patients as (images [M, X, Y, Z], labels [X, Y, Z]) (any sequence);
-    log(tag, value, iteration): optional scalar logger (TensorBoard).
+    log(tag, value, iteration): optional scalar logger (TensorBoard); progress: a tqdm bar over the
+    steps (shown on a terminal only).
     """
     if not val_volumes:
         raise ValueError("training needs at least one real validation patient")
@@ -188,8 +190,10 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
     curve: list[dict] = []
     losses: list[float] = []
     iteration, stopped_early = 0, False
-    with plain_tensors():
+    bar = tqdm(total=config.iterations, desc="training", unit="step", leave=False, disable=None if progress else True)
+    with plain_tensors(), bar:
         for images, labels in make_loader(slices, config, seed):
+            bar.update(1)
             iteration += 1
             losses.append(train_step(model, optimizer, loss_fn, images.to(device), labels.to(device)))
             if log is not None:
@@ -199,6 +203,7 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
             score = validate(model, val_volumes, config.batch_size, device)
             best.update(score, iteration, model)
             curve.append({"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": score})
+            bar.set_postfix(val_dice=f"{score:.3f}", best=f"{best.score:.3f}")
             if log is not None:
                 log("val/foreground_dice", score, iteration)
             losses = []

@@ -1,0 +1,87 @@
+"""The study's U-Net training: the fixed budget, paired augmentation of image and label, learning,
+best-state selection and early stopping on validation patients."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
+from segmentation.unet import AugmentedSlices, build_augmentation, build_unet, make_loader, train_unet
+
+NO_AUGMENT = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=0.0)
+TINY = UNetConfig(channels=(4, 8), strides=(2,), num_res_units=0)
+
+
+def squares(n: int, size: int = 16, seed: int = 0) -> TensorDataset:
+    """Slices with one bright square on noise: image [2, S, S] in [-1, 1], label [S, S] = the square."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, -0.5, size=(n, 2, size, size)).astype(np.float32)
+    labels = np.zeros((n, size, size), dtype=np.int64)
+    for i in range(n):
+        x, y = rng.integers(1, size - 6, size=2)
+        images[i, :, x:x + 5, y:y + 5] = 0.8
+        labels[i, x:x + 5, y:y + 5] = 1
+    return TensorDataset(torch.from_numpy(images), torch.from_numpy(labels), torch.zeros(n))
+
+
+def as_volumes(data: TensorDataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    images, labels, _ = data.tensors
+    return [(images.numpy().transpose(1, 2, 3, 0), labels.numpy().astype(np.uint8).transpose(1, 2, 0))]
+
+
+def test_budget_is_the_same_whatever_the_pool_size():
+    config = TrainConfig(iterations=5, batch_size=3, augment=NO_AUGMENT)
+    for pool in (2, 40):
+        batches = [images.shape for images, _ in make_loader(squares(pool), config, seed=0)]
+        assert batches == [(3, 2, 16, 16)] * 5
+
+
+def test_augmentation_moves_image_and_label_together():
+    config = AugmentConfig(flip_prob=1.0, rotate90_prob=1.0, noise_prob=0.0, scale_prob=0.0)
+    transform = build_augmentation(config)
+    transform.set_random_state(seed=3)
+    data = AugmentedSlices(squares(6), transform)
+    moved = 0
+    for i in range(6):
+        image, label = data[i]
+        assert image.shape == (2, 16, 16) and label.shape == (1, 16, 16) and label.dtype == torch.long
+        np.testing.assert_array_equal(label[0].numpy(), (image[0] > 0).numpy().astype(np.int64))
+        moved += not torch.equal(label[0], squares(6).tensors[1][i])
+    assert moved > 0
+
+
+def test_image_only_transforms_leave_the_label():
+    config = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=1.0, noise_std=0.3, scale_prob=1.0)
+    data = AugmentedSlices(squares(2), build_augmentation(config))
+    image, label = data[0]
+    source_image, source_label, _ = squares(2)[0]
+    assert not torch.allclose(image, source_image)
+    assert torch.equal(label[0], source_label)
+
+
+def test_training_learns_and_keeps_the_best_validation_state():
+    torch.manual_seed(0)
+    model = build_unet(TINY, in_channels=2, out_channels=2)
+    config = TrainConfig(iterations=30, batch_size=8, learning_rate=0.02, val_every=10, augment=NO_AUGMENT)
+    result = train_unet(model, squares(32), as_volumes(squares(8, seed=1)), config, seed=0,
+                        device=torch.device("cpu"))
+    assert [c["iteration"] for c in result.curve] == [10, 20, 30]
+    assert result.iterations_run == 30 and not result.stopped_early
+    assert result.best_val_dice == max(c["val_dice"] for c in result.curve) > 0.8
+    assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]
+    best = next(c for c in result.curve if c["val_dice"] == result.best_val_dice)
+    assert result.best_iteration == best["iteration"]
+    assert set(result.best_state) == set(model.state_dict())
+
+
+def test_patience_stops_when_validation_does_not_improve():
+    torch.manual_seed(0)
+    model = build_unet(TINY, in_channels=2, out_channels=2)
+    frozen = TrainConfig(iterations=20, batch_size=4, learning_rate=1e-12, val_every=2, patience=2,
+                         augment=NO_AUGMENT)  # weights do not move: no validation improves on the first
+    result = train_unet(model, squares(8), as_volumes(squares(4, seed=1)), frozen, seed=0, device=torch.device("cpu"))
+    assert result.stopped_early and result.iterations_run == 6 and result.best_iteration == 2
+    with pytest.raises(ValueError, match="validation patient"):
+        train_unet(model, squares(8), [], dataclasses.replace(frozen, patience=None), 0, torch.device("cpu"))
