@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -38,36 +39,51 @@ def make_slices(config: str) -> BaselineSlices:
     return BaselineSlices(G.eval().requires_grad_(False), MODALITIES, LABELS)
 
 
-def slices_per_second(slices: BaselineSlices, n_slices: int, slices_per_patient: int, batch: int) -> float:
-    """Generate patients of `slices_per_patient` slices until n_slices are done; slices/s after a
-    warm-up call."""
+@dataclass(frozen=True)
+class Throughput:
+    """Slices per wall-clock second, and per CPU second of this process (all its threads): the
+    second is steadier when other processes compete for the cores."""
+
+    wall: float
+    cpu: float
+
+
+def measure(slices: BaselineSlices, n_slices: int, slices_per_patient: int, batch: int) -> Throughput:
+    """Generate patients of `slices_per_patient` slices until n_slices are done, after a warm-up."""
     sampler = PatientSampler(slices, [slices_per_patient], seed=0, batch=batch)
     next(iter(sampler.candidates(count=1)))  # warm-up: allocations, first-call dispatch
     patients = -(-n_slices // slices_per_patient)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     done = sum(p.plan.n_slices for p in sampler.candidates(first=1, count=patients))
-    return done / (time.perf_counter() - start)
+    return Throughput(done / (time.perf_counter() - wall), done / (time.process_time() - cpu))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print slices/s per configuration, batched and one slice per call, and their ratio."""
+    """Print slices/s (wall clock and CPU time) per configuration, batched and one slice per call,
+    and their ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiny,128", help="comma-separated: tiny, 128 (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=16, help="slices per call when batched (default: %(default)s)")
     parser.add_argument("--patient-slices", type=int, default=24, help="slices per patient (default: %(default)s)")
     parser.add_argument("--slices", type=int, default=None,
                         help="slices timed per measurement (default: 192 for tiny, 48 for 128)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; untrained baseline generator, "
           f"{MODALITIES} modalities + {LABELS} labels, {args.patient_slices} slices per patient")
-    print(f"{'config':>8} {'res':>5} {'batched, b=%d' % args.batch:>15} {'one per call':>14} {'ratio':>7}   (slices/s)")
+    print(f"{'config':>8} {'res':>5} {'mode':>14} {'slices/s':>10} {'slices/CPU-s':>13}")
     for config in args.configs.split(","):
         slices = make_slices(config)
         n = args.slices or (192 if config == "tiny" else 48)
-        batched = slices_per_second(slices, n, args.patient_slices, args.batch)
-        single = slices_per_second(slices, max(n // 2, args.patient_slices), args.patient_slices, 1)
-        print(f"{config:>8} {slices.resolution:>4}² {batched:>15.1f} {single:>14.1f} {batched / single:>6.2f}x")
-
+        batched = measure(slices, n, args.patient_slices, args.batch)
+        single = measure(slices, max(n // 2, args.patient_slices), args.patient_slices, 1)
+        res = f"{slices.resolution}²"
+        print(f"{config:>8} {res:>5} {'batched b=%d' % args.batch:>14} {batched.wall:>10.1f} {batched.cpu:>13.1f}")
+        print(f"{config:>8} {res:>5} {'one per call':>14} {single.wall:>10.1f} {single.cpu:>13.1f}")
+        print(f"{'':>8} {'':>5} {'ratio':>14} {batched.wall / single.wall:>9.2f}x {batched.cpu / single.cpu:>12.2f}x")
 
 if __name__ == "__main__":
     main()
