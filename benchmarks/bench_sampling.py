@@ -4,11 +4,14 @@ slice-position conditioned) through `PatientSampler`, batched versus one slice p
     python -m benchmarks.bench_sampling                 # the `tiny` preset and the `auto` preset at 128²
     python -m benchmarks.bench_sampling --configs tiny --slices 64
 
-Network time dominates at 128², so the batched/one-at-a-time ratio there shows what batching buys
-the convolutions; at `tiny` it also shows that the per-patient bookkeeping costs nothing per slice.
-On a CPU, glibc's malloc returning large buffers to the kernel costs a lot of system time; for
-steadier figures start the process with MALLOC_MMAP_THRESHOLD_=17179869184
-MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 (SCIENCE.md §6).
+At `tiny` batching pays (per-call overhead dominates small convolutions: 2-3x); at 128² the
+convolutions are compute-bound per slice already, so batching gains little on a CPU -- and without
+the malloc settings below, batch 16 runs at about half the speed of batch 1, because glibc returns
+the large activation buffers to the kernel and faults them in again on every call (SCIENCE.md §6).
+Start the process with MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184
+MALLOC_TOP_PAD_=1073741824 for CPU figures that show the networks, not the allocator.
+slices/CPU-s counts this process's CPU time (all threads): steadier than wall-clock slices/s when
+other processes compete for the cores.
 """
 from __future__ import annotations
 
