@@ -137,13 +137,13 @@ def test_writer_refuses_mismatched_arrays(tmp_path):
 
 def test_same_seed_identical_files_different_seed_different(tmp_path, baseline_source):
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        sample_to_directory(baseline_source, settings(baseline_source, seed=seed), tmp_path / name, batch=5,
-                            progress=False)
+        sample_to_directory(baseline_source, settings(baseline_source, patients=2, seed=seed), tmp_path / name,
+                            batch=8, progress=False)
     a, b, c = (read_arrays(tmp_path / name) for name in "abc")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a/imagesTr/SYN_0000_0000.nii.gz").read_bytes() == \
         (tmp_path / "b/imagesTr/SYN_0000_0000.nii.gz").read_bytes()
-    for case in ("SYN_0000", "SYN_0001", "SYN_0002"):  # first slices differ with another seed
+    for case in ("SYN_0000", "SYN_0001"):  # first slices differ with another seed
         assert not np.array_equal(a[f"{case}_0000.nii.gz"][..., 0], c[f"{case}_0000.nii.gz"][..., 0])
 
 
