@@ -520,3 +520,5 @@ def test_preview_montage_has_a_row_per_case(tmp_path):
     image = matplotlib.image.imread(path)
     assert image.shape[0] > image.shape[1] * 0.3 and image.shape[2] in (3, 4)
     assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(ValueError, match="case0"):
+        write_preview(tmp_path / "q.png", [("real", cases[:1])], ["T1"], [0, 5, 10], ["background", "a", "b"])

@@ -11,6 +11,7 @@ import numpy as np
 
 from training.synthetic_dataset import FILE_ENDING, atomic_write_bytes
 
+
 @dataclass
 class PreviewCase:
     """One patient of a preview: images [M, X, Y, Z] (any units), labels [X, Y, Z] real values."""
@@ -31,10 +32,11 @@ def read_case(root: Path, case_id: str, n_modalities: int) -> PreviewCase:
 
 def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]], modalities: Sequence[str],
                   label_values: Sequence[int], label_names: Sequence[str], slices_per_case: int = 3) -> Path:
-    """A PNG montage: one row per case (grouped, each group titled), for each of `slices_per_case`
-    evenly spaced axial slices the M modalities (1st-99th percentile window per case and modality)
-    followed by the first modality with the mask overlaid (one colour per label, legend below).
-    Written atomically; returns path."""
+    """A PNG montage: one row per case (grouped, each row titled with its group), for each of
+    `slices_per_case` evenly spaced axial slices the M modalities (1st-99th percentile window per
+    case and modality) followed by the first modality with the mask overlaid (one colour per label,
+    legend below). Written atomically; returns path."""
+    # matplotlib is imported here, not at module level: sampling without --preview never needs it.
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
@@ -44,41 +46,20 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
     cases = [(group, case) for group, members in groups for case in members]
     if not cases:
         raise ValueError("a preview needs at least one case")
-    M = len(modalities)
-    columns = slices_per_case * (M + 1)
-    colours = colormaps["tab10"].colors
-    label_cmap = ListedColormap([colours[i % len(colours)] for i in range(len(label_values))])
-    values = np.asarray(label_values)
+    for _, case in cases:
+        if case.images.shape[0] != len(modalities) or case.images.shape[1:] != case.labels.shape:
+            raise ValueError(f"preview case {case.name}: images {case.images.shape} and labels {case.labels.shape} "
+                             f"do not match [{len(modalities)}, X, Y, Z] and [X, Y, Z]")
+    colours = [colormaps["tab10"].colors[i % 10] for i in range(len(label_values))]
+    columns = slices_per_case * (len(modalities) + 1)
     height = 1.3 * len(cases) + 0.5
     figure = Figure(figsize=(1.25 * columns, height), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(cases), columns, squeeze=False)
     for row, (group, case) in enumerate(cases):
-        assert case.images.shape[0] == M and case.images.shape[1:] == case.labels.shape
-        depth = case.labels.shape[2]
-        windows = [np.percentile(case.images[m], [1, 99]) for m in range(M)]
-        indices = np.searchsorted(values, case.labels).clip(0, len(values) - 1)  # value -> colour index
-        indices[values[indices] != case.labels] = 0  # values outside the label list are not drawn
-        for s in range(slices_per_case):
-            k = min(depth - 1, (s + 1) * depth // (slices_per_case + 1))
-            for m in range(M + 1):
-                ax = axes[row, s * (M + 1) + m]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                plane = case.images[min(m, M - 1), :, :, k].T  # rows = y (anterior up), cols = x
-                low, high = windows[min(m, M - 1)]
-                ax.imshow(plane, cmap="gray", vmin=low, vmax=high if high > low else low + 1, origin="lower")
-                if m == M:
-                    overlay = np.ma.masked_equal(indices[:, :, k].T, 0)
-                    ax.imshow(overlay, cmap=label_cmap, vmin=0, vmax=len(label_values) - 1, alpha=0.55,
-                              origin="lower", interpolation="nearest")
-                if row == 0:
-                    ax.set_title(f"{modalities[m] if m < M else 'mask'}\nz {k + 1}/{depth}", fontsize=7)
-                else:
-                    ax.set_title(f"z {k + 1}/{depth}", fontsize=6)
-                if s == 0 and m == 0:
-                    ax.set_ylabel(f"{group}\n{case.name}", fontsize=7)
-    handles = [Patch(color=colours[i % len(colours)], label=f"{value}: {name}")
+        _draw_case(axes[row], f"{group}\n{case.name}", case, modalities, np.asarray(label_values),
+                   ListedColormap(colours), slices_per_case, long_titles=row == 0)
+    handles = [Patch(color=colours[i], label=f"{value}: {name}")
                for i, (value, name) in enumerate(zip(label_values, label_names)) if i > 0]
     figure.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.3 / height, 1, 1))
@@ -86,3 +67,32 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
     figure.savefig(buffer, format="png")
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
+
+
+def _draw_case(axes: Sequence, title: str, case: PreviewCase, modalities: Sequence[str], label_values: np.ndarray,
+               label_cmap, slices_per_case: int, long_titles: bool) -> None:
+    """One montage row: per chosen slice k, the modalities then modality 0 with the mask overlaid.
+    Slices are drawn with x to the right and y (anterior) up: plane.T with origin "lower"."""
+    M, depth = len(modalities), case.labels.shape[2]
+    windows = [np.percentile(case.images[m], [1, 99]) for m in range(M)]
+    indices = np.searchsorted(label_values, case.labels).clip(0, len(label_values) - 1)  # value -> colour
+    indices[label_values[indices] != case.labels] = 0  # values outside the label list are not drawn
+    for s in range(slices_per_case):
+        k = min(depth - 1, (s + 1) * depth // (slices_per_case + 1))
+        for m in range(M + 1):
+            ax = axes[s * (M + 1) + m]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            shown = min(m, M - 1)
+            low, high = windows[shown]
+            ax.imshow(case.images[shown, :, :, k].T, cmap="gray", vmin=low, vmax=max(high, low + 1e-6),
+                      origin="lower")
+            if m == M:
+                overlay = np.ma.masked_equal(indices[:, :, k].T, 0)
+                ax.imshow(overlay, cmap=label_cmap, vmin=0, vmax=len(label_values) - 1, alpha=0.55,
+                          origin="lower", interpolation="nearest")
+            name = modalities[m] if m < M else "mask"
+            ax.set_title(f"{name}\nz {k + 1}/{depth}" if long_titles else f"z {k + 1}/{depth}",
+                         fontsize=7 if long_titles else 6)
+        if s == 0:
+            axes[0].set_ylabel(title, fontsize=7)
