@@ -1,8 +1,8 @@
 """Fused upfirdn2d (upsample, pad/crop, FIR filter, downsample) as a Triton kernel, differentiable
 to any order.
 
-One kernel computes a whole upfirdn2d pass without materialising the upsampled or padded image:
-output pixel (oy, ox) is
+One kernel computes a whole upfirdn2d pass without materialising the upsampled or padded image
+(and visiting only the taps that land on input pixels, not on inserted zeros): output pixel (oy, ox) is
 
     y[oy, ox] = sum_{ty, tx} k[ty, tx] * xp[oy * downy + ty, ox * downx + tx]
 
@@ -34,25 +34,38 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _upfirdn2d_kernel(out_ptr, x_ptr, k_ptr, numel, in_h, in_w, out_h, out_w, upx, upy, downx, downy,
-                      padx0, pady0, FH: tl.constexpr, FW: tl.constexpr, BLOCK: tl.constexpr):
-    """One BLOCK of the flattened output [N*C, out_h, out_w]; k is the [FH, FW] correlation kernel."""
+def _upfirdn2d_kernel(out_ptr, x_ptr, k_ptr, numel, in_h, in_w, out_h, out_w, downx, downy, padx0, pady0,
+                      UPX: tl.constexpr, UPY: tl.constexpr, FH: tl.constexpr, FW: tl.constexpr, BLOCK: tl.constexpr):
+    """One BLOCK of the flattened output [N*C, out_h, out_w]; k is the [FH, FW] correlation kernel.
+
+    Polyphase: of the taps over the zero-inserted image only every UP-th lands on an input pixel, and
+    which ones depends on the output pixel's phase, so each output visits ceil(FH/UPY) x ceil(FW/UPX)
+    taps instead of FH x FW.
+    """
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offsets < numel
     ox = offsets % out_w
     oy = (offsets // out_w) % out_h
     plane = offsets // (out_w * out_h)  # n * C + c
     x_plane = x_ptr + plane * in_h * in_w
+    # Where tap (0, 0) falls in the upsampled, unpadded image, and the first tap on a real pixel
+    # ((a % m + m) % m is the non-negative remainder whatever the sign convention of %).
+    vy0 = oy * downy - pady0
+    vx0 = ox * downx - padx0
+    ty0 = (UPY - (vy0 % UPY + UPY) % UPY) % UPY
+    tx0 = (UPX - (vx0 % UPX + UPX) % UPX) % UPX
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for ty in tl.static_range(FH):
-        vy = oy * downy + ty - pady0  # row in the upsampled (unpadded) image
-        iy = tl.maximum(vy, 0) // upy
-        row_ok = (vy >= 0) & (vy % upy == 0) & (iy < in_h)
-        for tx in tl.static_range(FW):
-            vx = ox * downx + tx - padx0
-            ix = tl.maximum(vx, 0) // upx
-            ok = valid & row_ok & (vx >= 0) & (vx % upx == 0) & (ix < in_w)
-            tap = tl.load(k_ptr + ty * FW + tx)
+    for jy in tl.static_range((FH + UPY - 1) // UPY):
+        ty = ty0 + jy * UPY
+        vy = vy0 + ty  # a multiple of UPY, so the division is exact
+        iy = vy // UPY
+        row_ok = valid & (ty < FH) & (vy >= 0) & (iy < in_h)
+        for jx in tl.static_range((FW + UPX - 1) // UPX):
+            tx = tx0 + jx * UPX
+            vx = vx0 + tx
+            ix = vx // UPX
+            ok = row_ok & (tx < FW) & (vx >= 0) & (ix < in_w)
+            tap = tl.load(k_ptr + tl.where(ok, ty * FW + tx, 0), mask=ok, other=0.0)
             pixel = tl.load(x_plane + tl.where(ok, iy * in_w + ix, 0), mask=ok, other=0.0)
             acc += pixel.to(tl.float32) * tap
     tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=valid)
@@ -77,8 +90,8 @@ def _upfirdn_pass(x: torch.Tensor, kernel: torch.Tensor, up: tuple[int, int], do
         return out
     block = _block_size(numel, x.device)
     _upfirdn2d_kernel[(triton.cdiv(numel, block),)](
-        out, x, kernel, numel, H, W, out_h, out_w, up[0], up[1], down[0], down[1], pad0[0], pad0[1],
-        FH=kernel.shape[0], FW=kernel.shape[1], BLOCK=block)
+        out, x, kernel, numel, H, W, out_h, out_w, down[0], down[1], pad0[0], pad0[1],
+        UPX=up[0], UPY=up[1], FH=kernel.shape[0], FW=kernel.shape[1], BLOCK=block)
     return out
 
 
