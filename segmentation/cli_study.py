@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from segmentation.grid import Run, describe_grid, parse_shard, shard
-from segmentation.runner import StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device, run_study
+from segmentation.runner import (StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device,
+                                 run_study, torch_threads)
 from segmentation.study_config import StudyConfig, StudyConfigError, load_study_config, with_synthetic_folders
 from segmentation.unet import BUDGET_RULE, measure_step_seconds
 from training.data import DataError
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic", metavar="NAME=FOLDER", action="append", default=[],
                         help="add a synthetic arm NAME from an nnU-Net v2 folder (as sample_patients.py writes); "
                              "replaces the folder of an arm of that name; repeatable (default: none)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, usually all cores; 1 is often "
+                             "faster for small U-Nets on a shared machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
     return parser
 
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of run_study.py; returns the exit status (errors in the input exit with 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         config = load_config(args)
         index, count = parse_shard(args.shard)
@@ -94,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_grid(mine))
             if count > 1:
                 print(f"shard {index}/{count}: {len(mine)} of {len(runs)} runs")
-            print(estimate_cost(config, mine, datasets, args.device))
+            with torch_threads(args.threads):
+                print(estimate_cost(config, mine, datasets, args.device))
             return 0
-        summary = run_study(config, results, index, count, args.device, progress=not args.quiet)
+        summary = run_study(config, results, index, count, args.device, progress=not args.quiet, threads=args.threads)
     except (DataError, StudyConfigError, StudyDataError, FileNotFoundError) as exc:
         parser.exit(2, f"run_study.py: error: {exc}\n")
     print(mean_dice_table(read_results(summary.results)))

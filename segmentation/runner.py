@@ -442,15 +442,33 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` CPU threads for torch inside the block (None: leave torch's choice)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, shard_count: int = 1,
-              device: str = "auto", progress: bool = True) -> StudySummary:
+              device: str = "auto", progress: bool = True, threads: int | None = None) -> StudySummary:
     """Run this shard's part of the study grid into ``results``; finished runs are skipped.
 
     Each finished run is written to ``results/runs/RUN_ID.json`` (atomic) and ``cases.csv`` is
-    rebuilt after each run.  Returns a `StudySummary`.
+    rebuilt after each run.  threads: torch CPU threads (None: torch's default; 1 is fastest for
+    small U-Nets on a busy machine).  Returns a `StudySummary`.
     """
+    with torch_threads(threads):
+        return _run_study(config, Path(results), shard_index, shard_count, device, progress)
+
+
+def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count: int, device: str,
+               progress: bool) -> StudySummary:
     started = time.time()
-    results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / "study.json", config.to_dict())
     grid = plan_runs(config, results)[0]

@@ -139,7 +139,7 @@ def test_shards_partition_the_grid():
 def test_cli_help_shows_defaults():
     text = build_parser().format_help()
     for fragment in ("--results DIR", "results/NAME", "--shard I/N", "0/1", "--dry-run", "--device", "auto",
-                     "--set KEY=VALUE", "--synthetic NAME=FOLDER", "iterations"):
+                     "--set KEY=VALUE", "--synthetic NAME=FOLDER", "--threads", "iterations"):
         assert fragment in text
 
 
@@ -156,7 +156,7 @@ def test_cli_bad_config_exits_with_message(tmp_path, capsys):
 
 def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
     results = tmp_path / "results"
-    main([str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(results), "--device", "cpu",
+    main([str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(results), "--device", "cpu", "--threads", "1",
           "--synthetic", f"other={tmp_path / 'not-needed-for-a-dry-run'}", "--set", "train.iterations=5"])
     out = capsys.readouterr().out
     assert "phantom-f0-r0-real-k0-nall" in out and "phantom-f1-r0-other-k3-nall" in out

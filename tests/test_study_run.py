@@ -53,7 +53,7 @@ def micro_config(sources, *overrides):
 def micro_study(sources, tmp_path_factory):
     results = tmp_path_factory.mktemp("micro")
     config = micro_config(sources)
-    summary = run_study(config, results, device="cpu", progress=False)
+    summary = run_study(config, results, device="cpu", progress=False, threads=1)
     return config, results, summary
 
 
@@ -103,7 +103,7 @@ def test_baseline_learns_something(micro_study):
 def test_rerun_skips_finished_runs(micro_study):
     config, results, summary = micro_study
     before = {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*.json")}
-    again = run_study(config, results, device="cpu", progress=False)
+    again = run_study(config, results, device="cpu", progress=False, threads=1)
     assert again.ran == [] and sorted(again.skipped) == sorted(r.run_id for r in summary.runs)
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*.json")} == before
 
@@ -111,12 +111,12 @@ def test_rerun_skips_finished_runs(micro_study):
 def test_changed_config_is_not_silently_reused(micro_study, sources):
     _, results, _ = micro_study
     with pytest.raises(StudyDataError, match="different study configuration"):
-        run_study(micro_config(sources, "train.learning_rate=0.02"), results, device="cpu", progress=False)
+        run_study(micro_config(sources, "train.learning_rate=0.02"), results, device="cpu", progress=False, threads=1)
 
 
 def test_shards_reproduce_the_unsharded_study(micro_study, sources, tmp_path):
     config, results, summary = micro_study
-    shards = [run_study(config, tmp_path, i, 2, device="cpu", progress=False) for i in range(2)]
+    shards = [run_study(config, tmp_path, i, 2, device="cpu", progress=False, threads=1) for i in range(2)]
     ran = [run_id for s in shards for run_id in s.ran]
     assert sorted(ran) == sorted(r.run_id for r in summary.runs) and len(ran) == len(set(ran))
     # Same seeds in another process order and folder: identical Dice for every case and class.
@@ -126,7 +126,7 @@ def test_shards_reproduce_the_unsharded_study(micro_study, sources, tmp_path):
 def test_another_seed_gives_other_results(micro_study, sources, tmp_path):
     config, results, _ = micro_study
     other = micro_config(sources, "seed=1", "arms=[]", "splits.folds=[0]")
-    run_study(other, tmp_path, device="cpu", progress=False)
+    run_study(other, tmp_path, device="cpu", progress=False, threads=1)
     new = {(r["case"], r["class"]): r["dice"] for r in read_cases(tmp_path)}
     old = {(r["case"], r["class"]): r["dice"] for r in read_cases(results) if r["run_id"] == "phantom-f0-r0-real-k0-nall"}
     assert new.keys() == old.keys() and new != old
@@ -140,10 +140,10 @@ def test_crashed_run_leaves_no_result_and_is_redone(sources, tmp_path, monkeypat
 
     monkeypatch.setattr(runner, "score_test_patients", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_study(config, tmp_path, device="cpu", progress=False)
+        run_study(config, tmp_path, device="cpu", progress=False, threads=1)
     assert not list((tmp_path / "runs").glob("*"))
     monkeypatch.undo()
-    summary = run_study(config, tmp_path, device="cpu", progress=False)
+    summary = run_study(config, tmp_path, device="cpu", progress=False, threads=1)
     assert summary.ran == ["phantom-f0-r0-real-k0-nall"]
     assert len(read_cases(tmp_path)) == 2 * len(PHANTOM_LABELS)
 
@@ -169,7 +169,7 @@ def test_gan_arm_is_sampled_once_into_the_results_folder(sources, tmp_path):
     gan = save_run(tmp_path / "gan" / "baseline", "baseline")
     config = micro_config({}, f"arms=[{{name: gan, gan: {gan}, psi: 0.7}}]", "k=[2]", "splits.folds=[0]",
                           "baseline=false", "train.iterations=2", "train.val_every=2")
-    summary = run_study(config, tmp_path / "results", device="cpu", progress=False)
+    summary = run_study(config, tmp_path / "results", device="cpu", progress=False, threads=1)
     assert summary.ran == ["phantom-f0-r0-gan-k2-nall"]
     folder = tmp_path / "results" / "synthetic" / "gan"
     synthesis = json.loads((folder / "synthesis.json").read_text())
@@ -183,7 +183,7 @@ def test_gan_arm_is_sampled_once_into_the_results_folder(sources, tmp_path):
 def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sources, tmp_path, capsys):
     from segmentation.cli_study import main
 
-    status = main([str(MICRO), "--results", str(tmp_path), "--device", "cpu", "--quiet",
+    status = main([str(MICRO), "--results", str(tmp_path), "--device", "cpu", "--quiet", "--threads", "1",
                    "--synthetic", f"other={sources['other']}", "--set", "k=[2]", "--set", "splits.folds=[1]",
                    "--set", "train.iterations=2", "--set", "train.val_every=2"])
     assert status == 0

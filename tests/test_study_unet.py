@@ -7,8 +7,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from segmentation.runner import torch_threads
 from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
 from segmentation.unet import AugmentedSlices, build_augmentation, build_unet, make_loader, train_unet
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train fastest on one thread, above all on a busy machine."""
+    with torch_threads(1):
+        yield
+
 
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=0.0)
 TINY = UNetConfig(channels=(4, 8), strides=(2,), num_res_units=0)
