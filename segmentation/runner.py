@@ -2,11 +2,14 @@
 
 Results folder (``RESULTS``)::
 
+    study.json              the study configuration (as validated)
     runs/RUN_ID.json        one per finished run, written atomically at the end of the run:
-                            run, config, patients used, training curve, metrics per case, wall time
-    cases.csv               tidy table rebuilt from all run JSONs (under an fcntl lock)
+                            run, config + fingerprint, budget rule, patients used, training curve,
+                            metrics per test case and class, wall time, seed, software versions
+    cases.csv               tidy table rebuilt from all run JSONs (under an fcntl lock): columns
+                            `CASE_COLUMNS`; dice/hd95 empty = undefined (NaN), hd95 "inf" = missed
     splits/DATASET.json     the patient-level splits every shard and re-run uses
-    tensorboard/RUN_ID/     training loss and validation Dice curves
+    tensorboard/RUN_ID/     training loss, validation and test foreground Dice
     synthetic/ARM/          patients sampled from a GAN arm (nnU-Net v2 raw), shared by all runs
 
 A run that crashes writes no JSON, so re-running (any shard) redoes exactly the unfinished runs.
@@ -470,10 +473,10 @@ def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count
                progress: bool) -> StudySummary:
     started = time.time()
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results / "study.json", config.to_dict())
     grid = plan_runs(config, results)[0]
     runs = shard(grid, shard_index, shard_count)
     pending = [run for run in runs if finished_result(results, run, config) is None]
+    atomic_write_json(results / "study.json", config.to_dict())  # after the check that it is the same study
     skipped = [run.run_id for run in runs if run not in pending]
     torch_device = resolve_device(device)
     ran: list[str] = []
