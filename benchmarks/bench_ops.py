@@ -228,8 +228,9 @@ def parity_table(dtypes: list[str]) -> None:
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     where = "cuda" if device == "cuda" else "cpu, Triton interpreter (TRITON_INTERPRET=1)"
-    print(f"Fused vs reference parity ({where}); max abs error over all cases; half-precision inputs are "
-          "compared with the float32 reference on the same values")
+    print(f"Fused vs reference parity ({where}): max abs error over all cases of the output, the gradients\n"
+          "and the gradients of gradients; max rel = the largest error / max |reference| of its quantity.\n"
+          "Half-precision inputs are compared with the float32 reference on the same values.")
     print(f"  {'op':<10} {'dtype':<6} {'cases':>5} {'forward':>10} {'grad':>10} {'grad-of-grad':>13} {'max rel':>9}")
     for op_name, make_cases in (("bias_act", bias_act_parity_cases), ("upfirdn2d", upfirdn2d_parity_cases)):
         for dtype_name in dtypes:
