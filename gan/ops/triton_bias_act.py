@@ -290,7 +290,8 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
         raise ValueError(f"bias_act_triton: dim {dim} out of range for x of shape {tuple(x.shape)}")
     dim %= x.ndim
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
-        raise ValueError(f"bias_act_triton: bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}")
+        raise ValueError(f"bias_act_triton: bias of shape {tuple(b.shape)} does not match "
+                         f"x.shape[{dim}] = {x.shape[dim]}")
     if b is not None and b.device != x.device:
         raise ValueError(f"bias_act_triton: bias on {b.device} but x on {x.device}")
     spec = BiasActSpec(act, float(alpha), float(gain), float(clamp), dim, tuple(x.shape))
