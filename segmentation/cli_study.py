@@ -61,6 +61,15 @@ def load_config(args: argparse.Namespace) -> StudyConfig:
     return with_synthetic_folders(config, folders) if folders else config
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as a readable duration: "42 s", "12.5 min" or "3.2 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: str) -> str:
     """Steps, slices and a time estimate from a measured training step of the configured U-Net."""
     steps = len(runs) * config.train.iterations
@@ -76,7 +85,7 @@ def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: 
         seconds += step * n_runs * config.train.iterations
         lines.append(f"{spec.name}: {len(dataset.modalities)} channels -> {len(dataset.label_values)} classes at "
                      f"{spec.preprocess.resolution}px, {step:.3f} s/step measured on {torch_device}, {n_runs} runs")
-    lines.append(f"estimated training time: {seconds / 3600:.2f} h on {torch_device} "
+    lines.append(f"estimated training time: {format_duration(seconds)} on {torch_device} "
                  f"(+ validation every {config.train.val_every} steps and testing)")
     return "\n".join(lines)
 
