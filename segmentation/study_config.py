@@ -399,6 +399,12 @@ def _check(config: StudyConfig, read: _Reader) -> None:
     if len(unet.channels) < 2 or len(unet.strides) != len(unet.channels) - 1:
         raise read.fail("unet.strides", f"needs len(channels) - 1 = {len(unet.channels) - 1} entries "
                                         f"for channels {list(unet.channels)}, got {list(unet.strides)}")
+    downsampling = math.prod(unet.strides)
+    for i, spec in enumerate(config.datasets):
+        if spec.preprocess.resolution % downsampling:
+            raise read.fail(f"datasets[{i}].preprocess.resolution",
+                            f"{spec.preprocess.resolution} px is not divisible by {downsampling}, the product of "
+                            f"unet.strides {list(unet.strides)}")
     train = config.train
     if train.iterations < 1 or train.batch_size < 1 or train.val_every < 1 or train.learning_rate <= 0:
         raise read.fail("train", "iterations, batch_size, val_every must be >= 1 and learning_rate > 0")

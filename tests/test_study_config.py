@@ -62,6 +62,7 @@ def test_unknown_or_bad_keys_are_named(tmp_path, values, key):
     (_minimal(preprocess_typo=1), "unknown key"),
     ({"datasets": [{"path": "phantoms", "preprocess": {"resolution": 2}}]}, "resolution must be >= 4"),
     ({"datasets": [{"path": "x", "phantoms": {"n_patients": 2}}]}, "only allowed with path: phantoms"),
+    ({"datasets": [{"path": "x", "preprocess": {"resolution": 20}}]}, "not divisible by 8"),
 ])
 def test_invalid_values_give_clear_errors(values, fragment):
     with pytest.raises(StudyConfigError, match=fragment):
