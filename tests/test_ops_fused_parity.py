@@ -209,16 +209,18 @@ def test_fused_backend_reaches_the_kernels(fused_backend, monkeypatch):
         "upsample2d": ops.upsample2d(x, f),
         "downsample2d": ops.downsample2d(x, f),
         "filter2d": ops.filter2d(x, f),
+        "crop and pad": ops.upfirdn2d(x, None, padding=[-1, 2, 1, -2]),
     }
-    assert calls == {"bias_act": 1, "upfirdn2d": 3}
+    assert calls == {"bias_act": 1, "upfirdn2d": 4}
     ops.set_backend("ref")
     expected = {
         "bias_act": ops.bias_act(x, b, act="lrelu", clamp=256),
         "upsample2d": ops.upsample2d(x, f),
         "downsample2d": ops.downsample2d(x, f),
         "filter2d": ops.filter2d(x, f),
+        "crop and pad": ops.upfirdn2d(x, None, padding=[-1, 2, 1, -2]),
     }
-    assert calls == {"bias_act": 1, "upfirdn2d": 3}
+    assert calls == {"bias_act": 1, "upfirdn2d": 4}
     for name, y in results.items():
         torch.testing.assert_close(y, expected[name], rtol=1e-5, atol=1e-6, msg=name)
     assert results["upsample2d"].shape == (2, 3, 14, 18) and results["downsample2d"].shape == (2, 3, 3, 4)

@@ -30,7 +30,8 @@ def scipy_upfirdn2d(x: np.ndarray, taps: np.ndarray, up: int, down: int) -> np.n
 def test_upfirdn2d_matches_scipy_upfirdn(up, down, size):
     rng = np.random.default_rng(up * 10 + down)
     x = rng.standard_normal((2, 3, *size))
-    taps = rng.standard_normal(5).astype(np.float32).astype(np.float64)  # asymmetric; float32 taps as setup_filter keeps them
+    # Asymmetric taps, rounded to float32 as setup_filter keeps them.
+    taps = rng.standard_normal(5).astype(np.float32).astype(np.float64)
     f = ops.setup_filter(taps, normalize=False, separable=True).double()
     fw = taps.shape[0]
     # Full convolution as scipy computes it: pad (fw - 1) before and (fw - up) after the upsampled signal.
@@ -102,6 +103,8 @@ def test_bias_act_alpha_gain_clamp_and_dim():
     v = x + b
     expected = np.clip(np.where(v > 0, v, 0.1 * v) * 2.0, -5, 5)
     np.testing.assert_allclose(y.numpy(), expected)
+    y_last = ops.bias_act(x, b, dim=-1, act="lrelu", alpha=0.1, gain=2.0, clamp=5.0)
+    np.testing.assert_allclose(y_last.numpy(), expected)
 
 
 def test_bias_act_rejects_unknown_activation_and_bad_bias():
@@ -109,6 +112,8 @@ def test_bias_act_rejects_unknown_activation_and_bad_bias():
         ops.bias_act(torch.zeros(2, 3), act="gelu2")
     with pytest.raises(ValueError, match="does not match"):
         ops.bias_act(torch.zeros(2, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="out of range"):
+        ops.bias_act(torch.zeros(2, 3), torch.zeros(3), dim=2)
 
 
 def naive_modulated_conv(x, weight, styles, demodulate, up, down, f):

@@ -84,6 +84,9 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
         Tensor shaped like x, same dtype; differentiable to second order on both paths.
     """
     spec, alpha, gain, clamp = resolve_bias_act_args(act, alpha, gain, clamp)
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"bias_act: dim {dim} out of range for x of shape {tuple(x.shape)}")
+    dim %= x.ndim
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
         raise ValueError(f"bias_act: bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}")
     if select_impl("bias_act", x, impl) == "fused":

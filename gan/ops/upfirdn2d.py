@@ -149,8 +149,10 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] =
     if out_w < 1 or out_h < 1:
         raise ValueError(f"upfirdn2d: input {tuple(x.shape)} with up={up}, down={down}, padding={padding} "
                          f"and a {fh}x{fw} filter leaves no output pixels")
-    if select_impl("upfirdn2d", x, impl) == "fused" and f is not None:
+    if select_impl("upfirdn2d", x, impl) == "fused":
         from gan.ops.triton_upfirdn2d import upfirdn2d_triton
+        if f is None:  # pad/crop and resample only: the 1x1 identity filter
+            f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
         return upfirdn2d_triton(x, f.to(device=x.device, dtype=torch.float32), upx, upy, downx, downy,
                                 padx0, padx1, pady0, pady1, flip_filter, float(gain))
     return upfirdn2d_ref(x, f, up=(upx, upy), down=(downx, downy), padding=(padx0, padx1, pady0, pady1),
