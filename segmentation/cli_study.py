@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from segmentation.grid import Run, describe_grid, parse_shard, shard
@@ -14,18 +15,21 @@ from training.data import DataError
 
 EPILOG = """examples:
   python run_study.py configs/study/micro.yaml --dry-run
-  python run_study.py configs/study/phantom_demo.yaml --synthetic pair=synthetic/pair --synthetic gan=synthetic/gan
+  python run_study.py configs/study/phantom_demo.yaml --synthetic pair=synthetic/pair \\
+      --synthetic baseline-gan=synthetic/baseline-gan --threads 1
   python run_study.py configs/study/paper.yaml --shard 3/16 --device cuda      # one job of a SLURM array
   python run_study.py configs/study/micro.yaml --set train.iterations=50 --set k='[2, "1x"]'
 
 Shards write disjoint run files; cases.csv in the results folder is rebuilt from all finished runs,
-and re-running any shard skips runs already finished.  Optimisation budget: """ + BUDGET_RULE + "."
+and re-running any shard skips runs already finished.
+
+""" + textwrap.fill("Optimisation budget: " + BUDGET_RULE + ".", width=100)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_study.py", description="Train MONAI 2D U-Nets on real + k synthetic patients and test them "
-                                         "per patient on held-out real volumes (one run per grid point).",
+        prog="run_study.py", description="Train MONAI 2D U-Nets on real + k synthetic patients and test them per\n"
+                                         "patient on held-out real volumes (one run per grid point).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="study YAML, e.g. configs/study/micro.yaml")
     parser.add_argument("--results", metavar="DIR", default=None,
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic", metavar="NAME=FOLDER", action="append", default=[],
                         help="add a synthetic arm NAME from an nnU-Net v2 folder (as sample_patients.py writes); "
                              "replaces the folder of an arm of that name; repeatable (default: none)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", metavar="N", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, usually all cores; 1 is often "
                              "faster for small U-Nets on a shared machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
