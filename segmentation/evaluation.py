@@ -88,6 +88,15 @@ def foreground_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return dice_score(prediction > 0, reference > 0)
 
 
+def mean_class_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> float:
+    """Mean Dice over the non-background classes 1..n_classes-1 of index volumes [X, Y, Z] (each
+    class by the empty-structure rule): the validation score, so small structures count as much
+    as large ones."""
+    if n_classes < 2:
+        raise ValueError(f"need at least one non-background class, got n_classes={n_classes}")
+    return float(np.mean([dice_score(prediction == c, reference == c) for c in range(1, n_classes)]))
+
+
 def evaluate_case(prediction: np.ndarray, reference: np.ndarray, label_names: list[str],
                   spacing: tuple[float, float, float], hd95: bool = True) -> list[ClassScore]:
     """Scores of one case: every non-background class (by name, in label order), then "foreground".

@@ -9,7 +9,7 @@ Results folder (``RESULTS``)::
     cases.csv               tidy table rebuilt from all run JSONs (under an fcntl lock): columns
                             `CASE_COLUMNS`; dice/hd95 empty = undefined (NaN), hd95 "inf" = missed
     splits/DATASET.json     the patient-level splits every shard and re-run uses
-    tensorboard/RUN_ID/     training loss, validation and test foreground Dice
+    tensorboard/RUN_ID/     training loss, validation score, test foreground Dice
     synthetic/ARM/          patients sampled from a GAN arm (nnU-Net v2 raw), shared by all runs
 
 A run that crashes writes no JSON, so re-running (any shard) redoes exactly the unfinished runs.

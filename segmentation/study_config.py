@@ -155,8 +155,8 @@ class TrainConfig:
 
     iterations x batch_size slices are drawn uniformly with replacement from the pooled training
     slices (real + synthetic), so adding synthetic patients changes what is seen, never how much.
-    val_every: iterations between validations on the real validation patients (mean foreground
-    Dice of their volumes); the best validation state is the one tested.  patience: validations
+    val_every: iterations between validations on the real validation patients (mean Dice over the
+    non-background classes of their volumes); the best validation state is the one tested.  patience: validations
     without improvement before stopping early (None: run the whole budget).
     """
 

@@ -12,8 +12,9 @@ The optimisation budget is the same for every run of a study, whatever was added
     patients change what the network sees, never how many steps or slices it gets.
 
 The network is validated every ``val_every`` steps (and after the last) on the fold's real
-validation patients only: mean foreground Dice of their reassembled volumes.  The best validation
-state is returned for testing; with ``patience`` set, training stops after that many validations
+validation patients only: the mean over their reassembled volumes of the mean Dice over the
+non-background classes (small structures weigh as much as large ones).  The best validation state
+is returned for testing; with ``patience`` set, training stops after that many validations
 without improvement (a run may then end before the budget, never after it).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
-from segmentation.evaluation import foreground_dice, predict_volume
+from segmentation.evaluation import mean_class_dice, predict_volume
 from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
 
 BUDGET_RULE = ("every run takes `iterations` Adam steps on batches of `batch_size` slices drawn uniformly with "
@@ -93,7 +94,8 @@ class AugmentedSlices(TorchDataset):
 @dataclass
 class TrainResult:
     """Outcome of `train_unet`: the best validation state (CPU tensors), where it was reached, the
-    curve (one entry per validation: iteration, mean training loss since the last one, val Dice)."""
+    curve (one entry per validation: iteration, mean training loss since the last one, val_dice =
+    the validation score of `validate`)."""
 
     best_state: dict[str, torch.Tensor]
     best_iteration: int
@@ -162,13 +164,21 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn
     return float(loss.detach())
 
 
-def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], batch_size: int,
-             device: torch.device) -> float:
-    """Mean foreground Dice over validation volumes (images [M, X, Y, Z], labels [X, Y, Z] indices);
-    volumes without foreground in reference and prediction count as 1 (see `foreground_dice`)."""
-    scores = [foreground_dice(predict_volume(model, images, batch_size, device), labels)
+def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int,
+             batch_size: int, device: torch.device) -> float:
+    """Mean over validation volumes (images [M, X, Y, Z], labels [X, Y, Z] indices) of the mean Dice
+    over the non-background classes (`mean_class_dice`)."""
+    scores = [mean_class_dice(predict_volume(model, images, batch_size, device), labels, n_classes)
               for images, labels in volumes]
     return float(np.mean(scores))
+
+
+def _out_channels(model: torch.nn.Module) -> int:
+    """Number of classes L a segmentation network predicts (its ``out_channels``)."""
+    n = getattr(model, "out_channels", None)
+    if n is None:
+        raise ValueError(f"{type(model).__name__} has no out_channels attribute: cannot tell its number of classes")
+    return int(n)
 
 
 def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -184,6 +194,7 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
     if not val_volumes:
         raise ValueError("training needs at least one real validation patient")
     started = time.time()
+    n_classes = _out_channels(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     best = _BestState(model)
@@ -200,12 +211,12 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
                 log("train/loss", losses[-1], iteration)
             if iteration % config.val_every and iteration != config.iterations:
                 continue
-            score = validate(model, val_volumes, config.batch_size, device)
+            score = validate(model, val_volumes, n_classes, config.batch_size, device)
             best.update(score, iteration, model)
             curve.append({"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": score})
             bar.set_postfix(val_dice=f"{score:.3f}", best=f"{best.score:.3f}")
             if log is not None:
-                log("val/foreground_dice", score, iteration)
+                log("val/mean_class_dice", score, iteration)
             losses = []
             if config.patience is not None and best.stale >= config.patience:
                 stopped_early = True

@@ -81,3 +81,14 @@ def test_predict_volume_reassembles_slices_in_volume_order():
     labels = predict_volume(model, images, batch_size=4, device=torch.device("cpu"))
     assert labels.shape == (5, 7, 9) and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, (images[0] > 0).astype(np.uint8))
+
+
+def test_mean_class_dice_weighs_every_class_alike():
+    from segmentation.evaluation import mean_class_dice
+
+    reference = np.zeros((6, 6, 2), dtype=np.uint8)
+    reference[:, :3] = 1                 # a large class, found
+    reference[5, 5, 1] = 2               # a one-voxel class, missed
+    prediction = np.where(reference == 2, 1, reference).astype(np.uint8)
+    assert foreground_dice(prediction, reference) == 1.0
+    assert mean_class_dice(prediction, reference, n_classes=3) == pytest.approx((2 * 36 / (36 + 37) + 0.0) / 2)
