@@ -192,3 +192,17 @@ def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sourc
     assert "2 runs finished, 0 already done" in captured.err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["phantom-f1-r0-other-k2-nall.json",
                                                                      "phantom-f1-r0-real-k0-nall.json"]
+
+
+def test_cases_table_writes_undefined_and_infinite_distances_readably():
+    from segmentation.runner import cases_table
+
+    run = {"dataset": "d", "fold": 0, "repeat": 0, "arm": "real", "n_synthetic": 0, "n_real": 3}
+    record = {"run_id": "d-f0-r0-real-k0-nall", "source": "real", "config": {"run": run},
+              "cases": [{"case": "c1", "class": "core", "dice": 0.0, "hd95": None},
+                        {"case": "c1", "class": "oedema", "dice": 0.0, "hd95": "inf"},
+                        {"case": "c1", "class": "foreground", "dice": 0.5, "hd95": 3.25}]}
+    rows = list(csv.DictReader(cases_table([record]).splitlines()))
+    assert [(r["class"], r["dice"], r["hd95"]) for r in rows] == [("core", "0.0", ""), ("oedema", "0.0", "inf"),
+                                                                 ("foreground", "0.5", "3.25")]
+    assert float(rows[1]["hd95"]) == float("inf") and rows[0]["n_real"] == "3"
