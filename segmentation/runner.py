@@ -402,23 +402,27 @@ def rebuild_cases_csv(results: Path) -> Path:
 
 
 def mean_dice_table(records: list[dict], class_name: str = FOREGROUND) -> str:
-    """Mean Dice of ``class_name`` per (dataset, arm, k) over all test cases of the finished runs,
-    as a Markdown table (runs, cases, mean, standard deviation over cases)."""
+    """Mean Dice of ``class_name`` per (dataset, n real, arm, k) over all test cases of the finished
+    runs, as a Markdown table (runs, cases, mean, standard deviation over cases); n is "all" for
+    whole folds."""
     cells: dict[tuple, list[float]] = {}
     runs: dict[tuple, set] = {}
     for record in records:
         run = record["config"]["run"]
-        key = (run["dataset"], run["arm"], run["n_synthetic"])
+        n = run["n_real_requested"]
+        key = (run["dataset"], -1 if n is None else n, run["arm"], run["n_synthetic"])
         values = [_from_json_number(r["dice"]) for r in record["cases"] if r["class"] == class_name]
         cells.setdefault(key, []).extend(v for v in values if not math.isnan(v))
         runs.setdefault(key, set()).add(record["run_id"])
-    order = sorted(cells, key=lambda k: (k[0], k[1] != BASELINE_ARM, k[1], k[2]))
-    lines = [f"| dataset | arm | k | runs | cases | mean {class_name} Dice | sd |", "|---|---|---:|---:|---:|---:|---:|"]
+    order = sorted(cells, key=lambda k: (k[0], k[1], k[2] != BASELINE_ARM, k[2], k[3]))
+    lines = [f"| dataset | n | arm | k | runs | cases | mean {class_name} Dice | sd |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for key in order:
         values = np.array(cells[key])
         mean = f"{values.mean():.3f}" if values.size else "-"
         sd = f"{values.std(ddof=1):.3f}" if values.size > 1 else "-"
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(runs[key])} | {values.size} | {mean} | {sd} |")
+        n = "all" if key[1] < 0 else key[1]
+        lines.append(f"| {key[0]} | {n} | {key[2]} | {key[3]} | {len(runs[key])} | {values.size} | {mean} | {sd} |")
     return "\n".join(lines)
 
 

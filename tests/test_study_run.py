@@ -188,7 +188,7 @@ def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sourc
                    "--set", "train.iterations=2", "--set", "train.val_every=2"])
     assert status == 0
     captured = capsys.readouterr()
-    assert "| phantom | real | 0 | 1 |" in captured.out and "| phantom | other | 2 | 1 |" in captured.out
+    assert "| phantom | all | real | 0 | 1 |" in captured.out and "| phantom | all | other | 2 | 1 |" in captured.out
     assert "2 runs finished, 0 already done" in captured.err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["phantom-f1-r0-other-k2-nall.json",
                                                                      "phantom-f1-r0-real-k0-nall.json"]
