@@ -1,17 +1,22 @@
-"""The ops on their own: bias_act and upfirdn2d, reference vs fused (Triton) and reference vs naive.
+"""The ops on their own: bias_act, upfirdn2d and modulated_conv2d, reference vs fused (Triton) and
+reference vs naive.
 
     python -m benchmarks.bench_ops               # timing tables
     python -m benchmarks.bench_ops --parity      # fused-vs-reference parity table (op x dtype)
 
-Timing rows (best of --repeats calls, forward and forward + backward; on a CPU shared with other
-work, --threads 1 avoids thread oversubscription dominating the small ops):
+Timing rows (best of --repeats rounds in which the paths of a table take turns, forward and
+forward + backward to every input; on a CPU shared with other work, --threads 1 avoids thread
+oversubscription dominating the small ops):
   ref vs fused   on a GPU at the working size; without one the fused kernels run under
                  TRITON_INTERPRET=1 on CPU at a tiny size: that row shows they run and agree, the
                  interpreter executes every program in Python and is no speed path.
   ref vs naive   on CPU at the working size. naive bias_act walks the channels in Python, one
                  bias + activation + gain + clamp op chain per channel; naive upfirdn2d builds the
                  zero-inserted, padded image explicitly and accumulates one shifted slice per filter
-                 tap. Ratio > 1: the reference is that much faster.
+                 tap; naive modulated_conv2d modulates and demodulates each sample's weights in a
+                 Python loop and convolves the samples one by one (the reference runs either one
+                 grouped conv over the batch or one shared conv between two scalings).
+                 Ratio > 1: the reference is that much faster.
 
 --parity runs every activation (with and without clamp) and a sweep of upfirdn2d cases (odd sizes,
 up/down 1 and 2, separable and 2D filters, cropping pads, flip), differentiating each as
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -84,42 +90,53 @@ class Timing:
     max_abs_diff: float
 
 
-def best_seconds(fn: Callable[[], object], repeats: int, sync: bool) -> float:
-    fn()  # warm-up: compilation, allocations
-    times = []
+def best_seconds(calls: dict[str, Callable[[], object]], repeats: int, sync: bool) -> dict[str, float]:
+    """Best wall seconds of each call. The calls take turns in every round, so that other work on a
+    shared CPU and the allocator's state (big tensors page-fault afresh when the heap was trimmed)
+    weigh on all of them alike."""
+    for fn in calls.values():
+        fn()  # warm-up: compilation, allocations
+    best = {name: math.inf for name in calls}
     for _ in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in calls.items():
+            if sync:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
-def time_op(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor,
-            repeats: int) -> Timing:
-    """Forward and forward + backward (to x) of op at x, and its max abs difference to `reference`."""
-    sync = x.device.type == "cuda"
-    x_grad = x.detach().clone().requires_grad_(True)
+def time_paths(paths: dict[str, Callable[..., torch.Tensor]], inputs: list[torch.Tensor],
+               repeats: int) -> dict[str, Timing]:
+    """Forward and forward + backward (to every input) of each path, and its max abs difference to the
+    first path's output."""
+    sync = inputs[0].device.type == "cuda"
+    grad_inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
 
-    def train_step() -> None:
-        (g,) = torch.autograd.grad(op(x_grad).square().sum(), x_grad)
-        del g
+    def train_step(op: Callable[..., torch.Tensor]) -> Callable[[], object]:
+        return lambda: torch.autograd.grad(op(*grad_inputs).square().sum(), grad_inputs)
+
+    def forward(op: Callable[..., torch.Tensor]) -> Callable[[], object]:
+        return lambda: op(*inputs)
     with torch.no_grad():
-        forward_s = best_seconds(lambda: op(x), repeats, sync)
-        diff = float((op(x).float() - reference.float()).abs().max())
-    return Timing(forward_s, best_seconds(train_step, repeats, sync), diff)
+        outputs = {name: op(*inputs).float() for name, op in paths.items()}
+        forward_s = best_seconds({name: forward(op) for name, op in paths.items()}, repeats, sync)
+    train_s = best_seconds({name: train_step(op) for name, op in paths.items()}, repeats, sync)
+    reference = next(iter(outputs.values()))
+    return {name: Timing(forward_s[name], train_s[name], float((out - reference).abs().max()))
+            for name, out in outputs.items()}
 
 
-def print_rows(title: str, rows: list[tuple[str, str, Timing]], baseline: str) -> None:
-    """One table: per row, its times and how many times slower than the `baseline` row it is."""
-    base = next(t for name, _, t in rows if name == baseline)
+def print_rows(title: str, size: str, timings: dict[str, Timing]) -> None:
+    """One table: per path, its times and how many times slower than the first path it is."""
+    baseline, base = next(iter(timings.items()))
     print(title)
     print(f"  {'path':<22} {'size':<18} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd / ' + baseline:>12} "
           f"{'f+b / ' + baseline:>12} {'max|diff|':>10}")
-    for name, size, t in rows:
+    for name, t in timings.items():
         print(f"  {name:<22} {size:<18} {t.forward_s * 1e3:>9.3f} {t.train_s * 1e3:>11.3f} "
               f"{t.forward_s / base.forward_s:>11.2f}x {t.train_s / base.train_s:>11.2f}x {t.max_abs_diff:>10.2e}")
 
@@ -152,10 +169,18 @@ def bench_ref_vs_fused(repeats: int) -> None:
         "downsample2d [1,3,3,1]": lambda impl: lambda t: ops.downsample2d(t, f, impl=impl),
     }
     for name, make in cases.items():
-        with torch.no_grad():
-            reference = make("ref")(x)
-        rows = [(impl, size, time_op(make(impl), x, reference, repeats)) for impl in ("ref", "fused")]
-        print_rows(f"{name}: ref vs fused ({where})", rows, baseline="ref")
+        timings = time_paths({impl: make(impl) for impl in ("ref", "fused")}, [x], repeats)
+        print_rows(f"{name}: ref vs fused ({where})", size, timings)
+
+
+def naive_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """Modulated, demodulated 3x3 conv one sample at a time: [N, I, H, W] -> [N, O, H, W]."""
+    outputs = []
+    for n in range(x.shape[0]):
+        w = weight * styles[n].reshape(1, -1, 1, 1)                          # modulate: [O, I, 3, 3]
+        w = w / (w.square().sum(dim=[1, 2, 3], keepdim=True) + 1e-8).sqrt()  # demodulate
+        outputs.append(torch.nn.functional.conv2d(x[n:n + 1], w, padding=1))
+    return torch.cat(outputs)
 
 
 def bench_ref_vs_naive(repeats: int) -> None:
@@ -176,11 +201,20 @@ def bench_ref_vs_naive(repeats: int) -> None:
                              lambda t: naive_upfirdn2d(t, f2d, 1, 2, down_pad, 1.0)),
     }
     for name, (ref_op, naive_op) in cases.items():
-        with torch.no_grad():
-            reference = ref_op(x)
-        rows = [("ref", size, time_op(ref_op, x, reference, repeats)),
-                ("naive", size, time_op(naive_op, x, reference, repeats))]
-        print_rows(f"{name}: ref vs naive (cpu)", rows, baseline="ref")
+        print_rows(f"{name}: ref vs naive (cpu)", size, time_paths({"ref": ref_op, "naive": naive_op}, [x], repeats))
+
+    # Modulated conv of a 64-channel 3x3 layer with per-sample styles, in its two reference forms.
+    batch, channels, res = 8, 64, 32
+    x = torch.randn(batch, channels, res, res)
+    weight = torch.randn(channels, channels, 3, 3)
+    styles = torch.randn(batch, channels)
+    paths = {
+        "ref grouped": partial(ops.modulated_conv2d, padding=1, fused_modconv=True),
+        "ref scale/conv/scale": partial(ops.modulated_conv2d, padding=1, fused_modconv=False),
+        "naive per-sample": naive_modulated_conv2d,
+    }
+    timings = time_paths(paths, [x, weight, styles], repeats)
+    print_rows("modulated_conv2d 3x3, demodulated: ref vs naive (cpu)", f"{batch}x{channels}x{res}x{res}", timings)
 
 
 # ----------------------------------------------------------------------------------- parity
@@ -246,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parity", action="store_true", help="print the fused-vs-reference parity table instead")
     parser.add_argument("--dtypes", default="fp32,fp16,bf16", help="parity dtypes (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row, best kept (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed calls per row, best kept: more on a busy CPU (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
     args = parser.parse_args(argv)
     dtypes = args.dtypes.split(",")

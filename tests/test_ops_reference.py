@@ -107,6 +107,18 @@ def test_bias_act_alpha_gain_clamp_and_dim():
     np.testing.assert_allclose(y_last.numpy(), expected)
 
 
+@pytest.mark.parametrize("act,use_bias", [("linear", False), ("linear", True), ("lrelu", False), ("tanh", True)])
+def test_bias_act_without_autograd_gives_the_same_and_leaves_its_input_alone(act, use_bias):
+    x = torch.randn(2, 3, 5)
+    b = torch.randn(3) if use_bias else None
+    x_before = x.clone()
+    with torch.no_grad():
+        y = ops.bias_act(x, b, act=act, gain=1.5, clamp=0.7)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+    xg = x.clone().requires_grad_()
+    torch.testing.assert_close(y, ops.bias_act(xg, b, act=act, gain=1.5, clamp=0.7).detach())
+
+
 def test_bias_act_rejects_unknown_activation_and_bad_bias():
     with pytest.raises(ValueError, match="unknown activation"):
         ops.bias_act(torch.zeros(2, 3), act="gelu2")

@@ -54,14 +54,18 @@ def bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
                  gain: float, clamp: float) -> torch.Tensor:
     """Reference bias_act with resolved arguments (clamp < 0: no clamping)."""
     spec = ACTIVATIONS[act]
+    y = x
     if b is not None:
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]).to(x.dtype)
-    x = spec.func(x, alpha)
+        y = y + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]).to(x.dtype)
+    y = spec.func(y, alpha)
+    # When autograd records nothing, scale and clamp the activation's own output in place: one big
+    # temporary fewer per step (on CPU each costs a pass over memory and fresh page faults).
+    in_place = y is not x and not (torch.is_grad_enabled() and y.requires_grad)
     if gain != 1:
-        x = x * gain
+        y = y.mul_(gain) if in_place else y * gain
     if clamp >= 0:
-        x = x.clamp(-clamp, clamp)
-    return x
+        y = y.clamp_(-clamp, clamp) if in_place else y.clamp(-clamp, clamp)
+    return y
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
