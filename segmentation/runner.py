@@ -47,6 +47,9 @@ from segmentation.unet import BUDGET_RULE, build_unet, train_unet
 from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
                            load_or_make_splits, make_splits, open_slice_cache)
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
+from training.checkpoint import CheckpointError
+from training.sampling import QualityGateError, load_source, sample_to_directory
+from training.synthetic_dataset import SamplingSettings
 
 RESULT_FORMAT = 1
 CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "case", "class",
@@ -143,17 +146,18 @@ def load_synthetic(arm: ArmSpec, folder: Path, real: RealData, needed: int, cach
 def sample_gan_arm(arm: ArmSpec, patients: int, out_dir: Path, seed: int, device: str, progress: bool) -> Path:
     """Sample ``patients`` patients from the GAN run(s) of ``arm`` (truncation ``arm.psi``) into
     ``out_dir`` (nnU-Net v2 raw) with `training.sampling`; a complete folder is reused as is."""
-    from training.sampling import load_source, sample_to_directory
-    from training.synthetic_dataset import SamplingSettings
-
     with file_lock(out_dir.parent / f".{out_dir.name}.lock"):  # shards wait for one sampler
-        if arm.mask_gan is None:
-            source = load_source(gan=arm.gan, device=device)
-        else:
-            source = load_source(mask_gan=arm.mask_gan, image_gan=arm.gan, device=device)
-        settings = SamplingSettings(pipeline=source.pipeline, generators=source.generators, patients=patients,
-                                    seed=seed, truncation_psi=arm.psi)
-        sample_to_directory(source, settings, out_dir, device=device, progress=progress)
+        try:
+            if arm.mask_gan is None:
+                source = load_source(gan=arm.gan, device=device)
+            else:
+                source = load_source(mask_gan=arm.mask_gan, image_gan=arm.gan, device=device)
+            settings = SamplingSettings(pipeline=source.pipeline, generators=source.generators, patients=patients,
+                                        seed=seed, truncation_psi=arm.psi)
+            sample_to_directory(source, settings, out_dir, device=device, progress=progress)
+        except (CheckpointError, QualityGateError, ValueError, FileNotFoundError) as exc:
+            # unusable runs, a generator whose patients the quality gate rejects, a folder sampled otherwise
+            raise StudyDataError(f"arm {arm.name!r} (sampling into {out_dir}): {exc}") from exc
     return out_dir
 
 

@@ -206,3 +206,9 @@ def test_cases_table_writes_undefined_and_infinite_distances_readably():
     assert [(r["class"], r["dice"], r["hd95"]) for r in rows] == [("core", "0.0", ""), ("oedema", "0.0", "inf"),
                                                                  ("foreground", "0.5", "3.25")]
     assert float(rows[1]["hd95"]) == float("inf") and rows[0]["n_real"] == "3"
+
+
+def test_unusable_gan_run_is_named(tmp_path):
+    config = micro_config({}, f"arms=[{{name: gan, gan: {tmp_path / 'no-such-run'}}}]", "k=[2]")
+    with pytest.raises(StudyDataError, match="arm 'gan' \\(sampling into"):
+        run_study(config, tmp_path / "results", device="cpu", progress=False, threads=1)
