@@ -226,6 +226,23 @@ def test_fused_backend_reaches_the_kernels(fused_backend, monkeypatch):
     assert results["upsample2d"].shape == (2, 3, 14, 18) and results["downsample2d"].shape == (2, 3, 3, 4)
 
 
+@pytest.mark.parametrize("up,down,fused_modconv", [(2, 1, True), (1, 2, False)])
+def test_modulated_conv2d_on_fused_backend_matches_reference(up, down, fused_modconv, fused_backend):
+    # The resampling FIR of the modulated conv runs on the upfirdn2d kernel; its second-order terms
+    # (in x, the weight and the styles) must match the reference's.
+    f = ops.setup_filter([1, 3, 3, 1], device=DEVICE)
+
+    def on(backend):
+        def op(x, weight, styles):
+            ops.set_backend(backend)
+            return ops.modulated_conv2d(x, weight, styles, up=up, down=down, padding=1, resample_filter=f,
+                                        fused_modconv=fused_modconv)
+        return op
+    inputs = [tiny(2, 3, 7, 9, seed=12), tiny(4, 3, 3, 3, seed=13), tiny(2, 3, seed=14) + 1.5]
+    errors = compare(on("fused"), on("ref"), inputs)
+    assert errors.within(*TOLERANCE[torch.float32]), errors
+
+
 def test_fused_backend_generator_and_r1_through_discriminator():
     # End to end: G's forward, and R1 (the gradient of D's input gradient w.r.t. D's parameters),
     # on the fused kernels against the reference.
