@@ -26,6 +26,9 @@ keys anywhere are errors naming the key)::
     train: {iterations: 2000, batch_size: 16, learning_rate: 0.001, ...}   # see `TrainConfig`
     metrics: [dice, hd95]
 
+The preprocessing's slice-selection fields (drop_end_slices, drop_empty_slices, ...) only concern
+GAN training: the study trains on every slice of its training patients and tests whole volumes.
+Synthetic folders go through the same reader and preprocessing as the real dataset.
 Relative paths are taken relative to the current working directory.  `apply_overrides` applies
 ``key=value`` strings (dotted keys; list items by index or by their ``name``) before validation.
 """
