@@ -1,6 +1,10 @@
 """The reference ops against independent maths: scipy's upfirdn, closed-form activations,
 naive per-sample modulated convolution, and the unit-variance property of demodulation."""
+import logging
 import math
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -186,3 +190,32 @@ def test_backend_setting_is_validated(monkeypatch):
         ops.bias_act(torch.zeros(2, 3), act="lrelu")
     assert ops.select_impl("bias_act", torch.zeros(1), impl="ref") == "ref"
     assert ops.select_impl("bias_act", torch.zeros(1), impl="auto") == "ref"  # CPU tensors run the reference
+
+
+def test_backend_choice_is_logged_once_and_a_missing_triton_is_never_silent(monkeypatch, caplog):
+    from gan.ops import backend
+    monkeypatch.setattr(backend, "_logged", set())
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # select_impl only reads the device
+    with caplog.at_level(logging.INFO, logger="stylepair.ops"):
+        assert ops.select_impl("bias_act", torch.zeros(1), impl="auto") == "ref"
+        assert ops.select_impl("bias_act", torch.zeros(1), impl="auto") == "ref"
+        monkeypatch.setattr(backend, "triton_available", lambda: False)
+        assert ops.select_impl("upfirdn2d", on_cuda, impl="auto") == "ref"
+        assert ops.select_impl("upfirdn2d", on_cuda, impl="auto") == "ref"
+        with pytest.raises(RuntimeError, match="needs triton"):
+            ops.select_impl("upfirdn2d", on_cuda, impl="fused")
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (logging.INFO, "bias_act: reference PyTorch path on cpu (backend 'auto')"),
+        (logging.WARNING, "upfirdn2d: triton is not installed, so the reference PyTorch path runs on cuda "
+                          "(pip install triton for the fused kernels)"),
+    ]
+
+
+def test_importing_the_ops_and_running_the_reference_never_imports_triton():
+    script = ("import sys, torch; from gan import ops; "
+              "ops.bias_act(torch.ones(1, 2, 3), act='lrelu'); "
+              "ops.upsample2d(torch.ones(1, 1, 4, 4), ops.setup_filter([1, 3, 3, 1])); "
+              "print('triton' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
