@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args)
         index, count = parse_shard(args.shard)
+        resolve_device(args.device)
     except ValueError as exc:  # StudyConfigError, or a malformed --shard
         parser.exit(2, f"run_study.py: error: {exc}\n")
     results = Path(args.results) if args.results else Path("results") / config.name

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from segmentation.evaluation import FOREGROUND, evaluate_case, predict_volume
 from segmentation.grid import Run, expand_grid, max_synthetic, shard
 from segmentation.study_config import (BASELINE_ARM, PHANTOMS, ArmSpec, DatasetSpec, StudyConfig,
-                                       fingerprint)
+                                       StudyConfigError, fingerprint)
 from segmentation.unet import BUDGET_RULE, build_unet, train_unet
 from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
                            load_or_make_splits, make_splits, open_slice_cache)
@@ -447,10 +447,17 @@ class StudySummary:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; other names as given."""
+    """"auto" -> cuda when available, else cpu; other names as given (`StudyConfigError` when
+    unknown, or CUDA without a GPU)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise StudyConfigError(f"--device {device!r}: {exc}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise StudyConfigError(f"--device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+    return chosen
 
 
 @contextlib.contextmanager

@@ -153,6 +153,10 @@ def test_cli_bad_config_exits_with_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(CONFIGS / "micro.yaml"), "--shard", "2/2", "--dry-run"])
     assert "--shard" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(CONFIGS / "micro.yaml"), "--device", "gpu", "--dry-run"])
+    captured = capsys.readouterr()
+    assert "--device 'gpu'" in captured.err and captured.out == ""
 
 
 def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
