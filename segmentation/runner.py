@@ -52,6 +52,7 @@ from training.sampling import QualityGateError, load_source, sample_to_directory
 from training.synthetic_dataset import SamplingSettings
 
 RESULT_FORMAT = 1
+CSV_REBUILD_SECONDS = 60.0  # during a shard, cases.csv is rebuilt at most this often (and at its end)
 CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "case", "class",
                 "dice", "hd95")
 
@@ -476,12 +477,30 @@ def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, sh
               device: str = "auto", progress: bool = True, threads: int | None = None) -> StudySummary:
     """Run this shard's part of the study grid into ``results``; finished runs are skipped.
 
-    Each finished run is written to ``results/runs/RUN_ID.json`` (atomic) and ``cases.csv`` is
-    rebuilt after each run.  threads: torch CPU threads (None: torch's default; 1 is fastest for
+    Each finished run is written to ``results/runs/RUN_ID.json`` (atomic); ``cases.csv`` is rebuilt
+    from all run files at most every `CSV_REBUILD_SECONDS` and when the shard ends.  threads: torch CPU threads (None: torch's default; 1 is fastest for
     small U-Nets on a busy machine).  Returns a `StudySummary`.
     """
     with torch_threads(threads):
         return _run_study(config, Path(results), shard_index, shard_count, device, progress)
+
+
+def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard_size: int, results: Path,
+                 device: torch.device, progress: bool, ran: list[str]) -> None:
+    """Prepare the data, then train, test and write each pending run (its id appended to ``ran``)."""
+    data = prepare_data(config, grid, results, str(device), progress)
+    last_rebuild = time.monotonic()
+    with tqdm(total=shard_size, initial=shard_size - len(pending), desc=f"study {config.name}", unit="run",
+              disable=None if progress else True) as bar:
+        for run in pending:
+            bar.set_postfix_str(run.run_id)
+            record = execute_run(run, config, data, results, device, progress)
+            atomic_write_json(run_path(results, run), record)
+            ran.append(run.run_id)
+            bar.update(1)
+            if time.monotonic() - last_rebuild >= CSV_REBUILD_SECONDS:  # reading every JSON costs
+                rebuild_cases_csv(results)
+                last_rebuild = time.monotonic()
 
 
 def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count: int, device: str,
@@ -495,17 +514,9 @@ def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count
     skipped = [run.run_id for run in runs if run not in pending]
     torch_device = resolve_device(device)
     ran: list[str] = []
-    if pending:
-        data = prepare_data(config, grid, results, str(torch_device), progress)
-        bar = tqdm(total=len(runs), initial=len(skipped), desc=f"study {config.name}", unit="run",
-                   disable=None if progress else True)
-        with bar:
-            for run in pending:
-                bar.set_postfix_str(run.run_id)
-                record = execute_run(run, config, data, results, torch_device, progress)
-                atomic_write_json(run_path(results, run), record)
-                rebuild_cases_csv(results)
-                ran.append(run.run_id)
-                bar.update(1)
-    csv_path = rebuild_cases_csv(results)
+    try:
+        if pending:
+            _run_pending(config, grid, pending, len(runs), results, torch_device, progress, ran)
+    finally:  # also after a crash: the table shows every run that did finish
+        csv_path = rebuild_cases_csv(results)
     return StudySummary(results, runs, ran, skipped, time.time() - started, csv_path)

@@ -133,19 +133,25 @@ def test_another_seed_gives_other_results(micro_study, sources, tmp_path):
 
 
 def test_crashed_run_leaves_no_result_and_is_redone(sources, tmp_path, monkeypatch):
-    config = micro_config(sources, "arms=[]", "splits.folds=[0]", "train.iterations=2", "train.val_every=2")
+    config = micro_config(sources, "arms=[]", "train.iterations=2", "train.val_every=2")
+    score = runner.score_test_patients
+    calls = []
 
-    def crash(*args, **kwargs):
-        raise RuntimeError("simulated crash during testing")
+    def crash_on_second_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash during testing")
+        return score(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "score_test_patients", crash)
+    monkeypatch.setattr(runner, "score_test_patients", crash_on_second_run)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
-    assert not list((tmp_path / "runs").glob("*"))
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["phantom-f0-r0-real-k0-nall.json"]
+    assert {r["run_id"] for r in read_cases(tmp_path)} == {"phantom-f0-r0-real-k0-nall"}  # table still rebuilt
     monkeypatch.undo()
     summary = run_study(config, tmp_path, device="cpu", progress=False, threads=1)
-    assert summary.ran == ["phantom-f0-r0-real-k0-nall"]
-    assert len(read_cases(tmp_path)) == 2 * len(PHANTOM_LABELS)
+    assert summary.ran == ["phantom-f1-r0-real-k0-nall"] and summary.skipped == ["phantom-f0-r0-real-k0-nall"]
+    assert len(read_cases(tmp_path)) == 2 * 2 * len(PHANTOM_LABELS)
 
 
 def test_synthetic_folder_with_other_channels_is_refused(sources, tmp_path):
