@@ -266,6 +266,7 @@ def run_config(run: Run, config: StudyConfig) -> dict:
 
 
 def _source(run: Run, config: StudyConfig) -> str:
+    """The ``source`` column: "real" for the baseline, else the arm's description."""
     return "real" if run.arm == BASELINE_ARM else config.arm(run.arm).source
 
 
@@ -292,6 +293,7 @@ def _json_number(value: float) -> float | str | None:
 
 
 def _from_json_number(value: float | str | None) -> float:
+    """Inverse of `_json_number`."""
     return math.nan if value is None else float(value)
 
 
@@ -351,6 +353,7 @@ def score_test_patients(model: torch.nn.Module, real: RealData, test_ids: list[s
 
 
 def run_path(results: Path, run: Run) -> Path:
+    """Where the result of ``run`` is (or will be) written: ``results/runs/RUN_ID.json``."""
     return results / "runs" / f"{run.run_id}.json"
 
 

@@ -97,6 +97,7 @@ class ArmSpec:
 
     @property
     def kind(self) -> str:
+        """"folder" or "gan": where the patients come from."""
         return "folder" if self.folder is not None else "gan"
 
     @property
@@ -120,6 +121,7 @@ class SplitSpec:
     seed: int = 12345
 
     def fold_indices(self) -> tuple[int, ...]:
+        """The folds the study runs, in order."""
         return tuple(range(self.n_folds)) if self.folds is None else self.folds
 
 
@@ -191,12 +193,14 @@ class StudyConfig:
     metrics: tuple[str, ...] = METRICS
 
     def dataset(self, name: str) -> DatasetSpec:
+        """The dataset called ``name`` (KeyError when absent)."""
         for spec in self.datasets:
             if spec.name == name:
                 return spec
         raise KeyError(f"no dataset {name!r} in study {self.name}")
 
     def arm(self, name: str) -> ArmSpec:
+        """The synthetic arm called ``name`` (KeyError when absent)."""
         for spec in self.arms:
             if spec.name == name:
                 return spec
