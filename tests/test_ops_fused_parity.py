@@ -3,8 +3,11 @@ gradient, float32 and float16 inputs, odd sizes, up/down 1 and 2, separable and 
 pads, every activation, clamping. On a machine without CUDA they run under TRITON_INTERPRET=1 (set
 by conftest.py), so the tensors stay tiny; the full sweep is marked slow."""
 import itertools
+import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -269,6 +272,66 @@ def test_fused_backend_generator_and_r1_through_discriminator():
     assert len(results["ref"]) == len(results["fused"]) > 2
     for ref, fused in zip(results["ref"], results["fused"]):
         torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item() + 1e-9)
+
+
+# ------------------------------------------------------------------------- compiled GPU code
+
+# Compiles kernels ahead of time for an NVIDIA target (no GPU needed: triton ships ptxas), in a fresh
+# process without TRITON_INTERPRET, so code the interpreter accepts but the compiler rejects fails
+# here too. argv: target arch, then JSON [[kernel, {arg: pointer dtype}, {constexpr: value}], ...].
+AOT_SCRIPT = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gan.ops.triton_bias_act import _bias_act_kernel
+from gan.ops.triton_upfirdn2d import _upfirdn2d_kernel
+kernels = {"bias_act": _bias_act_kernel, "upfirdn2d": _upfirdn2d_kernel}
+FLOAT_SCALARS = {"alpha", "gain", "clamp"}
+target = GPUTarget("cuda", int(sys.argv[1]), 32)
+for name, pointers, constexprs in json.loads(sys.argv[2]):
+    kernel = kernels[name]
+    signature = {arg: "constexpr" if arg in constexprs else "*" + pointers[arg] if arg in pointers
+                 else "fp32" if arg in FLOAT_SCALARS else "i64" if arg == "numel" else "i32"
+                 for arg in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target)
+    assert compiled.asm["cubin"], name
+    print(name, "ok")
+"""
+
+
+def bias_act_variant(dtype: str, act: str, mode: int) -> list:
+    pointers = {arg: dtype for arg in ("out_ptr", "x_ptr", "b_ptr", "g_ptr", "h_ptr")}
+    return ["bias_act", pointers, {"ACT": ACTIVATION_CODES[act], "MODE": mode, "HAS_BIAS": True, "HAS_CLAMP": True,
+                                   "BLOCK": 1024}]
+
+
+def upfirdn2d_variant(dtype: str, up: tuple[int, int], filter_shape: tuple[int, int]) -> list:
+    return ["upfirdn2d", {"out_ptr": dtype, "x_ptr": dtype, "k_ptr": "fp32"},
+            {"UPX": up[0], "UPY": up[1], "FH": filter_shape[0], "FW": filter_shape[1], "BLOCK": 256}]
+
+
+def compile_for_gpu(variants: list, tmp_path, arch: int = 90) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT, str(arch), json.dumps(variants)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(" ok") == len(variants)
+
+
+def test_kernels_compile_for_an_nvidia_gpu(tmp_path):
+    compile_for_gpu([bias_act_variant("fp16", "swish", 2), bias_act_variant("bf16", "tanh", 1),
+                     upfirdn2d_variant("fp16", (2, 2), (4, 4))], tmp_path)
+
+
+@pytest.mark.slow
+def test_every_kernel_variant_compiles_for_an_nvidia_gpu(tmp_path):
+    variants = [bias_act_variant(dtype, act, mode) for dtype, act, mode in
+                itertools.product(["fp32", "fp16", "bf16"], sorted(ACTIVATION_CODES), range(3))]
+    variants += [upfirdn2d_variant(dtype, up, shape) for dtype, up, shape in
+                 itertools.product(["fp32", "fp16", "bf16"], [(1, 1), (2, 2), (2, 1)], [(4, 4), (1, 4), (4, 1)])]
+    compile_for_gpu(variants, tmp_path)
 
 
 # ------------------------------------------------------------------------------------- slow sweep
