@@ -50,12 +50,17 @@ class StyleGAN2Loss:
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  on_real_logits: Callable[[torch.Tensor], None] | None = None,
                  r1_gamma: float = 10.0, style_mixing_prob: float = 0.9, pl_weight: float = 2.0,
-                 pl_batch_shrink: int = 2, pl_decay: float = 0.01):
+                 pl_batch_shrink: int = 2, pl_decay: float = 0.01, label_channels: int = 0,
+                 mask_softmax: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.G = G
         self.D = D
         self.variant = variant
+        self.label_channels = label_channels
+        self.mask_softmax = mask_softmax
+        if mask_softmax and variant != "conditional" and label_channels < 2:
+            raise ValueError("mask_softmax needs label_channels >= 2 for mask-producing variants")
         self.augment = augment
         self.on_real_logits = on_real_logits
         self.r1_gamma = r1_gamma
@@ -90,10 +95,21 @@ class StyleGAN2Loss:
         return img, ws
 
     def fake_pair(self, gen_out: torch.Tensor, gen_mask: torch.Tensor | None) -> torch.Tensor:
-        """What D sees for a fake: G's output, ⊕ the conditioning mask for ``conditional``."""
+        """What D sees for a fake: G's output, ⊕ the conditioning mask for ``conditional``.
+
+        With ``mask_softmax`` the L generated mask channels are shown to D as softmax * 2 - 1:
+        real masks are exactly one-hot in {-1, 1}, and unbounded generated channels would let D
+        tell real from fake by the values alone (the mask-producing variants then collapse);
+        the softmax puts fakes on the same simplex and can approach one-hot.  The argmax, and
+        so the decoded mask, is unchanged.
+        """
         if self.variant == "conditional":
             return torch.cat([gen_out, gen_mask], dim=1)
-        return gen_out
+        if not self.mask_softmax:
+            return gen_out
+        split = gen_out.shape[1] - self.label_channels
+        masks = torch.softmax(gen_out[:, split:], dim=1) * 2 - 1
+        return torch.cat([gen_out[:, :split], masks], dim=1)
 
     def real_pair(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """What D sees for a real: image ⊕ mask (baseline, conditional) or the mask (mask)."""

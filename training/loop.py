@@ -270,7 +270,9 @@ class GanTrainer:
                                   style_mixing_prob=cfg.loss.style_mixing_prob,
                                   pl_weight=cfg.loss.pl_weight,
                                   pl_batch_shrink=cfg.loss.pl_batch_shrink,
-                                  pl_decay=cfg.loss.pl_decay)
+                                  pl_decay=cfg.loss.pl_decay,
+                                  label_channels=self.data.label_channels,
+                                  mask_softmax=cfg.loss.mask_softmax)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, "G_ema": self.G_ema, "D": self.D}
