@@ -147,3 +147,27 @@ def test_unknown_variant_and_phase_are_refused():
     img, mask, c, z = _batch()
     with pytest.raises(ValueError, match="phase"):
         loss.accumulate_gradients("Gall", img, mask, c, z, c, None, gain=1.0)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "mask"])
+def test_generated_masks_reach_d_on_the_one_hot_simplex(variant):
+    seen = []
+
+    class RecordingD(TinyD):
+        def forward(self, x, c):
+            seen.append(x.detach().clone())
+            return super().forward(x, c)
+
+    d_in = M + L if variant == "baseline" else L
+    G = TinyG(variant)
+    loss = StyleGAN2Loss(G, RecordingD(d_in), variant, style_mixing_prob=0.0,
+                         label_channels=L, mask_softmax=True)
+    img, mask, c, z = _batch()
+    loss.accumulate_gradients("Gmain", img, mask, c, z, c, None, gain=1.0)
+    fake_masks = seen[0][:, -L:]
+    assert fake_masks.min() >= -1 and fake_masks.max() <= 1
+    assert torch.allclose(fake_masks.sum(1), torch.full_like(fake_masks[:, 0], 2.0 - L), atol=1e-5)
+    raw = G.synthesis(G.mapping(z, c))                     # same argmax as the raw output
+    assert torch.equal(fake_masks.argmax(1), raw[:, -L:].argmax(1))
+    if variant == "baseline":
+        assert torch.equal(seen[0][:, :M], raw[:, :M])      # image channels pass unchanged
