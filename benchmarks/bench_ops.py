@@ -134,11 +134,13 @@ def print_rows(title: str, size: str, timings: dict[str, Timing]) -> None:
     """One table: per path, its times and how many times slower than the first path it is."""
     baseline, base = next(iter(timings.items()))
     print(title)
-    print(f"  {'path':<22} {'size':<18} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd / ' + baseline:>12} "
-          f"{'f+b / ' + baseline:>12} {'max|diff|':>10}")
+    ratio = max(12, len("f+b / " + baseline))  # column width of the ratios
+    print(f"  {'path':<22} {'size':<18} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd / ' + baseline:>{ratio}} "
+          f"{'f+b / ' + baseline:>{ratio}} {'max|diff|':>10}")
     for name, t in timings.items():
         print(f"  {name:<22} {size:<18} {t.forward_s * 1e3:>9.3f} {t.train_s * 1e3:>11.3f} "
-              f"{t.forward_s / base.forward_s:>11.2f}x {t.train_s / base.train_s:>11.2f}x {t.max_abs_diff:>10.2e}")
+              f"{t.forward_s / base.forward_s:>{ratio - 1}.2f}x {t.train_s / base.train_s:>{ratio - 1}.2f}x "
+              f"{t.max_abs_diff:>10.2e}")
 
 
 def fused_unavailable() -> str | None:
