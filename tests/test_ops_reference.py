@@ -65,6 +65,8 @@ def test_upfirdn2d_refuses_empty_output_and_bad_padding():
         ops.upfirdn2d(x, ops.setup_filter([1, 3, 3, 1]), padding=-1)
     with pytest.raises(ValueError, match="padding"):
         ops.upfirdn2d(x, None, padding=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"\[fh, fw\] filter"):
+        ops.upfirdn2d(x, torch.ones(1, 2, 2))
 
 
 def test_resampling_keeps_the_mean_of_a_constant_image():

@@ -108,7 +108,7 @@ def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[in
     x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
     # 3. FIR filter: conv2d correlates, so flip the taps to convolve.
-    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    f = (f * (gain ** (f.ndim / 2))).to(device=x.device, dtype=x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
@@ -140,6 +140,8 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] =
     """
     if x.ndim != 4:
         raise ValueError(f"upfirdn2d expects x of shape [N, C, H, W], got {tuple(x.shape)}")
+    if f is not None and (f.ndim not in (1, 2) or f.numel() == 0):
+        raise ValueError(f"upfirdn2d expects a non-empty [fw] or [fh, fw] filter, got shape {tuple(f.shape)}")
     upx, upy = parse_scaling(up)
     downx, downy = parse_scaling(down)
     padx0, padx1, pady0, pady1 = parse_padding(padding)
