@@ -4,14 +4,14 @@ slice-position conditioned) through `PatientSampler`, batched versus one slice p
     python -m benchmarks.bench_sampling                 # the `tiny` preset and the `auto` preset at 128²
     python -m benchmarks.bench_sampling --configs tiny --slices 64
 
-At `tiny` batching pays (per-call overhead dominates small convolutions: 2-3x); at 128² the
-convolutions are compute-bound per slice already, so batching gains little on a CPU -- and without
-the malloc settings below, batch 16 runs at about half the speed of batch 1, because glibc returns
-the large activation buffers to the kernel and faults them in again on every call (SCIENCE.md §6).
-Start the process with MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184
-MALLOC_TOP_PAD_=1073741824 for CPU figures that show the networks, not the allocator.
+At `tiny` batching pays (per-call overhead dominates small convolutions: ~3x); at 128² the
+convolutions are compute-bound per slice already, so batching gains little on a CPU -- and with
+glibc's default malloc settings batch 16 runs at about half the speed of batch 1, because large
+activation buffers are returned to the kernel and faulted in again on every call (SCIENCE.md §6).
+Like sample_patients.py on a CPU, the benchmark therefore keeps freed memory in the process
+(`training.cli_sample.keep_freed_memory`); --default-malloc measures without it.
 slices/CPU-s counts this process's CPU time (all threads): steadier than wall-clock slices/s when
-other processes compete for the cores.
+other processes compete for the cores (with 2 threads on a busy machine, also try --threads 1).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch
 
 from gan import build_generator
 from training.config import load_preset, resolve_config
+from training.cli_sample import keep_freed_memory
 from training.sampling import BaselineSlices, PatientSampler
 
 MODALITIES, LABELS = 4, 6
@@ -70,12 +71,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patient-slices", type=int, default=24, help="slices per patient (default: %(default)s)")
     parser.add_argument("--slices", type=int, default=None,
                         help="slices timed per measurement (default: 192 for tiny, 48 for 128)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (sample_patients.py changes them on a CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; untrained baseline generator, "
+    kept = False if args.default_malloc else keep_freed_memory()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'freed memory kept' if kept else 'default malloc'}; untrained baseline generator, "
           f"{MODALITIES} modalities + {LABELS} labels, {args.patient_slices} slices per patient")
     print(f"{'config':>8} {'res':>5} {'mode':>14} {'slices/s':>10} {'slices/CPU-s':>13}")
     for config in args.configs.split(","):

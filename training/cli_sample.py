@@ -3,6 +3,7 @@ an nnU-Net v2 raw dataset (imagesTr/, labelsTr/, dataset.json) with synthesis.js
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 
 from training.checkpoint import CheckpointError
@@ -81,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep large freed buffers in the process instead of returning them to the kernel
+    and faulting them in again on the next network call: measured on a 2-core CPU, batch-16 sampling
+    at 128² ran 2.1x faster (5.7 vs 2.7 slices per CPU-second) for about 1 GB more resident memory
+    (SCIENCE.md §6). Returns False where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's mallopt parameter numbers
+    return all(mallopt(param, value) == 1 for param, value in
+               ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 2**31 - 1), (m_top_pad, 1 << 30)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse argv (default sys.argv[1:]), sample, print a summary. Returns 0 on success; exits with
     2 on a usage error (bad arguments, refused directory, unusable or incompatible runs), 1 when the
@@ -91,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --gan RUN (baseline) or --mask-gan RUN --image-gan RUN (pair)")
     try:
         device = resolve_device(args.device)
+        if device.type == "cpu":
+            keep_freed_memory()
         source = load_source(args.gan, args.mask_gan, args.image_gan, device=device)
         gate = QualityGate(args.min_label_fraction, args.max_label_fraction, args.keep_empty)
         settings = SamplingSettings(source.pipeline, source.generators, args.patients, args.seed, args.psi,
