@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--append", action="store_true",
                       help="add --patients new patients to an existing synthetic dataset in DIR")
     mode.add_argument("--overwrite", action="store_true",
-                      help="replace imagesTr/, labelsTr/, dataset.json, synthesis.json and preview.png in DIR")
+                      help="replace imagesTr/, labelsTr/, dataset.json, synthesis.json and preview.png in DIR "
+                           "(only in a folder sample_patients.py wrote; other files are kept)")
     out.add_argument("--preview", action="store_true",
                      help="write DIR/preview.png: modalities and mask overlay of a few patients")
     out.add_argument("--preview-real", metavar="DATASET", default=None,
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="truncate only the first CUTOFF w layers; None: all layers")
     sampling.add_argument("--seed", type=int, default=0, help="random seed")
     sampling.add_argument("--slices", type=int, default=None,
-                          help="slices per patient; None: drawn from the training patients' slice counts")
+                          help="slices per patient; None: a stack length drawn from the training patients, less the "
+                               "end slices training dropped")
     sampling.add_argument("--batch", type=int, default=16, help="slices per generator call")
     sampling.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     gate = parser.add_argument_group(
