@@ -33,6 +33,7 @@ from torch import nn
 
 VARIANTS = ("baseline", "mask", "conditional")
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
+MASK_TO_D = ("raw", "softmax", "onehot-st")
 
 
 class StyleGAN2Loss:
@@ -51,16 +52,18 @@ class StyleGAN2Loss:
                  on_real_logits: Callable[[torch.Tensor], None] | None = None,
                  r1_gamma: float = 10.0, style_mixing_prob: float = 0.9, pl_weight: float = 2.0,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, label_channels: int = 0,
-                 mask_softmax: bool = False):
+                 mask_to_d: str = "raw"):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.G = G
         self.D = D
         self.variant = variant
         self.label_channels = label_channels
-        self.mask_softmax = mask_softmax
-        if mask_softmax and variant != "conditional" and label_channels < 2:
-            raise ValueError("mask_softmax needs label_channels >= 2 for mask-producing variants")
+        if mask_to_d not in MASK_TO_D:
+            raise ValueError(f"mask_to_d must be one of {MASK_TO_D}, got {mask_to_d!r}")
+        if mask_to_d != "raw" and variant != "conditional" and label_channels < 2:
+            raise ValueError(f"mask_to_d={mask_to_d!r} needs label_channels >= 2")
+        self.mask_to_d = mask_to_d
         self.augment = augment
         self.on_real_logits = on_real_logits
         self.r1_gamma = r1_gamma
@@ -97,19 +100,24 @@ class StyleGAN2Loss:
     def fake_pair(self, gen_out: torch.Tensor, gen_mask: torch.Tensor | None) -> torch.Tensor:
         """What D sees for a fake: G's output, ⊕ the conditioning mask for ``conditional``.
 
-        With ``mask_softmax`` the L generated mask channels are shown to D as softmax * 2 - 1:
-        real masks are exactly one-hot in {-1, 1}, and unbounded generated channels would let D
-        tell real from fake by the values alone (the mask-producing variants then collapse);
-        the softmax puts fakes on the same simplex and can approach one-hot.  The argmax, and
-        so the decoded mask, is unchanged.
+        Real masks are exactly one-hot in {-1, 1}; shown raw, generated channels let D tell
+        real from fake by their values alone, D wins and the mask-producing variants collapse.
+        ``mask_to_d`` picks what D sees of the L generated mask channels:
+        "raw"; "softmax" (softmax * 2 - 1: on the simplex, approaching one-hot); "onehot-st"
+        (straight-through: the one-hot of the argmax in the forward pass, exactly like a real
+        mask, with the softmax's gradient in the backward pass).  The decoded mask (argmax) is
+        the same in all three.
         """
         if self.variant == "conditional":
             return torch.cat([gen_out, gen_mask], dim=1)
-        if not self.mask_softmax:
+        if self.mask_to_d == "raw":
             return gen_out
         split = gen_out.shape[1] - self.label_channels
-        masks = torch.softmax(gen_out[:, split:], dim=1) * 2 - 1
-        return torch.cat([gen_out[:, :split], masks], dim=1)
+        probs = torch.softmax(gen_out[:, split:], dim=1)
+        if self.mask_to_d == "onehot-st":
+            onehot = F.one_hot(probs.argmax(1), self.label_channels).permute(0, 3, 1, 2).to(probs.dtype)
+            probs = onehot + (probs - probs.detach())     # exactly one-hot forward, softmax backward
+        return torch.cat([gen_out[:, :split], probs * 2 - 1], dim=1)
 
     def real_pair(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """What D sees for a real: image ⊕ mask (baseline, conditional) or the mask (mask)."""

@@ -150,7 +150,8 @@ def test_unknown_variant_and_phase_are_refused():
 
 
 @pytest.mark.parametrize("variant", ["baseline", "mask"])
-def test_generated_masks_reach_d_on_the_one_hot_simplex(variant):
+@pytest.mark.parametrize("mode", ["softmax", "onehot-st"])
+def test_generated_masks_reach_d_on_the_one_hot_simplex(variant, mode):
     seen = []
 
     class RecordingD(TinyD):
@@ -161,7 +162,7 @@ def test_generated_masks_reach_d_on_the_one_hot_simplex(variant):
     d_in = M + L if variant == "baseline" else L
     G = TinyG(variant)
     loss = StyleGAN2Loss(G, RecordingD(d_in), variant, style_mixing_prob=0.0,
-                         label_channels=L, mask_softmax=True)
+                         label_channels=L, mask_to_d=mode)
     img, mask, c, z = _batch()
     loss.accumulate_gradients("Gmain", img, mask, c, z, c, None, gain=1.0)
     fake_masks = seen[0][:, -L:]
@@ -169,5 +170,8 @@ def test_generated_masks_reach_d_on_the_one_hot_simplex(variant):
     assert torch.allclose(fake_masks.sum(1), torch.full_like(fake_masks[:, 0], 2.0 - L), atol=1e-5)
     raw = G.synthesis(G.mapping(z, c))                     # same argmax as the raw output
     assert torch.equal(fake_masks.argmax(1), raw[:, -L:].argmax(1))
+    if mode == "onehot-st":                                # exactly one-hot, like real masks
+        assert set(torch.unique(fake_masks).tolist()) == {-1.0, 1.0}
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
     if variant == "baseline":
         assert torch.equal(seen[0][:, :M], raw[:, :M])      # image channels pass unchanged

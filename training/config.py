@@ -45,7 +45,7 @@ class LossConfig:
     pl_decay: float = 0.01              # running-mean decay of the path length
     pl_batch_shrink: int = 2            # PL evaluated on batch / shrink samples
     style_mixing_prob: float = 0.9
-    mask_softmax: bool = True           # D sees generated mask channels as softmax * 2 - 1
+    mask_to_d: str = "onehot-st"        # generated masks as D sees them: raw | softmax | onehot-st
 
 
 @dataclass

@@ -272,7 +272,7 @@ class GanTrainer:
                                   pl_batch_shrink=cfg.loss.pl_batch_shrink,
                                   pl_decay=cfg.loss.pl_decay,
                                   label_channels=self.data.label_channels,
-                                  mask_softmax=cfg.loss.mask_softmax)
+                                  mask_to_d=cfg.loss.mask_to_d)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, "G_ema": self.G_ema, "D": self.D}
