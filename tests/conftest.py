@@ -3,7 +3,8 @@
 Triton's interpreter must be switched on before triton is first imported, so that the fused-kernel
 parity tests run on CPU tensors on machines without a GPU (CI included). Caches that stages write
 outside a test's own tmp_path (the default phantom dataset, slice caches of read-only datasets) go
-to one temporary folder per test session, never to the user's ~/.cache.
+to one temporary XDG cache folder per test session, never to the user's ~/.cache nor to a
+``$STYLEPAIR_CACHE_DIR`` the user set (datasets under tmp_path keep their cache beside them).
 """
 import atexit
 import os
@@ -15,6 +16,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-if "STYLEPAIR_CACHE_DIR" not in os.environ:
-    os.environ["STYLEPAIR_CACHE_DIR"] = tempfile.mkdtemp(prefix="stylepair-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["STYLEPAIR_CACHE_DIR"], True)
+os.environ.pop("STYLEPAIR_CACHE_DIR", None)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="stylepair-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
