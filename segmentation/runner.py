@@ -109,9 +109,21 @@ def read_real(spec: DatasetSpec, config: StudyConfig, results: Path, full_check:
     modalities = list(spec.modalities) if spec.modalities is not None else None
     dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=modalities, check_voxels=full_check)
     s, path = config.splits, results / "splits" / f"{spec.name}.json"
-    if full_check or path.is_file():
-        return dataset, load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
-    return dataset, make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
+    try:
+        expected = make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
+        splits = load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction) \
+            if full_check or path.is_file() else expected
+    except ValueError as exc:  # too few patients for the folds, or a stored file for other patients
+        raise StudyDataError(f"dataset {spec.name!r}: {exc}") from None
+    if not splits.test:
+        raise StudyDataError(f"dataset {spec.name!r}: splits.test_fraction {s.test_fraction} of "
+                             f"{len(dataset.case_ids)} patients leaves no test patient")
+    if splits != expected:
+        # finished runs in this folder were tested on the stored splits: mixing them would be silent nonsense
+        raise StudyDataError(f"{path}: stored splits differ from those of the config (splits: n_folds "
+                             f"{s.n_folds}, seed {s.seed}, test_fraction {s.test_fraction}); use another "
+                             f"--results folder, or restore the settings the folder was made with")
+    return dataset, splits
 
 
 def load_real(spec: DatasetSpec, config: StudyConfig, results: Path) -> RealData:

@@ -114,6 +114,26 @@ def test_changed_config_is_not_silently_reused(micro_study, sources):
         run_study(micro_config(sources, "train.learning_rate=0.02"), results, device="cpu", progress=False, threads=1)
 
 
+@pytest.mark.parametrize("override", ["splits.seed=7", "splits.test_fraction=0.5", "splits.n_folds=3"])
+def test_changed_splits_in_a_used_results_folder_are_refused(micro_study, sources, override, capsys):
+    from segmentation.cli_study import main
+
+    _, results, _ = micro_study
+    with pytest.raises(StudyDataError, match="stored splits differ from those of the config"):
+        runner.plan_runs(micro_config(sources, override), results)
+    arms = json.dumps([{"name": name, "folder": str(folder)} for name, folder in sources.items()])
+    with pytest.raises(SystemExit) as exit_info:  # also a dry run: a clear error, no traceback
+        main([str(MICRO), "--results", str(results), "--dry-run", "--set", f"arms={arms}", "--set", override])
+    assert exit_info.value.code == 2 and "stored splits differ" in capsys.readouterr().err
+
+
+def test_splits_without_test_patients_are_refused(sources, tmp_path):
+    config = micro_config(sources, "splits.test_fraction=0.05")  # 0.05 x 8 patients rounds to none
+    with pytest.raises(StudyDataError, match="leaves no test patient"):
+        run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
 def test_shards_reproduce_the_unsharded_study(micro_study, sources, tmp_path):
     config, results, summary = micro_study
     shards = [run_study(config, tmp_path, i, 2, device="cpu", progress=False, threads=1) for i in range(2)]
