@@ -234,6 +234,7 @@ def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> in
         ckpt.atomic_write_text(run_dir / "metrics_floor.json", json.dumps(floor, indent=1) + "\n")
     result = trainer.train()
     if ctx.is_main:
-        print(f"{'stopped' if result.interrupted else 'finished'} at {result.nimg / 1000:.3f} kimg; "
-              f"snapshot {result.snapshot}", file=sys.stderr)
+        where = f"; snapshot {result.snapshot}" if result.snapshot is not None else " (nothing left to train)"
+        print(f"{'stopped' if result.interrupted else 'finished'} at {result.nimg / 1000:.3f} kimg{where}",
+              file=sys.stderr)
     return 130 if result.interrupted else 0
