@@ -15,7 +15,7 @@ The five stages run through the same entry points a user calls (each printed bef
    foreground and for the smallest class (tumour core), where synthetic data can matter.
 
 Every stage reuses what an earlier, interrupted demo already finished in ``--out``; ``--fresh``
-starts over.  About 10 minutes on a 2-core CPU with the defaults; ``--quick`` (smaller patients,
+starts over.  About 5 minutes on a 2-core CPU with the defaults; ``--quick`` (smaller patients,
 two folds, a few U-Net steps) takes about 15 seconds and only shows that everything runs.
 """
 from __future__ import annotations

@@ -18,9 +18,13 @@ from gan.ops.upfirdn2d import Padding
 
 
 def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-    """1 / sqrt(sum over (in, kh, kw) of (w * s)^2 + 1e-8): [O, I, kh, kw] x [N, I] -> [N, O]."""
-    w = weight.unsqueeze(0) * styles.reshape(styles.shape[0], 1, -1, 1, 1)  # [N, O, I, kh, kw]
-    return (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    """1 / sqrt(sum over (in, kh, kw) of (w * s)^2 + 1e-8): [O, I, kh, kw] x [N, I] -> [N, O].
+
+    The sum factorises as sum_i s[n, i]^2 * sum_(kh, kw) w[o, i]^2, a [N, I] x [I, O] product:
+    no per-sample [N, O, I, kh, kw] weight is built.
+    """
+    assert weight.ndim == 4 and styles.shape == (styles.shape[0], weight.shape[1])
+    return (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8).rsqrt()
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
