@@ -397,8 +397,11 @@ def test_quality_gate_reasons():
 
 
 def save_run(run_dir: Path, variant: str, cond: str = "slice-position", resolution: int = RES,
-             label_names=LABEL_NAMES, seed: int = 0, drop_end_slices: int = 0) -> Path:
-    """A training run with one snapshot of an untrained tiny generator, in the checkpoint format."""
+             label_names=LABEL_NAMES, seed: int = 0, drop_end_slices: int = 0, raw_seed: int | None = None) -> Path:
+    """A training run with one snapshot of an untrained tiny generator, in the checkpoint format.
+
+    G_ema is built with `seed`; with raw_seed the snapshot also holds a training generator G built
+    with that seed (other weights than G_ema)."""
     c_dim = 1 if cond == "slice-position" else 0
     network = tiny_network(c_dim, resolution)
     config = TrainConfig(variant=variant, cond=cond, resolution=resolution, network=network,
@@ -409,7 +412,10 @@ def save_run(run_dir: Path, variant: str, cond: str = "slice-position", resoluti
                        label_names=list(label_names), resolution=resolution,
                        intensity=[{"lo": 0.0, "hi": 1000.0}] * len(MODALITIES), affine=affine,
                        spacing=[2.0, 2.0, 3.0], slices_per_patient=SLICE_COUNTS)
-    content = SnapshotContent(tensors={"G_ema": G.state_dict()},
+    tensors = {"G_ema": G.state_dict()}
+    if raw_seed is not None:
+        tensors["G"] = tiny_generator(variant, c_dim, seed=raw_seed, resolution=resolution).state_dict()
+    content = SnapshotContent(tensors=tensors,
                               documents={"config": config_to_dict(config), "dataset": dataclasses.asdict(data),
                                          "progress": {"nimg": 2000}})
     write_snapshot(run_dir, 2000, content)
@@ -485,6 +491,38 @@ def test_cli_pair_writes_dataset_synthesis_record_and_preview(tmp_path, runs, ca
         cli_main(["--gan", str(runs["baseline"]), "--patients", "2", "--out", str(out), "--quiet"])
     assert exit_info.value.code == 2
     assert "--append" in capsys.readouterr().err
+
+
+def test_sources_sample_the_ema_generator(tmp_path):
+    run = save_run(tmp_path / "run", "baseline", seed=0, raw_seed=5)
+    source = load_source(gan=run)
+    ema, raw = tiny_generator("baseline", 1, seed=0), tiny_generator("baseline", 1, seed=5)
+    loaded = source.slices.generator.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in ema.state_dict().items())
+    assert not all(torch.equal(loaded[k], v) for k, v in raw.state_dict().items())
+    (generator,) = source.generators
+    assert generator.checkpoint.endswith("G_ema.safetensors")
+    manifest = json.loads((Path(generator.checkpoint).parent / "manifest.json").read_text())
+    assert generator.sha256 == manifest["files"]["G_ema.safetensors"]
+
+
+def test_cli_truncation_psi_and_cutoff_reach_the_generator(tmp_path, runs):
+    """psi 0 on every layer maps every slice of every patient to w_avg (one image); a cutoff keeps the
+    later layers' own w, so slices differ again."""
+    def sample(name: str, *truncation: str) -> np.ndarray:
+        argv = ["--gan", str(runs["baseline"]), "--patients", "2", "--slices", "3", "--out", str(tmp_path / name),
+                "--keep-empty", "--quiet", "--device", "cpu", *truncation]
+        assert cli_main(argv) == 0
+        files = sorted((tmp_path / name / "imagesTr").glob("SYN_*_0000.nii.gz"))
+        assert len(files) == 2
+        return np.concatenate([np.asarray(nib.load(f).dataobj) for f in files], axis=-1)  # [X, Y, 2 x 3 slices]
+
+    full = sample("psi0", "--psi", "0")
+    np.testing.assert_allclose(full, np.broadcast_to(full[..., :1], full.shape), rtol=0, atol=1e-3)
+    cut = sample("psi0_cutoff2", "--psi", "0", "--cutoff", "2")
+    assert np.abs(cut - cut[..., :1]).max() > 1.0
+    untruncated = sample("psi1")
+    assert np.abs(untruncated - untruncated[..., :1]).max() > 1.0
 
 
 def test_cli_names_the_problem_on_bad_input(tmp_path, runs, capsys):
