@@ -191,3 +191,66 @@ def test_ema_update_follows_the_half_life_with_ramp_up(phantoms, tmp_path):
     assert torch.allclose(ema, param.detach() + beta * (before - param.detach()), atol=1e-6)
     for b_ema, b in zip(trainer.G_ema.buffers(), trainer.G.buffers()):
         assert torch.equal(b_ema, b)           # buffers are copied, not averaged
+
+
+def test_lazy_regularisation_schedule_and_adam_correction(phantoms, tmp_path):
+    from training.cli_train import build_config, build_parser
+    from training.loop import GanTrainer, Phase, build_phases, open_training_data
+
+    args = build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms])
+    cfg = build_config(args, num_processes=1)
+    assert build_phases(cfg) == [Phase("Gmain", "G", 1), Phase("Greg", "G", 4),
+                                 Phase("Dmain", "D", 1), Phase("Dreg", "D", 16)]
+    trainer = GanTrainer(cfg, tmp_path / "run", open_training_data(cfg), tensorboard=False)
+    for network, k in (("G", 4), ("D", 16)):            # StyleGAN2: lr and betas scaled by k / (k + 1)
+        group = trainer.opt[network].param_groups[0]
+        assert group["lr"] == pytest.approx(0.0025 * k / (k + 1))
+        assert group["betas"] == pytest.approx((0.0, 0.99 ** (k / (k + 1))))
+    off = build_config(build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms,
+                                                         "--pl-weight", "0", "--gamma", "0"]), 1)
+    assert [p.name for p in build_phases(off)] == ["Gboth", "Dboth"]
+    assert GanTrainer(off, tmp_path / "off", open_training_data(off),
+                      tensorboard=False).opt["G"].param_groups[0]["lr"] == pytest.approx(0.0025)
+
+
+def test_tensorboard_logs_losses_scores_p_timing_memory_metrics_and_grids(tmp_path, phantoms):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from training.data import PHANTOM_MODALITIES
+
+    run = tmp_path / "run"
+    with_tensorboard = [arg for arg in TINY if arg != "--no-tensorboard"]
+    assert main(with_tensorboard + ["--variant", "baseline", "--data", phantoms, "--out", str(run),
+                                    "--kimg", "0.008", "--metrics", "fid,kid",
+                                    "--metric-samples", "16"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("loss/G", "loss/D", "loss/r1", "loss/pl", "scores/real", "scores/fake", "augment/p",
+                "progress/kimg", "timing/sec_per_kimg", "resources/peak_memory_gb", "metrics/fid",
+                "metrics/kid_mean"):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert [e.step for e in events.Scalars("progress/kimg")] == [4, 8]
+    assert [e.step for e in events.Scalars("metrics/fid")] == [8]          # at the (final) snapshot
+    images = set(events.Tags()["images"])
+    assert {f"samples/{m}" for m in PHANTOM_MODALITIES} | {"samples/mask"} <= images
+    assert (run / "samples-000000008.png").is_file() and (run / "reals-latest.png").is_file()
+    floor = json.loads((run / "metrics_floor.json").read_text())     # real train vs held-out real
+    assert {"fid", "kid_mean"} <= set(floor) and floor["num_test_slices"] > 0
+
+
+def test_sample_grids_show_the_mask_as_a_colour_overlay():
+    from training.monitor import sample_grids
+
+    images = torch.linspace(-1, 1, 2 * 2 * 16 * 16).reshape(2, 2, 16, 16).numpy()
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[:, 4:8, 4:8] = 1
+    labels[:, 10:14, 10:14] = 2
+    grids = sample_grids(images, labels.numpy(), ["T1", "T2"], columns=2)
+    assert list(grids) == ["T1", "T2", "mask"]
+    factor = 96 // 16                                   # tiles are enlarged to >= 96 px
+    tile = grids["T1"][2:2 + 16 * factor, 2:2 + 16 * factor].astype(int)
+    background, structure = tile[0, 0], tile[5 * factor, 5 * factor]
+    assert background[0] == background[1] == background[2]          # image alone: grey
+    assert len(set(structure.tolist())) > 1                          # label 1: tinted
+    mask = grids["mask"][2:2 + 16 * factor, 2:2 + 16 * factor]
+    assert not mask[0, 0].any()                                      # background stays black
+    assert tuple(mask[5 * factor, 5 * factor]) != tuple(mask[11 * factor, 11 * factor])  # one colour per label
