@@ -29,6 +29,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stats_lines(run: Path) -> list[str]:
+    """The records of a run's stats.jsonl (one per tick)."""
+    return (run / "stats.jsonl").read_text().splitlines()
+
+
 def test_single_process_context_is_a_no_op():
     ctx = DistContext()
     t = torch.tensor([1.0, 2.0])
@@ -66,3 +71,4 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                                                                          (value - other).abs().max())
     assert a.documents["progress"]["augment_p"] == b.documents["progress"]["augment_p"]
     assert len(ckpt.list_snapshots(double)) == 1                  # rank 0 alone wrote snapshots
+    assert len(_stats_lines(double)) == len(_stats_lines(single)) == 2   # and logged, once per tick

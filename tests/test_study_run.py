@@ -238,3 +238,18 @@ def test_unusable_gan_run_is_named(tmp_path):
     config = micro_config({}, f"arms=[{{name: gan, gan: {tmp_path / 'no-such-run'}}}]", "k=[2]")
     with pytest.raises(StudyDataError, match="arm 'gan' \\(sampling into"):
         run_study(config, tmp_path / "results", device="cpu", progress=False, threads=1)
+
+
+def test_useless_source_is_reported_and_every_run_has_its_curves(micro_study):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from segmentation.runner import mean_dice_table, read_results
+
+    config, results, summary = micro_study
+    table = mean_dice_table(read_results(results))
+    for arm, k in (("real", 0), ("other", 2), ("other", 3), ("noise", 2), ("noise", 3)):
+        assert f"| phantom | all | {arm} | {k} | 2 | " in table, (arm, k, table)  # 2 folds each
+    for run in summary.runs:
+        events = EventAccumulator(str(results / "tensorboard" / run.run_id)).Reload()
+        assert {"train/loss", "val/mean_class_dice", "test/foreground_dice"} <= set(events.Tags()["scalars"])
+        assert len(events.Scalars("train/loss")) == config.train.iterations
