@@ -1,8 +1,14 @@
-"""The slice cache: contents, reuse, rebuild on change, atomic concurrent builds, views, torch."""
+"""The slice cache: contents, reuse, rebuild on change, atomic concurrent builds, views, torch,
+bounded memory while building and reading."""
 import dataclasses
+import json
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +178,48 @@ def test_unreadable_cache_is_rebuilt(dataset):
         again = open_slice_cache(dataset, CONFIG)
     assert again.path == cache.path
     np.testing.assert_array_equal(again.images, expected)
+
+
+# Runs in a fresh interpreter so that ru_maxrss (peak resident KiB on Linux) starts low: the deltas
+# measure what building and reading add, not what earlier tests left behind.
+_MEMORY_PROBE = textwrap.dedent("""
+    import json, resource, sys
+    from pathlib import Path
+    import numpy as np
+    from training.data import PreprocessConfig, load_dataset, open_slice_cache, preprocess_patient
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    root, cache_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    dataset = load_dataset(root)
+    config = PreprocessConfig(resolution=256)
+    preprocess_patient(dataset.patients[0], dataset.label_values, config)  # warm up torch's kernels
+    before_build = peak_mib()
+    cache = open_slice_cache(dataset, config, cache_dir=cache_dir)
+    after_build = peak_mib()
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        cache.select(rng.integers(0, len(cache), 4))
+    after_read = peak_mib()
+    print(json.dumps({"cache_mib": cache.images.nbytes / 2**20, "build_mib": after_build - before_build,
+                      "read_mib": after_read - after_build, "rows": len(cache)}))
+""")
+
+
+@pytest.mark.slow  # writes a 192 MiB cache and starts a fresh interpreter
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB only on Linux")
+def test_building_and_reading_do_not_hold_the_whole_dataset_in_memory(tmp_path):
+    # 24 patients x 8 slices x 4 modalities at 256^2 float32: 192 MiB of images, 8 MiB per patient.
+    root = write_phantom_dataset(tmp_path / "msd", n_patients=24, shape=(32, 32, 8), seed=0)
+    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(root), str(tmp_path / "cache")],
+                            capture_output=True, text=True, timeout=300, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["rows"] == 24 * 8 and measured["cache_mib"] == pytest.approx(192.0)
+    # The builder keeps one patient at a time (plain writes, no dirty memory map): ~45 MiB, whereas
+    # holding every patient would add at least the 192 MiB of the cache.
+    assert measured["build_mib"] < measured["cache_mib"] / 2, measured
+    # Four batches of 4 random rows map at most 16 of 192 rows (~45 MiB with the batch copies);
+    # reading the whole images array would add at least 192 MiB.
+    assert measured["read_mib"] < measured["cache_mib"] / 2, measured
