@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from training.data import Splits
+from training.data import Splits, load_dataset
 from training.data.cli import build_parser, main
 
 
@@ -15,6 +15,23 @@ def phantoms(tmp_path):
     return out
 
 
+def assert_label_voxels_and_intensity_ranges(root, text):
+    """Each label row shows the dataset's total voxel count of that label; each modality row of the
+    intensity table shows min <= p0.5 <= median <= p99.5 <= max over the foreground."""
+    dataset = load_dataset(root)
+    lines = text.splitlines()
+    for value, name in zip(dataset.label_values, dataset.label_names):
+        total = sum(p.stats.label_voxels.get(value, 0) for p in dataset.patients)
+        row = next(line.split() for line in lines if line.split()[1:3] == [str(value), name])
+        assert row[3] == f"{total:,}", row
+    table = lines.index(next(line for line in lines if line.startswith("intensity")))
+    for offset, modality in enumerate(dataset.modalities, start=2):
+        row = lines[table + offset].split()
+        assert row[0] == modality, row
+        numbers = [float(v) for v in row[1:]]
+        assert numbers == sorted(numbers) and numbers[0] < numbers[-1], row
+
+
 def test_inspect_prints_everything(phantoms, capsys):
     capsys.readouterr()
     assert main(["inspect", str(phantoms)]) == 0
@@ -23,6 +40,7 @@ def test_inspect_prints_everything(phantoms, capsys):
                      "labels      6 classes", "white_matter", "shapes      16x16x6 (3)",
                      "spacings    13.75x13.75x25 mm (3)", "FLAIR", "problems    none"):
         assert expected in text, text
+    assert_label_voxels_and_intensity_ranges(phantoms, text)
     assert main(["inspect", str(phantoms), "--per-patient"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-4].split()[:4] == ["case", "shape", "spacing", "(mm)"]
