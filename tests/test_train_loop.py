@@ -53,6 +53,11 @@ def test_auto_rules_and_override_errors():
     assert resolved.loss.r1_gamma == pytest.approx(0.0002 * 256 ** 2 / 16)   # 0.8192
     assert resolved.optim.g_lr == 0.0025 and resolved.ema_kimg == pytest.approx(5.0)
     assert resolve_config(cfg, num_processes=8).batch == 64
+    assert resolved.variant != "mask" and resolved.loss.pl_weight == 2.0
+    cfg.variant = "mask"
+    assert resolve_config(cfg).loss.pl_weight == 0.0          # path length hurts masks (measured)
+    apply_override(cfg, "loss.pl_weight", 1.5)
+    assert resolve_config(cfg).loss.pl_weight == 1.5          # an explicit weight is kept
     with pytest.raises(ConfigError, match="unknown key 'network.chanel_base'"):
         apply_override(cfg, "network.chanel_base", 4)
     with pytest.raises(ConfigError, match="expected an integer"):
@@ -197,7 +202,7 @@ def test_lazy_regularisation_schedule_and_adam_correction(phantoms, tmp_path):
     from training.cli_train import build_config, build_parser
     from training.loop import GanTrainer, Phase, build_phases, open_training_data
 
-    args = build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms])
+    args = build_parser().parse_args(TINY + ["--variant", "conditional", "--data", phantoms])
     cfg = build_config(args, num_processes=1)
     assert build_phases(cfg) == [Phase("Gmain", "G", 1), Phase("Greg", "G", 4),
                                  Phase("Dmain", "D", 1), Phase("Dreg", "D", 16)]
@@ -207,7 +212,7 @@ def test_lazy_regularisation_schedule_and_adam_correction(phantoms, tmp_path):
         assert group["lr"] == pytest.approx(0.0025 * k / (k + 1))
         assert group["betas"] == pytest.approx((0.0, 0.99 ** (k / (k + 1))))
     off = build_config(build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms,
-                                                         "--pl-weight", "0", "--gamma", "0"]), 1)
+                                                         "--gamma", "0"]), 1)   # mask: path length off by default
     assert [p.name for p in build_phases(off)] == ["Gboth", "Dboth"]
     assert GanTrainer(off, tmp_path / "off", open_training_data(off),
                       tensorboard=False).opt["G"].param_groups[0]["lr"] == pytest.approx(0.0025)

@@ -45,7 +45,7 @@ CONFIG_FLAGS = (
     ("--p", "augment.p", float, "augmentation probability (initial for ada, constant for fixed)"),
     ("--target", "augment.target", float, "ADA target for E[sign D(real)]"),
     ("--gamma", "loss.r1_gamma", float, "R1 weight gamma (None: auto 0.0002 r^2 / batch)"),
-    ("--pl-weight", "loss.pl_weight", float, "path-length regularisation weight (0: off)"),
+    ("--pl-weight", "loss.pl_weight", float, "path-length regularisation weight (0: off; None: auto = 2, 0 for the mask variant)"),
     ("--glr", "optim.g_lr", float, "G learning rate (None: auto)"),
     ("--dlr", "optim.d_lr", float, "D learning rate (None: auto)"),
     ("--metrics", "metrics", str, "metrics at snapshots, comma-separated: fid,kid,consistency "
