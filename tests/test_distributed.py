@@ -34,6 +34,16 @@ def _stats_lines(run: Path) -> list[str]:
     return (run / "stats.jsonl").read_text().splitlines()
 
 
+def torchrun_two_processes(args: list[str], cwd: Path) -> None:
+    """Run train_gan.py ``args`` as two Gloo processes on this CPU; fails the test on a non-zero exit."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "train_gan.py"), *args]
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_single_process_context_is_a_no_op():
     ctx = DistContext()
     t = torch.tensor([1.0, 2.0])
@@ -50,13 +60,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     data = str(write_phantom_dataset(tmp_path / "data", n_patients=3, shape=(32, 32, 8), seed=1))
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(ARGS + ["--data", data, "--out", str(single)]) == 0
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           str(REPO / "train_gan.py"), *ARGS, "--data", data, "--out", str(double)]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_processes(ARGS + ["--data", data, "--out", str(double)], tmp_path)
     a = ckpt.read_snapshot(ckpt.latest_good_snapshot(single))
     b = ckpt.read_snapshot(ckpt.latest_good_snapshot(double))
     assert b.documents["progress"]["world_size"] == 2 and b.documents["progress"]["nimg"] == 16
@@ -72,3 +76,23 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert a.documents["progress"]["augment_p"] == b.documents["progress"]["augment_p"]
     assert len(ckpt.list_snapshots(double)) == 1                  # rank 0 alone wrote snapshots
     assert len(_stats_lines(double)) == len(_stats_lines(single)) == 2   # and logged, once per tick
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_exactly(tmp_path):
+    from training.data import write_phantom_dataset
+
+    data = str(write_phantom_dataset(tmp_path / "data", n_patients=3, shape=(32, 32, 8), seed=1))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    torchrun_two_processes(ARGS + ["--data", data, "--out", str(straight)], tmp_path)
+    half = [a if a != "0.016" else "0.008" for a in ARGS]   # --kimg 0.016 -> 0.008: stop half way
+    torchrun_two_processes(half + ["--data", data, "--out", str(split)], tmp_path)
+    torchrun_two_processes(["--resume", str(split), "--kimg", "0.016", "--threads", "1", "--no-tensorboard"],
+                           tmp_path)
+    a = ckpt.read_snapshot(ckpt.latest_good_snapshot(straight))
+    b = ckpt.read_snapshot(ckpt.latest_good_snapshot(split))
+    assert b.documents["progress"]["world_size"] == 2 and b.documents["progress"]["nimg"] == 16
+    for name in ("G", "G_ema", "D", "optim_G", "optim_D"):
+        for key, value in a.tensors[name].items():
+            assert torch.equal(value, b.tensors[name][key]), (name, key)
+    assert a.documents["progress"]["augment_p"] == b.documents["progress"]["augment_p"]
