@@ -348,20 +348,38 @@ class PatientSampler:
 # Conversion to volumes
 
 
+# Real slices are exactly -1 in every modality outside the body (the preprocessing clips all that
+# lies below the window to -1); on the phantom slices no labelled voxel is below -0.9 in every
+# modality, while the generators only approach -1 there (-0.99 .. -0.95).
+BACKGROUND_LEVEL = -0.9
+
+
+def background_intensity(scale: IntensityScale) -> float:
+    """What the writer puts outside the body: 0 (the MR convention) or, for windows reaching below
+    0 (CT), the window's low end."""
+    return min(0.0, scale.lo)
+
+
 def to_volumes(images: torch.Tensor, labels: torch.Tensor, source: SourceDataset
                ) -> tuple[np.ndarray, np.ndarray]:
     """Stack slices into volumes in the real dataset's units.
 
     images [S, M, H, W] ~[-1, 1] -> float32 [M, H, W, S] in each modality's intensity range,
     clamped to [-1, 1] first: the range the training slices were clipped to, so values beyond it
-    are the generator's overshoot, not intensities it learned.
+    are the generator's overshoot, not intensities it learned.  Background-labelled voxels below
+    `BACKGROUND_LEVEL` in every modality are outside the body: they get `background_intensity`,
+    as in the real volumes.  Without this, readers that normalise over "voxels above the volume
+    minimum" or "non-zero voxels" (ours, nnU-Net) count the generator's near -1 background as
+    tissue and shift every synthetic intensity (by +0.2 on the phantoms' white matter).
     labels [S, H, W] indices in [0, L) -> [H, W, S] real label values (uint8, or int16 above 255).
     Slice k becomes the axial plane [..., k], the last (canonical RAS superior) axis.
     """
     S, M, H, W = images.shape
     assert labels.shape == (S, H, W) and M == len(source.modalities)
     stacked = images.clamp(-1.0, 1.0).permute(1, 2, 3, 0).numpy()  # [M, H, W, S]
-    volume = np.stack([source.intensity[m].to_intensity(stacked[m]) for m in range(M)])
+    outside = (stacked.max(axis=0) <= BACKGROUND_LEVEL) & (labels.permute(1, 2, 0).numpy() == 0)  # [H, W, S]
+    volume = np.stack([np.where(outside, background_intensity(source.intensity[m]),
+                                source.intensity[m].to_intensity(stacked[m])) for m in range(M)])
     dtype = np.uint8 if max(source.label_values) <= 255 else np.int16
     lookup = np.asarray(source.label_values, dtype=dtype)
     label_volume = lookup[labels.permute(1, 2, 0).numpy()]  # [H, W, S]
