@@ -191,9 +191,13 @@ def _findings(context: _Context) -> list[str]:
     order = list(np.argsort(comparison.mean_rank, kind="stable"))
     best, worst = order[0], order[-1]
     mentioned = {context.baseline}
-    if best == context.baseline:
-        sentences.append(f"{describe_condition(table, best, context.baseline)} ranked best "
-                         f"(mean rank {comparison.mean_rank[best]:.2f}): no synthetic condition improved on it.")
+    baseline_rank = comparison.mean_rank[context.baseline]
+    if np.isclose(baseline_rank, comparison.mean_rank[best]):  # the baseline is best, alone or tied
+        tied = [j for j in order if j != context.baseline and np.isclose(comparison.mean_rank[j], baseline_rank)]
+        with_ = "".join(f", tied with {describe_condition(table, j, context.baseline)}" for j in tied)
+        sentences.append(f"{describe_condition(table, context.baseline, context.baseline)} ranked best "
+                         f"(mean rank {baseline_rank:.2f}){with_}: no synthetic condition improved on it.")
+        mentioned.update(tied)
     else:
         lead = (f"{describe_condition(table, best, context.baseline)} ranked best "
                 f"(mean rank {comparison.mean_rank[best]:.2f})")

@@ -188,6 +188,21 @@ def test_findings_sentence_for_a_best_condition_that_is_not_significant(tmp_path
     assert not comparison.significant_vs_control().any()
 
 
+def test_findings_sentence_for_a_condition_tied_with_the_best_baseline():
+    scores = {"real": [0.9, 0.5, 0.8, 0.7], "pair +6": [0.8, 0.9, 0.7, 0.8], "pair +24": [0.1, 0.2, 0.3, 0.2]}
+    rows = rows_of([(f"d{b}", 0, label.split(" +")[0], int(label.split(" +")[1]) if " +" in label else 0,
+                     "c1", "foreground", value, 1.0)
+                    for label, values in scores.items() for b, value in enumerate(values)])
+    table = drop_incomplete_blocks(build_score_table(COLUMNS, rows, ScoreTableConfig()))
+    baseline = table.condition_index("real")
+    comparison = compare_conditions(table.scores, control=baseline)
+    assert dict(zip(table.condition_labels, comparison.mean_rank)) == {"real": 1.5, "pair +6": 1.5, "pair +24": 3.0}
+    sentences = findings(table, comparison, baseline)
+    assert ("Real-only ranked best (mean rank 1.50), tied with adding 6 synthetic patients from the pair "
+            "generator: no synthetic condition improved on it.") in sentences
+    assert not any("not significantly worse" in s and "ranked best" in s for s in sentences)
+
+
 def test_infinite_distances_rank_last_for_lower_is_better():
     rows = rows_of([(f"d{b}", 0, arm, k, "c1", "foreground", 0.5, value)
                     for b in range(4) for arm, k, value in (("real", 0, 5.0), ("pair", 10, 2.0), ("noise", 10, "inf"))])
