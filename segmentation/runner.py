@@ -133,13 +133,17 @@ def load_real(spec: DatasetSpec, config: StudyConfig, results: Path) -> RealData
 
 
 def check_compatible(real: Dataset, synthetic: Dataset, folder: Path) -> None:
-    """StudyDataError naming ``folder`` when its channels or label values differ from the real data."""
+    """StudyDataError naming ``folder`` when its channels, label values or label names differ from the real data."""
     if list(synthetic.modalities) != list(real.modalities):
         raise StudyDataError(f"{folder}: synthetic channels {synthetic.modalities} differ from the real dataset "
                              f"{real.name!r} channels {real.modalities} (names and order must match)")
     if list(synthetic.label_values) != list(real.label_values):
         raise StudyDataError(f"{folder}: synthetic label values {synthetic.label_values} differ from the real "
                              f"dataset {real.name!r} label values {real.label_values}")
+    if list(synthetic.label_names) != list(real.label_names):
+        # same numbers, other meanings: per-class Dice would compare different structures
+        raise StudyDataError(f"{folder}: synthetic label names {synthetic.label_names} differ from the real "
+                             f"dataset {real.name!r} label names {real.label_names}")
 
 
 def load_synthetic(arm: ArmSpec, folder: Path, real: RealData, needed: int, cache_dir: Path | None = None

@@ -182,6 +182,17 @@ def test_synthetic_folder_with_other_channels_is_refused(sources, tmp_path):
         prepare_data(config, runs, tmp_path)
 
 
+def test_synthetic_folder_with_other_label_names_is_refused(sources, tmp_path):
+    bad = write_noise_dataset(tmp_path / "renamed", n_patients=4)
+    meta = json.loads((bad / "dataset.json").read_text())
+    meta["labels"] = {("tumour" if name == "core" else name): value for name, value in meta["labels"].items()}
+    atomic_write_json(bad / "dataset.json", meta)
+    config = micro_config({"renamed": bad})
+    runs = runner.plan_runs(config, tmp_path)[0]
+    with pytest.raises(StudyDataError, match=r"renamed: synthetic label names \[.*'tumour'\] differ"):
+        prepare_data(config, runs, tmp_path)
+
+
 def test_too_few_synthetic_patients_is_refused(sources, tmp_path):
     config = micro_config({"other": sources["other"]}, 'k=["2x"]')  # needs 6, the folder holds 4
     runs = runner.plan_runs(config, tmp_path)[0]
