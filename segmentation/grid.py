@@ -7,12 +7,36 @@ report's conditions (arm, k) line up across folds.  Duplicate (arm, k) pairs aft
 (e.g. k: [4, "1x"] with n = 4) and k = 0 for synthetic arms (that is the baseline) are dropped.
 The order is deterministic (dataset, fold, repeat, n, arm, k as written in the config), and a
 run's id does not depend on the order or on which other runs exist, so shards and re-runs agree.
+
+Seeds (`SEED_SCHEME` 2): a *block* is one (dataset, fold, repeat); the statistics treat blocks as
+independent and compare arms within a block.  So every block derives its own seed from (study
+seed, dataset, fold, repeat) -- its initial weights, slice order, augmentation and synthetic
+subsets differ from every other block's -- and every arm of a block shares it (paired runs).
+Scheme 1 (seed = study seed + repeat, the same in every fold) made the folds of a repeat
+correlated, and the tests on them invented effects; results made with it are refused.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from segmentation.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, resolve_k
+
+SEED_SCHEME = 2
+
+
+def name_code(name: str) -> int:
+    """A stable 32-bit number for a name (dataset, arm) to mix into seeds."""
+    return zlib.crc32(name.encode())
+
+
+def block_seed(study_seed: int, dataset: str, fold: int, repeat: int) -> int:
+    """The run seed of block (dataset, fold, repeat): in [0, 2^31), distinct blocks get unrelated
+    seeds (a hash of all four), and no arm or k enters it."""
+    entropy = [study_seed, name_code(dataset), fold, repeat, SEED_SCHEME]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -21,7 +45,7 @@ class Run:
 
     n_real: real training patients used (after subsampling); n_real_requested: the config entry
     (None = all patients of the fold); n_synthetic: synthetic patients added (0 for ``real``);
-    seed: the run's seed (config seed + repeat, shared by all arms of a repeat).
+    seed: the run's seed, `block_seed` of its (dataset, fold, repeat), shared by all arms of the block.
     """
 
     dataset: str
@@ -64,7 +88,7 @@ def expand_grid(config: StudyConfig, train_sizes: dict[tuple[str, int], int]) ->
 def _runs_of_cell(config: StudyConfig, dataset: str, fold: int, repeat: int, n_real: int,
                   requested: int | None, k_base: int) -> list[Run]:
     """The runs of one (dataset, fold, repeat, n): the baseline, then each arm x distinct k > 0."""
-    seed = config.seed + repeat
+    seed = block_seed(config.seed, dataset, fold, repeat)
     cell = []
     if config.baseline:
         cell.append(Run(dataset, fold, repeat, BASELINE_ARM, 0, n_real, requested, seed))
@@ -99,9 +123,9 @@ def max_synthetic(runs: list[Run], arm: str) -> int:
 
 def describe_grid(runs: list[Run]) -> str:
     """The grid as text: one line per run, then the counts per factor."""
-    lines = [f"{'run_id':<40} {'dataset':<12} {'fold':>4} {'rep':>3} {'arm':<14} {'k':>4} {'n':>4} {'seed':>5}"]
+    lines = [f"{'run_id':<40} {'dataset':<12} {'fold':>4} {'rep':>3} {'arm':<14} {'k':>4} {'n':>4} {'seed':>10}"]
     lines += [f"{r.run_id:<40} {r.dataset:<12} {r.fold:>4} {r.repeat:>3} {r.arm:<14} {r.n_synthetic:>4} "
-              f"{r.n_real:>4} {r.seed:>5}" for r in runs]
+              f"{r.n_real:>4} {r.seed:>10}" for r in runs]
     factors = {"datasets": {r.dataset for r in runs}, "folds": {r.fold for r in runs},
                "repeats": {r.repeat for r in runs}, "arms": {r.arm for r in runs},
                "k values": {r.n_synthetic for r in runs}, "n values": {r.n_real for r in runs}}

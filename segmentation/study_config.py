@@ -5,8 +5,9 @@ real patients.  The YAML has these top-level keys (every one optional except ``d
 keys anywhere are errors naming the key)::
 
     name: micro                    # default: the file name without .yaml
-    seed: 0                        # run seed = seed + repeat (identical across arms: paired runs)
-    repeats: 1                     # independent repeats of every (dataset, fold, arm, k, n)
+    seed: 0                        # study seed: each block (dataset, fold, repeat) derives its own
+                                   # run seed from it, shared by the arms of the block (paired runs)
+    repeats: 1                     # independent repeats of every (dataset, fold, arm, k, n): more blocks
     datasets:                      # real datasets (MSD, nnU-Net v2 or folder-per-patient)
       - name: phantom
         path: phantoms             # a folder, or the word "phantoms" = training.data.default_phantom_dataset
@@ -19,12 +20,14 @@ keys anywhere are errors naming the key)::
     arms:                          # synthetic sources, each a folder or a GAN run
       - {name: pair, folder: synthetic/pair}
       - {name: gan, gan: checkpoints/run, mask_gan: null, psi: 0.7, patients: null}
+      - {name: oracle, control: oracle}   # built-in controls: oracle (phantoms only), noise, shuffled
     k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x"; for
                                    # n_real null, n = the dataset's smallest training fold)
     n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
-    train: {iterations: 2000, batch_size: 16, learning_rate: 0.001, ...}   # see `TrainConfig`
+    train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `TrainConfig`
     metrics: [dice, hd95]
+    empty_class: exclude           # a class absent from a test patient's reference: exclude | score
 
 The preprocessing's slice-selection fields (drop_end_slices, drop_empty_slices, ...) only concern
 GAN training: the study trains on every slice of its training patients and tests whole volumes.
@@ -49,6 +52,10 @@ from training.data import PreprocessConfig, load_preprocess_config, preprocess_c
 
 PHANTOMS = "phantoms"
 METRICS = ("dice", "hd95")
+CONTROLS = ("oracle", "noise", "shuffled")
+BUDGETS = ("steps", "epochs")
+VALIDATIONS = ("fold", "own", "none")
+EMPTY_CLASS = ("exclude", "score")
 BASELINE_ARM = "real"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MULTIPLE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
@@ -82,10 +89,15 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class ArmSpec:
     """One synthetic source.  Exactly one of ``folder`` (an nnU-Net v2 raw dataset, as
-    ``sample_patients.py`` writes) or ``gan`` (a GAN run directory sampled with ``psi``) is set.
+    ``sample_patients.py`` writes), ``gan`` (a GAN run directory sampled with ``psi``) or
+    ``control`` (a built-in control arm, `segmentation.controls`) is set.
 
     mask_gan: the mask generator run of a two-stage pair (with ``gan`` = the image generator);
-    patients: how many patients to sample from a GAN (default: the largest k the grid needs).
+    patients: how many patients to sample from a GAN (default: enough for every block to draw its
+    own subset); control: "oracle" (fresh phantom patients of unseen seeds: the ideal synthetic
+    data; phantom datasets only), "noise" (random images with random label maps) or "shuffled"
+    (the run's real training images with another training patient's labels).  The report expects
+    the oracle better than real-only and the other two not better, and warns when they are not.
     """
 
     name: str
@@ -94,15 +106,20 @@ class ArmSpec:
     mask_gan: str | None = None
     psi: float = 1.0
     patients: int | None = None
+    control: str | None = None
 
     @property
     def kind(self) -> str:
-        """"folder" or "gan": where the patients come from."""
+        """"folder", "gan" or "control": where the patients come from."""
+        if self.control is not None:
+            return "control"
         return "folder" if self.folder is not None else "gan"
 
     @property
     def source(self) -> str:
         """A short description of where the patients come from (the ``source`` column)."""
+        if self.control is not None:
+            return f"control:{self.control}"
         if self.folder is not None:
             return f"folder:{self.folder}"
         return f"gan:{self.gan}" + (f"+mask:{self.mask_gan}" if self.mask_gan else "") + f"@psi={self.psi:g}"
@@ -156,15 +173,26 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation budget, identical for every run of a study.
+    """The optimisation budget, the batch mix and the validation policy of every run.
 
-    iterations x batch_size slices are drawn uniformly with replacement from the pooled training
-    slices (real + synthetic), so adding synthetic patients changes what is seen, never how much.
-    val_every: iterations between validations on the real validation patients (mean Dice over the
-    non-background classes of their volumes); the best validation state is the one tested.  patience: validations
-    without improvement before stopping early (None: run the whole budget).
+    budget "steps": every run takes ``iterations`` steps of ``batch_size`` slices, so adding
+    synthetic patients changes what is seen, never how much (large k then gets fewer passes over
+    each patient); "epochs": a run takes ceil(epochs x its own training slices / batch_size) steps,
+    so every slice is seen about ``epochs`` times (large k then costs more steps).
+    real_fraction: None draws every slice uniformly from the pooled real + synthetic slices (k sets
+    the mix); a number in (0, 1) fixes the share of real slices in every batch of a run that has
+    synthetic patients (the mix and k become separate choices).
+    validation: "fold" scores the fold's real validation patients every ``val_every`` steps and
+    tests the best state (those patients are labelled data that the run does not train on);
+    "own" scores the run's own real training patients instead (no extra labelled patient selects
+    the model); "none" tests the last weights of the fixed budget.  patience: validations without
+    improvement before stopping early (None: run the whole budget; needs validation).
     """
 
+    budget: str = "steps"
+    epochs: float | None = None
+    real_fraction: float | None = None
+    validation: str = "fold"
     iterations: int = 2000
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -177,7 +205,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A whole study; see the module docstring for the YAML."""
+    """A whole study; see the module docstring for the YAML.
+
+    empty_class: how a test patient whose reference lacks a class scores for that class: "exclude"
+    (no Dice / HD95 for that patient and class; the report counts them) or "score" (Dice 1 when
+    nothing is predicted either, 0 for a false detection; `segmentation.evaluation`).
+    """
 
     name: str
     datasets: tuple[DatasetSpec, ...]
@@ -191,6 +224,7 @@ class StudyConfig:
     unet: UNetConfig = UNetConfig()
     train: TrainConfig = TrainConfig()
     metrics: tuple[str, ...] = METRICS
+    empty_class: str = "exclude"
 
     def dataset(self, name: str) -> DatasetSpec:
         """The dataset called ``name`` (KeyError when absent)."""
@@ -330,10 +364,12 @@ class _Reader:
         self.name(spec.name, f"{key}.name")
         if spec.name == BASELINE_ARM:
             raise self.fail(f"{key}.name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
-        if (spec.folder is None) == (spec.gan is None):
-            raise self.fail(key, f"arm {spec.name!r} needs exactly one of 'folder' or 'gan'")
-        if spec.folder is not None and (spec.mask_gan is not None or spec.patients is not None):
+        if sum(x is not None for x in (spec.folder, spec.gan, spec.control)) != 1:
+            raise self.fail(key, f"arm {spec.name!r} needs exactly one of 'folder', 'gan' or 'control'")
+        if spec.gan is None and (spec.mask_gan is not None or spec.patients is not None):
             raise self.fail(key, f"arm {spec.name!r}: mask_gan / patients only apply to a 'gan' source")
+        if spec.control is not None and spec.control not in CONTROLS:
+            raise self.fail(f"{key}.control", f"unknown control {spec.control!r}; choose from {list(CONTROLS)}")
         if not 0.0 <= spec.psi <= 2.0:
             raise self.fail(f"{key}.psi", f"truncation psi must lie in [0, 2], got {spec.psi}")
         return spec
@@ -415,6 +451,25 @@ def _check(config: StudyConfig, read: _Reader) -> None:
     train = config.train
     if train.iterations < 1 or train.batch_size < 1 or train.val_every < 1 or train.learning_rate <= 0:
         raise read.fail("train", "iterations, batch_size, val_every must be >= 1 and learning_rate > 0")
+    for key, value, allowed in (("train.budget", train.budget, BUDGETS), ("train.validation", train.validation,
+                                VALIDATIONS), ("empty_class", config.empty_class, EMPTY_CLASS)):
+        if value not in allowed:
+            raise read.fail(key, f"choose from {list(allowed)}, got {value!r}")
+    if (train.budget == "epochs") != (train.epochs is not None):
+        raise read.fail("train.epochs", "set epochs (> 0) exactly when budget is 'epochs'")
+    if train.epochs is not None and train.epochs <= 0:
+        raise read.fail("train.epochs", f"must be > 0, got {train.epochs}")
+    if train.real_fraction is not None and not 0.0 < train.real_fraction < 1.0:
+        raise read.fail("train.real_fraction", f"must lie in (0, 1) or be null, got {train.real_fraction}")
+    if train.validation == "none" and train.patience is not None:
+        raise read.fail("train.patience", "early stopping needs validation (train.validation: fold or own)")
+    if any(arm.control == "oracle" for arm in config.arms):
+        not_phantoms = [d.name for d in config.datasets if d.path != PHANTOMS]
+        if not_phantoms:
+            raise read.fail("arms", f"control: oracle draws fresh phantom patients, so every dataset must be "
+                                    f"path: {PHANTOMS}; not so for {not_phantoms}")
+    if config.seed < 0:
+        raise read.fail("seed", f"must be >= 0, got {config.seed}")
     unknown = sorted(set(config.metrics) - set(METRICS))
     if unknown or "dice" not in config.metrics:
         raise read.fail("metrics", f"choose from {list(METRICS)} (dice always), got {list(config.metrics)}")
