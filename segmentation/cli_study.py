@@ -6,12 +6,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from segmentation.grid import Run, describe_grid, parse_shard, shard
+from segmentation.power import blocks_needed, describe_design
 from segmentation.runner import (StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device,
                                  run_study, torch_threads)
-from segmentation.study_config import StudyConfig, StudyConfigError, load_study_config, with_synthetic_folders
-from segmentation.unet import BUDGET_RULE, measure_step_seconds
+from segmentation.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
+from segmentation.stats import compare_paired_to_control
+from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
+                                       with_synthetic_folders)
+from segmentation.unet import budget_rule, measure_step_seconds
 from training.data import DataError
+
+ALPHA = 0.05  # the level the design is checked at (the report's default)
 
 EPILOG = """examples:
   python run_study.py configs/study/micro.yaml --dry-run
@@ -23,7 +31,12 @@ EPILOG = """examples:
 Shards write disjoint run files; cases.csv in the results folder is rebuilt from all finished runs,
 and re-running any shard skips runs already finished.
 
-""" + textwrap.fill("Optimisation budget: " + BUDGET_RULE + ".", width=100)
+Before training, the design is checked: blocks (dataset x fold x repeat) and comparisons with the
+real-only baseline decide the smallest effect the report's paired test (exact Wilcoxon, Holm) can
+detect with 80 % power; a design that can never reach significance is refused unless
+--allow-weak-design.  --dry-run prints it (in Dice too when the results folder has finished runs).
+""" + textwrap.fill("Default optimisation budget: " + budget_rule(StudyConfig.__dataclass_fields__["train"].default)
+                    + ".", width=100)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads (default: torch's choice, usually all cores; 1 is often "
                              "faster for small U-Nets on a shared machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    parser.add_argument("--allow-weak-design", action="store_true",
+                        help="run a design whose paired test can never reach significance (too few blocks for "
+                             "its comparisons); by default it is refused with the fix")
     return parser
 
 
@@ -77,8 +93,9 @@ def format_duration(seconds: float) -> str:
 def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: str) -> str:
     """Steps, slices and a time estimate from a measured training step of the configured U-Net."""
     steps = len(runs) * config.train.iterations
+    per_run = "identical for every arm and k" if config.train.budget == "steps" else "before the epoch budget scales it"
     lines = [f"budget per run: {config.train.iterations} steps x {config.train.batch_size} slices "
-             f"(identical for every arm and k); total {steps} steps, {steps * config.train.batch_size} slices"]
+             f"({per_run}); total {steps} steps, {steps * config.train.batch_size} slices"]
     torch_device = resolve_device(device)
     seconds = 0.0
     for spec in config.datasets:
@@ -92,6 +109,57 @@ def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: 
     lines.append(f"estimated training time: {format_duration(seconds)} on {torch_device} "
                  f"(+ validation every {config.train.val_every} steps and testing)")
     return "\n".join(lines)
+
+
+def design_groups(runs: list[Run]) -> dict[int | None, tuple[int, int]]:
+    """Per requested n_real: (blocks = distinct dataset x fold x repeat, comparisons with the
+    baseline = distinct arm x k); only for grids with the real-only baseline."""
+    groups: dict[int | None, tuple[int, int]] = {}
+    for n in dict.fromkeys(r.n_real_requested for r in runs):
+        cell = [r for r in runs if r.n_real_requested == n]
+        if not any(r.arm == BASELINE_ARM for r in cell):
+            continue
+        blocks = {(r.dataset, r.fold, r.repeat) for r in cell}
+        comparisons = {(r.arm, r.n_synthetic) for r in cell if r.arm != BASELINE_ARM}
+        if comparisons:
+            groups[n] = (len(blocks), len(comparisons))
+    return groups
+
+
+def observed_spread(results: Path) -> float | None:
+    """Median over conditions of the between-block sd of paired foreground-Dice differences with
+    the baseline, from a results folder's finished runs (None when there are too few)."""
+    try:
+        table = drop_incomplete_blocks(load_score_table(results, ScoreTableConfig()))
+        paired = compare_paired_to_control(table.scores, table.condition_index(BASELINE_ARM))
+    except (FileNotFoundError, ValueError):
+        return None
+    spreads = np.delete(paired.difference_sd, paired.control)
+    spreads = spreads[np.isfinite(spreads)]
+    return float(np.median(spreads)) if spreads.size else None
+
+
+def check_design(runs: list[Run], results: Path | None = None) -> tuple[str, str | None]:
+    """(a description of what the design can detect, a refusal message or None)."""
+    lines, refusal = [], None
+    spread = observed_spread(results) if results is not None else None
+    for n, (n_blocks, m) in design_groups(runs).items():
+        design = describe_design(n_blocks, m, ALPHA)
+        which = "all real patients" if n is None else f"n_real {n}"
+        if not design.can_reject:
+            need = blocks_needed(m, ALPHA)
+            refusal = (f"the design cannot find any difference ({which}: {n_blocks} blocks, {m} comparisons with "
+                       f"real-only): the smallest p of the exact paired test is {design.smallest_p:.3g}, not below "
+                       f"alpha/m = {ALPHA / m:.3g}.  Use at least {need} blocks (blocks = datasets x folds x repeats: "
+                       f"raise 'repeats' or splits.n_folds), or compare fewer arms/k; --allow-weak-design runs it anyway")
+            lines.append(f"design ({which}): {n_blocks} blocks x {m} comparisons: can never reach p < {ALPHA:g} "
+                         f"after Holm (needs >= {need} blocks)")
+            continue
+        dice = f" = {design.mde_sd * spread:.3f} foreground Dice (spread of {results})" if spread else ""
+        lines.append(f"design ({which}): {n_blocks} blocks x {m} comparisons with real-only; the paired test "
+                     f"(exact Wilcoxon, Holm, alpha {ALPHA:g}) detects an effect of >= {design.mde_sd:.2f} sd of the "
+                     f"paired differences with 80% power{dice}")
+    return "\n".join(lines), refusal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,14 +176,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"run_study.py: error: {exc}\n")
     results = Path(args.results) if args.results else Path("results") / config.name
     try:
+        runs, datasets = plan_runs(config, results)
+        design, refusal = check_design(runs, results if args.dry_run else None)
         if args.dry_run:
-            runs, datasets = plan_runs(config, results)
             mine = shard(runs, index, count)
             print(describe_grid(mine))
             if count > 1:
                 print(f"shard {index}/{count}: {len(mine)} of {len(runs)} runs")
+            print(f"training: {budget_rule(config.train)}")
+            if design:
+                print(design)
             with torch_threads(args.threads):
                 print(estimate_cost(config, mine, datasets, args.device))
+        if refusal is not None and not args.allow_weak_design:
+            parser.exit(2, f"run_study.py: error: {refusal}\n")
+        if args.dry_run:
             return 0
         summary = run_study(config, results, index, count, args.device, progress=not args.quiet, threads=args.threads)
     except (DataError, StudyConfigError, StudyDataError, FileNotFoundError) as exc:

@@ -7,14 +7,17 @@ Results folder (``RESULTS``)::
                             run, config + fingerprint, budget rule, patients used, training curve,
                             metrics per test case and class, wall time, seed, software versions
     cases.csv               tidy table rebuilt from all run JSONs (under an fcntl lock): columns
-                            `CASE_COLUMNS`; dice/hd95 empty = undefined (NaN), hd95 "inf" = missed
+                            `CASE_COLUMNS`; dice/hd95 empty = undefined (NaN; also a class the
+                            patient's reference lacks, with empty_class: exclude; in_reference = 0),
+                            hd95 "inf" = missed
     splits/DATASET.json     the patient-level splits every shard and re-run uses
     tensorboard/RUN_ID/     training loss, validation score, test foreground Dice
     synthetic/ARM/          patients sampled from a GAN arm (nnU-Net v2 raw), shared by all runs
 
 A run that crashes writes no JSON, so re-running (any shard) redoes exactly the unfinished runs.
 A finished run whose recorded configuration differs from the current one is an error (the results
-folder belongs to another study definition), never silently reused.
+folder belongs to another study definition), never silently reused; so is a run made with the old
+seed scheme (`segmentation.grid.SEED_SCHEME`).
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import json
 import math
 import shutil
 import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,11 +41,12 @@ from torch.utils.data import ConcatDataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from segmentation.controls import NoiseSlices, ShuffledLabelSlices, oracle_seed, shuffled_pairs
 from segmentation.evaluation import FOREGROUND, evaluate_case, predict_volume
-from segmentation.grid import Run, expand_grid, max_synthetic, shard
+from segmentation.grid import SEED_SCHEME, Run, expand_grid, max_synthetic, name_code, shard
 from segmentation.study_config import (BASELINE_ARM, PHANTOMS, ArmSpec, DatasetSpec, StudyConfig,
                                        StudyConfigError, fingerprint)
-from segmentation.unet import BUDGET_RULE, build_unet, train_unet
+from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
                            load_or_make_splits, make_splits, open_slice_cache)
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
@@ -54,7 +57,7 @@ from training.synthetic_dataset import SamplingSettings
 RESULT_FORMAT = 1
 CSV_REBUILD_SECONDS = 60.0  # during a shard, cases.csv is rebuilt at most this often (and at its end)
 CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "case", "class",
-                "dice", "hd95")
+                "in_reference", "dice", "hd95")
 
 
 class StudyDataError(ValueError):
@@ -178,25 +181,38 @@ def sample_gan_arm(arm: ArmSpec, patients: int, out_dir: Path, seed: int, device
     return out_dir
 
 
+def pool_size(runs: list[Run], arm: str) -> int:
+    """Patients to make for a generated arm so that every block can draw its own k: the largest k
+    times the number of blocks (dataset, fold, repeat) of ``runs``."""
+    blocks = {(r.dataset, r.fold, r.repeat) for r in runs if r.arm == arm}
+    return max_synthetic(runs, arm) * len(blocks)
+
+
 def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: str = "cpu",
                  progress: bool = True) -> StudyData:
     """Load every real dataset and every synthetic source of the study ``grid`` (the whole grid, not
     a shard: every shard then checks, samples and reads the same patients), failing before any
-    training on unusable data.  GAN arms are sampled first into ``results/synthetic/ARM``."""
+    training on unusable data.  GAN arms are sampled first into ``results/synthetic/ARM``; oracle
+    controls are fresh phantom populations; noise and shuffled controls are made per run."""
     real = {spec.name: load_real(spec, config, results) for spec in config.datasets}
     data = StudyData(real)
     for spec in config.datasets:
+        runs = [r for r in grid if r.dataset == spec.name]
         for arm in config.arms:
-            needed = max_synthetic([r for r in grid if r.dataset == spec.name], arm.name)
-            if needed == 0:
+            needed = max_synthetic(runs, arm.name)
+            if needed == 0 or arm.control in ("noise", "shuffled"):
                 continue
+            cache_dir = results / "synthetic" / ".slice_cache"
             if arm.folder is not None:
                 folder, cache_dir = Path(arm.folder), None
+            elif arm.control == "oracle":
+                p = spec.phantoms
+                folder = default_phantom_dataset(n_patients=pool_size(runs, arm.name), shape=tuple(p.shape),
+                                                 seed=oracle_seed(p.seed))
             else:
                 folder = results / "synthetic" / (arm.name if len(config.datasets) == 1 else f"{spec.name}-{arm.name}")
-                sample_gan_arm(arm, arm.patients or max_synthetic(grid, arm.name), folder, config.seed, device,
+                sample_gan_arm(arm, arm.patients or pool_size(grid, arm.name), folder, config.seed, device,
                                progress)
-                cache_dir = results / "synthetic" / ".slice_cache"
             data.synthetic[(spec.name, arm.name)] = load_synthetic(arm, folder, real[spec.name], needed, cache_dir)
     return data
 
@@ -233,19 +249,46 @@ def _ordered_subset(ids: list[str], count: int, seed: list[int]) -> list[str]:
 
 
 def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
-    """Patients of ``run``: n real training patients are a nested subset drawn per (fold, repeat);
-    the k synthetic ones a nested subset drawn per (repeat, arm), identical across folds."""
+    """Patients of ``run``, all drawn from its block seed (`segmentation.grid.block_seed`): the n
+    real training patients are a nested subset per block (shared by the arms of the block), the k
+    synthetic ones a nested subset per (block, arm), so no two blocks share a draw.  Noise patients
+    are named ``noise_J``; a shuffled patient is ``IMAGE_CASE<labels:LABEL_CASE``.  val: the
+    patients that select the model (`TrainConfig.validation`: the fold's, the run's own, or none)."""
     real = data.real[run.dataset]
     fold = real.splits.fold(run.fold)
     train = list(fold.train)
     if run.n_real_requested is not None:
-        train = _ordered_subset(train, run.n_real, [config.seed, run.fold, run.repeat])
+        train = _ordered_subset(train, run.n_real, [run.seed])
     synthetic: list[str] = []
     if run.arm != BASELINE_ARM:
-        source = data.synthetic[(run.dataset, run.arm)].dataset
-        synthetic = _ordered_subset(source.case_ids, run.n_synthetic,
-                                    [config.seed, run.repeat, zlib.crc32(run.arm.encode())])
-    return RunPatients(train, synthetic, list(fold.val), list(real.splits.test))
+        arm_seed = [run.seed, name_code(run.arm)]
+        control = config.arm(run.arm).control
+        if control == "noise":
+            synthetic = [f"noise_{j:04d}" for j in range(run.n_synthetic)]
+        elif control == "shuffled":
+            synthetic = [f"{a}<labels:{b}" for a, b in shuffled_pairs(train, run.n_synthetic, arm_seed)]
+        else:
+            source = data.synthetic[(run.dataset, run.arm)].dataset
+            synthetic = _ordered_subset(source.case_ids, run.n_synthetic, arm_seed)
+    val = {"fold": list(fold.val), "own": list(train), "none": []}[config.train.validation]
+    return RunPatients(train, synthetic, val, list(real.splits.test))
+
+
+def synthetic_slices(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients
+                     ) -> torch.utils.data.Dataset:
+    """The training slices of the synthetic patients of ``run`` (a synthetic arm)."""
+    real = data.real[run.dataset]
+    control = config.arm(run.arm).control
+    if control == "noise":
+        per_patient = max(1, round(len(real.cache) / len(real.dataset.case_ids)))
+        return NoiseSlices(run.n_synthetic, per_patient, len(real.dataset.modalities),
+                           real.spec.preprocess.resolution, len(real.dataset.label_values),
+                           seed=int(np.random.SeedSequence([run.seed, name_code(run.arm)]).generate_state(1)[0]))
+    if control == "shuffled":
+        pairs = [tuple(name.split("<labels:")) for name in patients.train_synthetic]
+        return ShuffledLabelSlices(real.cache, pairs)  # type: ignore[arg-type]
+    cache = data.synthetic[(run.dataset, run.arm)].cache
+    return SliceDataset(cache, _case_rows(cache, patients.train_synthetic))
 
 
 def _case_rows(cache: SliceCache, case_ids: list[str]) -> np.ndarray:
@@ -278,6 +321,7 @@ def run_config(run: Run, config: StudyConfig) -> dict:
         "run": dataclasses.asdict(run), "dataset": dataclasses.asdict(config.dataset(run.dataset)), "arm": arm,
         "splits": dataclasses.asdict(config.splits), "unet": dataclasses.asdict(config.unet),
         "train": dataclasses.asdict(config.train), "metrics": list(config.metrics),
+        "empty_class": config.empty_class, "seed_scheme": SEED_SCHEME,
     }, default=list))
 
 
@@ -321,25 +365,28 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
     patients = run_patients(run, config, data)
     parts = [SliceDataset(real.cache, _case_rows(real.cache, patients.train_real))]
     if patients.train_synthetic:
-        syn_cache = data.synthetic[(run.dataset, run.arm)].cache
-        parts.append(SliceDataset(syn_cache, _case_rows(syn_cache, patients.train_synthetic)))
+        parts.append(synthetic_slices(run, config, data, patients))
     slices = ConcatDataset(parts)
+    steps = run_steps(config.train, len(slices))
     val_volumes = CaseVolumes(real.cache, patients.val)
     tensorboard = results / "tensorboard" / run.run_id
     shutil.rmtree(tensorboard, ignore_errors=True)  # curves of a crashed attempt
     with deterministic(run.seed), SummaryWriter(str(tensorboard)) as writer:
         model = build_unet(config.unet, len(real.dataset.modalities), len(real.dataset.label_values)).to(device)
         outcome = train_unet(model, slices, val_volumes, config.train, run.seed, device,
-                             log=lambda tag, value, step: writer.add_scalar(tag, value, step), progress=progress)
+                             log=lambda tag, value, step: writer.add_scalar(tag, value, step), progress=progress,
+                             steps=steps, real_count=len(parts[0]))
         model.load_state_dict(outcome.best_state)
         cases = score_test_patients(model, real, patients.test, config, device)
         foreground = [_from_json_number(c["dice"]) for c in cases if c["class"] == FOREGROUND]
-        writer.add_scalar("test/foreground_dice", float(np.mean(foreground)), outcome.best_iteration)
+        writer.add_scalar("test/foreground_dice", float(np.nanmean(foreground)), outcome.best_iteration)
     training = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "best_state"}
+    training["best_val_dice"] = _json_number(training["best_val_dice"])
     return {
         "format": RESULT_FORMAT, "run_id": run.run_id, "study": config.name,
         "fingerprint": fingerprint(run_config(run, config)), "config": run_config(run, config),
-        "source": _source(run, config), "budget_rule": BUDGET_RULE, "seed": run.seed,
+        "source": _source(run, config), "budget_rule": budget_rule(config.train), "steps": steps,
+        "seed": run.seed, "seed_scheme": SEED_SCHEME,
         "patients": dataclasses.asdict(patients),
         "slices": {"train_real": len(parts[0]), "train_synthetic": len(slices) - len(parts[0])},
         "training": training, "cases": cases,
@@ -351,16 +398,22 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
 
 def score_test_patients(model: torch.nn.Module, real: RealData, test_ids: list[str], config: StudyConfig,
                device: torch.device) -> list[dict]:
-    """Scores of every test patient: rows {case, class, dice, hd95 (JSON number, null or "inf")}."""
+    """Scores of every test patient: rows {case, class, in_reference, dice, hd95 (JSON number, null
+    or "inf")}.  A class the patient's reference lacks has in_reference false and, with
+    ``empty_class: exclude``, no scores (null): "nothing to find" says nothing about segmentation."""
     rows = []
     for case_id in test_ids:
         images, reference = real.cache.volume(case_id)
         prediction = predict_volume(model, images, config.train.batch_size, device)
         spacing = real.cache.case_info(case_id).slice_spacing
+        present = {name: bool((reference == index).any()) for index, name in enumerate(real.dataset.label_names)}
+        present[FOREGROUND] = bool((reference > 0).any())
         for score in evaluate_case(prediction, reference, real.dataset.label_names, spacing,
                                    hd95="hd95" in config.metrics):
-            rows.append({"case": case_id, "class": score.name, "dice": _json_number(score.dice),
-                         "hd95": _json_number(score.hd95)})
+            scored = present[score.name] or config.empty_class == "score"
+            rows.append({"case": case_id, "class": score.name, "in_reference": present[score.name],
+                         "dice": _json_number(score.dice if scored else math.nan),
+                         "hd95": _json_number(score.hd95 if scored else math.nan)})
     return rows
 
 
@@ -383,6 +436,11 @@ def finished_result(results: Path, run: Run, config: StudyConfig) -> dict | None
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise StudyDataError(f"{path}: unreadable run result ({exc}); delete it to run it again") from None
+    if stored.get("seed_scheme") != SEED_SCHEME:
+        raise StudyDataError(f"{path}: this run was made with seed scheme {stored.get('seed_scheme', 1)} (one seed "
+                             f"shared by every fold of a repeat, so the folds were not independent blocks); this "
+                             f"version uses scheme {SEED_SCHEME} and will not mix the two in one results folder: use "
+                             f"another --results folder")
     if stored.get("fingerprint") != fingerprint(run_config(run, config)):
         raise StudyDataError(f"{path}: this run was made with a different study configuration; use another --results "
                          f"folder, or delete the file to run it again")
@@ -411,9 +469,10 @@ def cases_table(records: list[dict]) -> str:
         run = record["config"]["run"]
         for row in record["cases"]:
             values = [_from_json_number(row["dice"]), _from_json_number(row["hd95"])]
+            in_reference = "" if "in_reference" not in row else int(row["in_reference"])
             writer.writerow([run["dataset"], run["fold"], run["repeat"], run["arm"], record["source"],
                              run["n_synthetic"], run["n_real"], record["run_id"], row["case"], row["class"],
-                             *["" if math.isnan(v) else repr(v) for v in values]])
+                             in_reference, *["" if math.isnan(v) else repr(v) for v in values]])
     return buffer.getvalue()
 
 

@@ -5,21 +5,26 @@ strides, num_res_units)`` from `UNetConfig`; loss ``monai.losses.DiceCELoss`` (s
 targets); Adam.  Augmentation: MONAI dictionary transforms per slice (flips and 90-degree rotations
 of image and label, Gaussian noise and intensity scaling of the image only; `AugmentConfig`).
 
-The optimisation budget is the same for every run of a study, whatever was added:
+The optimisation budget (`TrainConfig.budget`, `run_steps`):
 
-    every run takes ``iterations`` Adam steps on batches of ``batch_size`` slices drawn uniformly
-    with replacement from the pooled training slices (real + synthetic patients), so synthetic
-    patients change what the network sees, never how many steps or slices it gets.
+    "steps": every run takes ``iterations`` Adam steps on batches of ``batch_size`` slices, so
+    synthetic patients change what the network sees, never how many steps or slices it gets;
+    "epochs": a run takes ceil(epochs x its training slices / batch_size) steps.
 
-The network is validated every ``val_every`` steps (and after the last) on the fold's real
-validation patients only: the mean over their reassembled volumes of the mean Dice over the
-non-background classes (small structures weigh as much as large ones).  The best validation state
-is returned for testing; with ``patience`` set, training stops after that many validations
-without improvement (a run may then end before the budget, never after it).
+Slices are drawn with replacement: uniformly from the pooled real + synthetic slices, or, with
+``real_fraction``, round(real_fraction x batch_size) of every batch from the real slices and the
+rest from the synthetic ones (`MixedBatchSampler`).
+
+With validation volumes, the network is validated every ``val_every`` steps (and after the last):
+the mean over the reassembled volumes of the mean Dice over the non-background classes (small
+structures weigh as much as large ones).  The best validation state is returned for testing; with
+``patience`` set, training stops after that many validations without improvement (a run may then
+end before the budget, never after it).  Without validation volumes the last state is returned.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,15 +37,40 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandScaleIntensityd
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import RandomSampler
+from torch.utils.data import RandomSampler, Sampler
 from tqdm.auto import tqdm
 
 from segmentation.evaluation import mean_class_dice, predict_volume
 from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
 
-BUDGET_RULE = ("every run takes `iterations` Adam steps on batches of `batch_size` slices drawn uniformly with "
-               "replacement from the pooled real + synthetic training slices: synthetic patients change what is "
-               "seen, never how many steps or slices; early stopping (patience) may only end a run sooner")
+
+
+def budget_rule(config: TrainConfig) -> str:
+    """The budget, the batch mix and the validation policy of ``config`` in words (stored with each
+    run and printed by the study)."""
+    if config.budget == "steps":
+        budget = (f"every run takes {config.iterations} Adam steps of {config.batch_size} slices whatever was "
+                  f"added (synthetic patients change what is seen, never how much)")
+    else:
+        budget = (f"every run takes ceil({config.epochs:g} x its own training slices / {config.batch_size}) Adam "
+                  f"steps: about {config.epochs:g} passes over its data, so larger k costs more steps")
+    mix = ("slices drawn uniformly with replacement from the pooled real + synthetic slices (k sets the mix)"
+           if config.real_fraction is None else
+           f"{config.real_fraction:.0%} of every batch from the real slices, the rest from the synthetic ones")
+    validation = {"fold": "the best state on the fold's real validation patients is tested",
+                  "own": "the best state on the run's own real training patients is tested (no other labelled "
+                         "patient selects the model)",
+                  "none": "the last state is tested (no validation)"}[config.validation]
+    stop = "; early stopping (patience) may only end a run sooner" if config.patience is not None else ""
+    return f"{budget}; {mix}; {validation}{stop}"
+
+
+def run_steps(config: TrainConfig, n_slices: int) -> int:
+    """Optimisation steps of a run with ``n_slices`` training slices under ``config.budget``."""
+    if config.budget == "steps":
+        return config.iterations
+    assert config.epochs is not None
+    return max(1, math.ceil(config.epochs * n_slices / config.batch_size))
 
 NORMS = {"instance": "instance", "batch": "batch", "none": None}
 
@@ -138,15 +168,48 @@ def plain_tensors() -> Iterator[None]:
         set_track_meta(previous)
 
 
-def make_loader(slices: TorchDataset, config: TrainConfig, seed: int) -> DataLoader:
-    """Batches (images [B, M, H, W], labels [B, 1, H, W]) for exactly iterations x batch_size draws
-    with replacement; the draws and the augmentation are seeded by ``seed``."""
+class MixedBatchSampler(Sampler):
+    """``steps`` batches of dataset indices: ``n_real`` drawn with replacement from [0, real_count)
+    and ``batch_size - n_real`` from [real_count, total) in each batch, then shuffled together."""
+
+    def __init__(self, real_count: int, total: int, batch_size: int, n_real: int, steps: int,
+                 generator: torch.Generator):
+        if not 0 < real_count < total or not 0 < n_real < batch_size:
+            raise ValueError(f"a mixed batch needs real and synthetic slices and 0 < n_real < batch_size, got "
+                             f"real_count={real_count}, total={total}, n_real={n_real}, batch_size={batch_size}")
+        self.real_count, self.total, self.batch_size, self.n_real = real_count, total, batch_size, n_real
+        self.steps, self.generator = steps, generator
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            real = torch.randint(0, self.real_count, (self.n_real,), generator=self.generator)
+            synthetic = torch.randint(self.real_count, self.total, (self.batch_size - self.n_real,),
+                                      generator=self.generator)
+            batch = torch.cat([real, synthetic])
+            yield batch[torch.randperm(self.batch_size, generator=self.generator)].tolist()
+
+
+def make_loader(slices: TorchDataset, config: TrainConfig, seed: int, steps: int | None = None,
+                real_count: int | None = None) -> DataLoader:
+    """Batches (images [B, M, H, W], labels [B, 1, H, W]) for exactly ``steps`` (default: the
+    config's iterations) x batch_size draws with replacement; the draws and the augmentation are
+    seeded by ``seed``.  real_count: the first real_count items are real slices (the rest
+    synthetic): with ``config.real_fraction`` set and both kinds present, every batch mixes them in
+    that proportion (`MixedBatchSampler`)."""
+    steps = config.iterations if steps is None else steps
     transform = build_augmentation(config.augment)
     transform.set_random_state(seed=seed)
     data = AugmentedSlices(slices, transform)
     generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(data, replacement=True, num_samples=config.iterations * config.batch_size,
-                            generator=generator)
+    total = len(data)
+    if config.real_fraction is not None and real_count is not None and 0 < real_count < total:
+        n_real = min(config.batch_size - 1, max(1, round(config.real_fraction * config.batch_size)))
+        batches = MixedBatchSampler(real_count, total, config.batch_size, n_real, steps, generator)
+        return DataLoader(data, batch_sampler=batches, num_workers=config.num_workers, generator=generator)
+    sampler = RandomSampler(data, replacement=True, num_samples=steps * config.batch_size, generator=generator)
     return DataLoader(data, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                       generator=generator, drop_last=False)
 
@@ -183,16 +246,20 @@ def _out_channels(model: torch.nn.Module) -> int:
 
 def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequence[tuple[np.ndarray, np.ndarray]],
                config: TrainConfig, seed: int, device: torch.device,
-               log: Callable[[str, float, int], None] | None = None, progress: bool = False) -> TrainResult:
-    """Train ``model`` (already on ``device``) under the fixed budget of ``config`` (see module doc).
+               log: Callable[[str, float, int], None] | None = None, progress: bool = False,
+               steps: int | None = None, real_count: int | None = None) -> TrainResult:
+    """Train ``model`` (already on ``device``) for ``steps`` (default: the config's iterations; see
+    `run_steps`) under ``config`` (see module doc).
 
-    slices: training items (image [M, H, W] in [-1, 1], label [H, W] indices, position);
-    val_volumes: the real validation patients as (images [M, X, Y, Z], labels [X, Y, Z]) (any sequence);
-    log(tag, value, iteration): optional scalar logger (TensorBoard); progress: a tqdm bar over the
-    steps (shown on a terminal only).
+    slices: training items (image [M, H, W] in [-1, 1], label [H, W] indices, position), the first
+    ``real_count`` of them real (for ``config.real_fraction``); val_volumes: validation patients
+    as (images [M, X, Y, Z], labels [X, Y, Z]) (any sequence; empty: no validation, the last state
+    is returned); log(tag, value, iteration): optional scalar logger (TensorBoard); progress: a
+    tqdm bar over the steps (shown on a terminal only).
     """
-    if not val_volumes:
-        raise ValueError("training needs at least one real validation patient")
+    steps = config.iterations if steps is None else steps
+    if not val_volumes and config.patience is not None:
+        raise ValueError("early stopping (patience) needs at least one validation patient")
     started = time.time()
     n_classes = _out_channels(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -201,15 +268,19 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
     curve: list[dict] = []
     losses: list[float] = []
     iteration, stopped_early = 0, False
-    bar = tqdm(total=config.iterations, desc="training", unit="step", leave=False, disable=None if progress else True)
+    bar = tqdm(total=steps, desc="training", unit="step", leave=False, disable=None if progress else True)
     with plain_tensors(), bar:
-        for images, labels in make_loader(slices, config, seed):
+        for images, labels in make_loader(slices, config, seed, steps, real_count):
             bar.update(1)
             iteration += 1
             losses.append(train_step(model, optimizer, loss_fn, images.to(device), labels.to(device)))
             if log is not None:
                 log("train/loss", losses[-1], iteration)
-            if iteration % config.val_every and iteration != config.iterations:
+            if iteration % config.val_every and iteration != steps:
+                continue
+            if not val_volumes:  # no validation: the last state is the one tested
+                curve.append({"iteration": iteration, "train_loss": float(np.mean(losses)), "val_dice": None})
+                losses = []
                 continue
             score = validate(model, val_volumes, n_classes, config.batch_size, device)
             best.update(score, iteration, model)
@@ -221,6 +292,9 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
             if config.patience is not None and best.stale >= config.patience:
                 stopped_early = True
                 break
+    if not val_volumes:
+        return TrainResult(_BestState(model).state, iteration, math.nan, iteration, False, curve,
+                           time.time() - started)
     return TrainResult(best.state, best.iteration, float(best.score), iteration, stopped_early, curve,
                        time.time() - started)
 

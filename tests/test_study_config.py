@@ -53,7 +53,7 @@ def test_unknown_or_bad_keys_are_named(tmp_path, values, key):
 @pytest.mark.parametrize("values, fragment", [
     ({}, "datasets: missing"),
     (_minimal(train={"iterations": "many"}), "expected an integer"),
-    (_minimal(arms=[{"name": "a", "folder": "x", "gan": "y"}], k=[1]), "exactly one of 'folder' or 'gan'"),
+    (_minimal(arms=[{"name": "a", "folder": "x", "gan": "y"}], k=[1]), "exactly one of 'folder', 'gan' or 'control'"),
     (_minimal(arms=[{"name": "real", "folder": "x"}], k=[1]), "real-only baseline"),
     (_minimal(arms=[{"name": "a", "folder": "x"}]), "need at least one k > 0"),
     (_minimal(k=["two"]), "multiple of n"),
@@ -120,7 +120,8 @@ def test_grid_runs_and_ids():
     assert all(r.n_synthetic == 0 for r in runs if r.arm == "real")
     assert all(r.n_synthetic > 0 for r in runs if r.arm != "real")
     assert "d-f1-r1-noise-k3-nall" in ids and "d-f0-r0-syn-k2-n2" in ids
-    assert {r.seed for r in runs if r.repeat == 1} == {1}
+    seeds = {(r.dataset, r.fold, r.repeat, r.n_real_requested): r.seed for r in runs}
+    assert all(r.seed == seeds[(r.dataset, r.fold, r.repeat, r.n_real_requested)] for r in runs)
     assert "runs:" in describe_grid(runs) and str(len(runs)) in describe_grid(runs)
     with pytest.raises(StudyConfigError, match="n_real 2 exceeds the 1 real training patients"):
         expand_grid(config, {("d", 0): 1, ("d", 1): 4})
@@ -162,8 +163,10 @@ def test_cli_bad_config_exits_with_message(tmp_path, capsys):
 def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
     results = tmp_path / "results"
     main([str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(results), "--device", "cpu", "--threads", "1",
-          "--synthetic", f"other={tmp_path / 'not-needed-for-a-dry-run'}", "--set", "train.iterations=5"])
+          "--synthetic", f"other={tmp_path / 'not-needed-for-a-dry-run'}", "--set", "train.iterations=5",
+          "--allow-weak-design"])
     out = capsys.readouterr().out
+    assert "2 blocks x 2 comparisons: can never reach p < 0.05 after Holm (needs >= 7 blocks)" in out
     assert "phantom-f0-r0-real-k0-nall" in out and "phantom-f1-r0-other-k3-nall" in out
     assert "6 runs" in out and "s/step measured on cpu" in out and "estimated training time" in out
     assert "5 steps x 8 slices" in out
@@ -182,3 +185,35 @@ def test_with_synthetic_folders_replaces_or_appends(tmp_path):
         with_synthetic_folders(config, {"real": tmp_path})
     with pytest.raises(StudyConfigError, match="need at least one k > 0"):
         with_synthetic_folders(study_config_from_dict(_minimal()), {"pair": tmp_path})
+
+
+def test_dry_run_refuses_a_design_that_can_never_reject_and_names_the_fix(tmp_path, capsys):
+    argv = [str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(tmp_path / "r"), "--device", "cpu",
+            "--synthetic", f"other={tmp_path / 'x'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "smallest p of the exact paired test is 0.5" in err and "Use at least 7 blocks" in err
+    assert "raise 'repeats'" in err and "--allow-weak-design" in err
+    assert main(argv + ["--set", "repeats=4", "--set", "k=[2]"]) == 0  # 2 folds x 4 repeats = 8 blocks, 1 comparison
+    out = capsys.readouterr().out
+    assert "8 blocks x 1 comparisons with real-only" in out and "with 80% power" in out
+
+
+def test_control_arms_are_read_and_checked():
+    config = study_config_from_dict(_minimal(arms=[{"name": "noise", "control": "noise"},
+                                                   {"name": "shuffled", "control": "shuffled"}], k=[2]))
+    assert [a.kind for a in config.arms] == ["control", "control"]
+    assert config.arm("noise").source == "control:noise"
+    with pytest.raises(StudyConfigError, match="unknown control 'oracel'"):
+        study_config_from_dict(_minimal(arms=[{"name": "o", "control": "oracel"}], k=[2]))
+    with pytest.raises(StudyConfigError, match="every dataset must be path: phantoms"):
+        study_config_from_dict({"datasets": [{"name": "d", "path": "some/folder"}],
+                                "arms": [{"name": "o", "control": "oracle"}], "k": [2]})
+    with pytest.raises(StudyConfigError, match="train.epochs"):
+        study_config_from_dict(_minimal(train={"budget": "epochs"}))
+    with pytest.raises(StudyConfigError, match="train.real_fraction"):
+        study_config_from_dict(_minimal(train={"real_fraction": 1.5}))
+    with pytest.raises(StudyConfigError, match="early stopping needs validation"):
+        study_config_from_dict(_minimal(train={"validation": "none", "patience": 3}))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from segmentation import runner
+from segmentation.grid import SEED_SCHEME, block_seed
 from segmentation.runner import CASE_COLUMNS, StudyDataError, prepare_data, run_study
 from segmentation.study_config import load_study_config
 from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_dataset
@@ -80,7 +81,8 @@ def test_micro_study_files_parse(micro_study):
     assert record["slices"]["train_synthetic"] == 3 * 8
     assert "budget_rule" in record and record["training"]["iterations_run"] == config.train.iterations
     assert [c["iteration"] for c in record["training"]["curve"]] == [6, 12]
-    assert record["wall_seconds"] > 0 and record["seed"] == 0
+    assert record["wall_seconds"] > 0 and record["seed"] == block_seed(0, "phantom", 1, 0)
+    assert record["seed_scheme"] == SEED_SCHEME
     assert (results / "tensorboard" / record["run_id"]).is_dir()
 
     rows = read_cases(results)
@@ -222,7 +224,7 @@ def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sourc
 
     status = main([str(MICRO), "--results", str(tmp_path), "--device", "cpu", "--quiet", "--threads", "1",
                    "--synthetic", f"other={sources['other']}", "--set", "k=[2]", "--set", "splits.folds=[1]",
-                   "--set", "train.iterations=2", "--set", "train.val_every=2"])
+                   "--set", "train.iterations=2", "--set", "train.val_every=2", "--allow-weak-design"])
     assert status == 0
     captured = capsys.readouterr()
     assert "| phantom | all | real | 0 | 1 |" in captured.out and "| phantom | all | other | 2 | 1 |" in captured.out

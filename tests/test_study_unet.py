@@ -92,4 +92,50 @@ def test_patience_stops_when_validation_does_not_improve():
     result = train_unet(model, squares(8), as_volumes(squares(4, seed=1)), frozen, seed=0, device=torch.device("cpu"))
     assert result.stopped_early and result.iterations_run == 6 and result.best_iteration == 2
     with pytest.raises(ValueError, match="validation patient"):
-        train_unet(model, squares(8), [], dataclasses.replace(frozen, patience=None), 0, torch.device("cpu"))
+        train_unet(model, squares(8), [], frozen, 0, torch.device("cpu"))
+
+
+def test_without_validation_the_last_state_of_the_budget_is_returned():
+    torch.manual_seed(0)
+    model = build_unet(TINY, in_channels=2, out_channels=2)
+    config = TrainConfig(iterations=6, batch_size=4, learning_rate=1e-2, val_every=2, augment=NO_AUGMENT)
+    result = train_unet(model, squares(8), [], config, seed=0, device=torch.device("cpu"))
+    assert result.iterations_run == result.best_iteration == 6 and np.isnan(result.best_val_dice)
+    assert all(torch.equal(result.best_state[k], v) for k, v in model.state_dict().items())
+    assert [c["iteration"] for c in result.curve] == [2, 4, 6]
+
+
+def test_real_fraction_fixes_the_share_of_real_slices_in_every_batch():
+    config = TrainConfig(iterations=7, batch_size=8, real_fraction=0.25, augment=NO_AUGMENT)
+    real, synthetic = squares(5), squares(40, seed=2)
+    pool = torch.utils.data.ConcatDataset([real, synthetic])
+    loader = make_loader(IndexedItems(pool), config, seed=0, steps=7, real_count=len(real))
+    batches = [indices for _, indices in loader]
+    assert len(batches) == 7
+    assert all(int((b < len(real)).sum()) == 2 and b.numel() == 8 for b in batches)
+    uniform = make_loader(IndexedItems(pool), dataclasses.replace(config, real_fraction=None), seed=0, steps=7,
+                          real_count=len(real))
+    assert sum(b.numel() for _, b in uniform) == 56
+
+
+class IndexedItems(torch.utils.data.Dataset):
+    """(image, label) items whose label is the item's index, so a batch shows where it was drawn."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __len__(self):
+        return len(self.pool)
+
+    def __getitem__(self, index):
+        image, _ = self.pool[index][:2]
+        return image, torch.full((1, 1), index, dtype=torch.long), torch.tensor(0.0)
+
+
+def test_epoch_budget_scales_steps_with_the_run_s_own_data():
+    from segmentation.unet import run_steps
+
+    steps = TrainConfig(iterations=300, batch_size=16)
+    epochs = TrainConfig(budget="epochs", epochs=10, batch_size=16)
+    assert run_steps(steps, 48) == run_steps(steps, 480) == 300
+    assert run_steps(epochs, 48) == 30 and run_steps(epochs, 50) == 32 and run_steps(epochs, 480) == 300
