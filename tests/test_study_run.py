@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from segmentation import runner
+from segmentation.controls import oracle_seed
 from segmentation.grid import SEED_SCHEME, block_seed
 from segmentation.runner import CASE_COLUMNS, StudyDataError, prepare_data, run_study
 from segmentation.study_config import load_study_config
@@ -266,3 +267,84 @@ def test_useless_source_is_reported_and_every_run_has_its_curves(micro_study):
         events = EventAccumulator(str(results / "tensorboard" / run.run_id)).Reload()
         assert {"train/loss", "val/mean_class_dice", "test/foreground_dice"} <= set(events.Tags()["scalars"])
         assert len(events.Scalars("train/loss")) == config.train.iterations
+
+
+def control_config(*overrides):
+    arms = json.dumps([{"name": "oracle", "control": "oracle"}, {"name": "noise", "control": "noise"},
+                       {"name": "shuffled", "control": "shuffled"}])
+    return load_study_config(MICRO, [f"arms={arms}", "k=[3]", "repeats=2", "train.iterations=4",
+                                     "train.val_every=4", "train.validation=none", *overrides])
+
+
+@pytest.fixture(scope="module")
+def control_study(tmp_path_factory):
+    results = tmp_path_factory.mktemp("controls")
+    config = control_config()
+    summary = run_study(config, results, device="cpu", progress=False, threads=1)
+    records = {r["run_id"]: r for r in runner.read_results(results)}
+    return config, results, summary, records
+
+
+def test_blocks_have_their_own_seeds_and_draws_and_arms_of_a_block_share_them(control_study):
+    _, _, summary, records = control_study
+    by_block: dict = {}
+    for record in records.values():
+        run = record["config"]["run"]
+        by_block.setdefault((run["fold"], run["repeat"]), []).append(record)
+    assert len(by_block) == 4  # 2 folds x 2 repeats
+    seeds = {block: {r["seed"] for r in rs} for block, rs in by_block.items()}
+    assert all(len(s) == 1 for s in seeds.values()) and len({s.pop() for s in seeds.values()}) == 4
+    oracle = {block: tuple(r["patients"]["train_synthetic"]) for block, rs in by_block.items() for r in rs
+              if r["config"]["run"]["arm"] == "oracle"}
+    assert len(set(oracle.values())) == 4  # no two blocks draw the same oracle patients
+
+
+def test_control_arms_use_the_run_s_training_patients_only(control_study):
+    _, results, _, records = control_study
+    for record in records.values():
+        patients, arm = record["patients"], record["config"]["run"]["arm"]
+        assert record["source"] == ("real" if arm == "real" else f"control:{arm}")
+        assert patients["val"] == [] and record["training"]["iterations_run"] == 4
+        if arm == "shuffled":
+            pairs = [name.split("<labels:") for name in patients["train_synthetic"]]
+            assert len(pairs) == 3 and all(a != b for a, b in pairs)
+            assert {c for pair in pairs for c in pair} <= set(patients["train_real"])
+        if arm == "noise":
+            assert patients["train_synthetic"] == ["noise_0000", "noise_0001", "noise_0002"]
+        if arm != "real":
+            assert record["slices"]["train_synthetic"] == 3 * 8
+    real = load_dataset_ids(records)
+    oracle_ids = {c for r in records.values() if r["config"]["run"]["arm"] == "oracle"
+                  for c in r["patients"]["train_synthetic"]}
+    assert oracle_ids and all(c.startswith("phantom_") for c in oracle_ids)
+    assert oracle_seed(0) != 0 and real  # a population the dataset (seed 0) does not use
+
+
+def load_dataset_ids(records):
+    return {c for r in records.values() for c in r["patients"]["train_real"] + r["patients"]["test"]}
+
+
+def test_shuffled_control_pairs_images_with_another_patient_s_labels(control_study):
+    from segmentation.controls import ShuffledLabelSlices, shuffled_pairs
+
+    config, results, _, _ = control_study
+    data = prepare_data(config, runner.plan_runs(config, results)[0], results)
+    real = data.real["phantom"]
+    ids = list(real.splits.fold(0).train)
+    pairs = shuffled_pairs(ids, 2 * len(ids), seed=[1, 2])
+    assert all(a != b for a, b in pairs) and len(set(pairs)) == len(pairs)
+    slices = ShuffledLabelSlices(real.cache, pairs[:1])
+    image_case, label_case = pairs[0]
+    images, _ = real.cache.volume(image_case)
+    _, labels = real.cache.volume(label_case)
+    image, label, _ = slices[3]
+    np.testing.assert_array_equal(image.numpy(), images[..., 3])
+    np.testing.assert_array_equal(label.numpy(), labels[..., 3])
+
+
+def test_empty_classes_are_excluded_and_marked(control_study):
+    _, results, _, _ = control_study
+    rows = read_cases(results)
+    absent = [r for r in rows if r["in_reference"] == "0"]
+    assert all(r["dice"] == "" and r["hd95"] == "" for r in absent)
+    assert all(r["dice"] != "" for r in rows if r["in_reference"] == "1")
