@@ -7,6 +7,7 @@ and writes report.md, report.tex, ranks.csv, pvalues.csv, cd_diagram.png/.pdf an
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -73,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep only rows of this class (label name); 'all' keeps every row")
     parser.add_argument("--class-column", default="class", help="column holding the class name")
     parser.add_argument("--block", type=_columns, default="dataset,fold",
-                        help="comma-separated columns whose values make one block (independent unit)")
+                        help="comma-separated columns whose values make one block (independent unit); a "
+                             "'repeat' column is added (see --repeats)")
     parser.add_argument("--condition", type=_columns, default="arm,n_synthetic",
                         help="comma-separated columns whose values make one condition")
-    parser.add_argument("--replicate", type=_columns, default="case,repeat",
+    parser.add_argument("--replicate", type=_columns, default="case",
                         help="columns averaged over inside one block × condition cell")
+    parser.add_argument("--repeats", choices=("blocks", "average"), default="blocks",
+                        help="a 'repeat' column in the file: each repeat its own block (independent seeds), "
+                             "or averaged inside a cell")
     parser.add_argument("--k-column", default="n_synthetic",
                         help="condition column holding the number of added synthetic patients (x of score_vs_k)")
     parser.add_argument("--dataset-column", default="dataset",
@@ -98,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _study_settings(results: Path) -> dict | None:
+    """The study's settings (RESULTS/study.json written by run_study.py), None for a plain CSV."""
+    path = (results if results.is_dir() else results.parent) / "study.json"
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable study settings ({error})") from None
+    return settings if isinstance(settings, dict) else None
+
+
 def _default_out(results: Path) -> Path:
     return results / "report" if results.is_dir() else results.with_name(f"{results.stem}_report")
 
@@ -109,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         metric=args.metric, higher_is_better=args.higher_is_better,
         class_name=None if args.class_name == "all" else args.class_name, class_column=args.class_column,
         block_columns=args.block, condition_columns=args.condition, replicate_columns=args.replicate,
-        k_column=args.k_column, filters=tuple(args.filters))
+        k_column=args.k_column, filters=tuple(args.filters), repeats_as_blocks=args.repeats == "blocks")
     report_config = ReportConfig(alpha=args.alpha, baseline=args.baseline, pairwise_wilcoxon=args.pairwise_wilcoxon,
                                  dataset_column=args.dataset_column, plots=args.plots)
     out = args.out if args.out is not None else _default_out(args.results)
     try:
         table = load_score_table(args.results, table_config)
-        files = make_report(table, out, report_config)
+        files = make_report(table, out, report_config, study=_study_settings(args.results))
     except (FileNotFoundError, ValueError) as error:
         print(f"nemenyi_report: error: {error}", file=sys.stderr)
         return 2

@@ -1,14 +1,29 @@
 """The comparison report: report.md, report.tex, ranks.csv, pvalues.csv and the two figures.
 
-`make_report` takes a ScoreTable (possibly with missing cells), drops incomplete blocks, runs every
-test of `segmentation.stats` and writes the files. Each finding is also stated as one sentence in
-plain language, e.g. "adding 50 synthetic patients from the pair generator ranked best, but not
-significantly better than real-only: rank difference = -0.80, CD = 1.90 (Bonferroni–Dunn), Holm p = 0.410."
+`make_report` takes a ScoreTable (possibly with missing cells), drops incomplete blocks and states
+two things, clearly apart:
+
+1. **The verdict** of every condition against the baseline -- the paired design
+   (`segmentation.stats.compare_paired_to_control`): an exact Wilcoxon signed-rank test on the
+   blocks of those two conditions only, Holm over the conditions, with the median paired
+   difference and its bootstrap interval as the effect size, and the smallest difference the
+   design detects with 80 % power (`segmentation.power`) next to every "no significant
+   difference".  Adding or removing other arms never changes a condition's test or effect size.
+2. **The all-condition ranking** of the paper (Friedman / Iman–Davenport, Nemenyi CD diagram,
+   rank-based Bonferroni–Dunn / Holm; Demšar 2006), labelled descriptive: mean ranks depend on
+   every condition in the report.
+
+Built-in control arms (source ``control:oracle|noise|shuffled``) are checked: the oracle should be
+better than the baseline, the negative controls not; a warning says when they were not.  Each
+finding is one plain-language sentence, e.g. "Adding 6 synthetic patients from the pair generator
+is significantly better than real-only: median paired difference +0.041 [+0.020, +0.063], exact
+Wilcoxon p = 0.002, Holm p = 0.010 (10 blocks)."
 """
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from segmentation import plots
+from segmentation.power import DesignPower, describe_design
 from segmentation.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
-from segmentation.stats import Comparison, bonferroni_dunn_q_alpha, compare_conditions, nemenyi_q_alpha
+from segmentation.stats import (Comparison, PairedComparison, bonferroni_dunn_q_alpha, compare_conditions,
+                                compare_paired_to_control, nemenyi_q_alpha)
 
 __all__ = ["ReportConfig", "ReportFiles", "describe_condition", "findings", "make_report", "write_report"]
 
 VERDICT_SYMBOL = {1: "+", 0: "0", -1: "-"}
+CONTROL_PREFIX = "control:"
 
 
 @dataclass(frozen=True)
@@ -52,39 +70,52 @@ class ReportFiles:
 
 @dataclass(frozen=True)
 class _Context:
-    """What every section of the report needs, computed once."""
+    """What every section of the report needs, computed once.
+
+    verdict: the paired verdict [k] (the primary one); rank_verdict: the all-condition ranking's.
+    detectable [k]: the difference (score units) the design detects with 80 % power for each
+    condition, from the MDE in sd units and that condition's spread of paired differences.
+    study: the study's settings (its study.json) when the scores come from a study folder.
+    """
 
     table: ScoreTable
     comparison: Comparison
+    paired: PairedComparison
+    design: DesignPower
+    detectable: np.ndarray
     baseline: int
     labels: list[str]
     summaries: list[DatasetSummary]
     overall: DatasetSummary
     verdict: np.ndarray
+    rank_verdict: np.ndarray
     config: ReportConfig
+    study: dict | None
 
 
-def make_report(table: ScoreTable, out_dir: str | Path, config: ReportConfig = ReportConfig()) -> ReportFiles:
+def make_report(table: ScoreTable, out_dir: str | Path, config: ReportConfig = ReportConfig(),
+                study: dict | None = None) -> ReportFiles:
     """Drop incomplete blocks, run the tests and write every report file into `out_dir`.
 
     Args:
         table: scores [N, k] with NaN for missing cells (from score_table.load_score_table).
         out_dir: created if needed; existing report files are replaced atomically.
+        study: the study's settings (study.json), stated in the report's design section.
     """
     complete = drop_incomplete_blocks(table)
     baseline = complete.condition_index(config.baseline)
     comparison = compare_conditions(complete.scores, control=baseline, alpha=config.alpha,
                                     higher_is_better=complete.higher_is_better,
                                     pairwise_wilcoxon=config.pairwise_wilcoxon)
-    return write_report(complete, comparison, baseline, out_dir, config)
+    return write_report(complete, comparison, baseline, out_dir, config, study)
 
 
 def write_report(table: ScoreTable, comparison: Comparison, baseline: int, out_dir: str | Path,
-                 config: ReportConfig = ReportConfig()) -> ReportFiles:
+                 config: ReportConfig = ReportConfig(), study: dict | None = None) -> ReportFiles:
     """Write report.md, report.tex, ranks.csv, pvalues.csv (and the figures) for a complete table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    context = _make_context(table, comparison, baseline, config)
+    context = _make_context(table, comparison, baseline, config, study)
     cd_png = cd_pdf = score_png = None
     if config.plots:
         cd_png, cd_pdf = _draw_cd_diagram(context, out_dir)
@@ -98,23 +129,38 @@ def write_report(table: ScoreTable, comparison: Comparison, baseline: int, out_d
                        cd_png=cd_png, cd_pdf=cd_pdf, score_vs_k_png=score_png)
 
 
-def _make_context(table: ScoreTable, comparison: Comparison, baseline: int, config: ReportConfig) -> _Context:
+def _make_context(table: ScoreTable, comparison: Comparison, baseline: int, config: ReportConfig,
+                  study: dict | None = None) -> _Context:
     if comparison.ranks.shape != table.scores.shape:
         raise ValueError(f"comparison of shape {comparison.ranks.shape} does not belong to a table of "
                          f"shape {table.scores.shape}")
-    return _Context(table=table, comparison=comparison, baseline=baseline, labels=table.condition_labels,
+    n_blocks, k = table.scores.shape
+    paired = compare_paired_to_control(table.scores, baseline, comparison.alpha, table.higher_is_better)
+    design = describe_design(n_blocks, k - 1, comparison.alpha)
+    with np.errstate(invalid="ignore"):
+        detectable = design.mde_sd * paired.difference_sd
+    return _Context(table=table, comparison=comparison, paired=paired, design=design, detectable=detectable,
+                    baseline=baseline, labels=table.condition_labels,
                     summaries=summarize_by_dataset(table, config.dataset_column),
                     overall=summarize_by_dataset(table, dataset_column=None)[0],
-                    verdict=comparison.significant_vs_control(), config=config)
+                    verdict=paired.verdict(), rank_verdict=comparison.significant_vs_control(), config=config,
+                    study=study)
 
 
 # ---------------------------------------------------------------------------------------------
 # Plain-language findings
 
 
+def _control_kind(table: ScoreTable, index: int) -> str | None:
+    """"oracle", "noise", "shuffled" for a built-in control condition, else None."""
+    source = table.sources[index] if table.sources else ""
+    return source[len(CONTROL_PREFIX):] if source.startswith(CONTROL_PREFIX) else None
+
+
 def describe_condition(table: ScoreTable, index: int, baseline: int) -> str:
     """A condition in words: "real-only" for the real baseline, "adding 50 synthetic patients from
-    the pair generator" for (arm, n_synthetic) conditions, else its label."""
+    the pair generator" for (arm, n_synthetic) conditions, "adding 6 patients of the oracle
+    control" for control arms, else its label."""
     label = table.condition_labels[index]
     columns, values = table.condition_columns, table.conditions[index]
     if index == baseline:
@@ -122,6 +168,8 @@ def describe_condition(table: ScoreTable, index: int, baseline: int) -> str:
     if table.k_column in columns and len(columns) == 2:
         k = values[columns.index(table.k_column)]
         source = values[1 - columns.index(table.k_column)]
+        if _control_kind(table, index) is not None:
+            return f"adding {k} patients of the {source} control"
         return f"adding {k} synthetic patients from the {source} generator"
     return label
 
@@ -136,30 +184,44 @@ def _p_equals(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
-def _claim(context: _Context, j: int, verdict: int, lead: str, joiner: str = ", ") -> str:
-    """'<lead><joiner>[but not ]significantly better/worse than <baseline>: rank difference, CD, Holm p.'"""
-    comparison, table = context.comparison, context.table
-    baseline_text = describe_condition(table, context.baseline, context.baseline)
-    direction = "better" if comparison.control.rank_difference[j] < 0 else "worse"
-    if verdict != 0:
-        relation = f"significantly {direction} than {baseline_text}"
-    else:
-        relation = f"{'but ' if joiner == ', ' else ''}not significantly {direction} than {baseline_text}"
-    difference = comparison.control.rank_difference[j]
-    if comparison.friedman is not None:
-        evidence = (f"rank difference = {difference:+.2f}, CD = {comparison.control.cd_bonferroni_dunn:.2f} "
-                    f"(Bonferroni–Dunn), Holm p {_p_equals(comparison.control.p_holm[j])}")
-    else:
-        assert comparison.wilcoxon is not None
-        evidence = (f"Wilcoxon W = {comparison.wilcoxon.statistic:g}, p {_p_equals(comparison.wilcoxon.p)}, "
-                    f"median difference = {comparison.wilcoxon.median_difference:+.4g}")
-    return f"{lead}{joiner}{relation}: {evidence}."
+def _number(value: float) -> str:
+    """A score difference for text: signed, 3 decimals (Dice, mm), no "-0.000"."""
+    if not math.isfinite(value):
+        return "+inf" if value > 0 else "-inf" if value < 0 else "nan"
+    text = f"{value:+.3f}"
+    return "+0.000" if text == "-0.000" else text
+
+
+def _detectable_text(context: _Context, j: int | None = None) -> str:
+    """'this design detects >= X <metric> with 80 % power' for condition j (None: the median over
+    the conditions), or why it detects nothing."""
+    design, table = context.design, context.table
+    if not design.can_reject:
+        return (f"with {design.n_blocks} blocks and {design.n_comparisons} comparisons this design cannot reach "
+                f"significance at all (smallest attainable p {design.smallest_p:.3g})")
+    others = [i for i in range(len(context.labels)) if i != context.baseline]
+    values = context.detectable[others] if j is None else context.detectable[[j]]
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return f"this design detects effects >= {design.mde_sd:.2f} sd of the paired differences with 80 % power"
+    return (f"this design detects differences >= {float(np.median(values)):.3f} {table.metric} with "
+            f"{design.power:.0%} power ({design.mde_sd:.2f} sd of the paired differences)")
+
+
+def _paired_claim(context: _Context, j: int) -> str:
+    """'<condition> is significantly better/worse than <baseline>: median paired difference, CI, p, Holm p.'"""
+    paired, table = context.paired, context.table
+    relation = "better" if context.verdict[j] > 0 else "worse"
+    return (f"{describe_condition(table, j, context.baseline)} is significantly {relation} than "
+            f"{describe_condition(table, context.baseline, context.baseline)}: median paired difference "
+            f"{_number(paired.difference[j])} [{_number(paired.ci_low[j])}, {_number(paired.ci_high[j])}], exact "
+            f"Wilcoxon p {_p_equals(paired.p[j])}, Holm p {_p_equals(paired.p_holm[j])} ({paired.n_blocks} blocks).")
 
 
 def findings(table: ScoreTable, comparison: Comparison, baseline: int) -> list[str]:
-    """One plain-language sentence per finding: dropped blocks, the omnibus test, the best and the
-    worst condition and every condition significantly different from the baseline (each against
-    the baseline, with rank difference, CD and Holm p), and the number of Nemenyi-significant pairs.
+    """One plain-language sentence per finding: dropped blocks, the primary paired verdicts (every
+    significant condition, then the others with what the design could have detected), the control
+    arms, and the all-condition ranking (descriptive).
 
     Args:
         table: the complete score table the comparison was computed on.
@@ -170,55 +232,73 @@ def findings(table: ScoreTable, comparison: Comparison, baseline: int) -> list[s
 
 
 def _findings(context: _Context) -> list[str]:
-    table, comparison = context.table, context.comparison
-    k, n_blocks = len(table.conditions), len(table.blocks)
+    table = context.table
+    n_blocks = len(table.blocks)
     sentences = []
     if table.dropped_blocks:
         total = n_blocks + len(table.dropped_blocks)
         sentences.append(f"{len(table.dropped_blocks)} of {total} blocks were dropped because some condition "
                          f"has no score there (unfinished runs); the tests use the {n_blocks} complete blocks.")
-    significant = comparison.omnibus_p < comparison.alpha
-    if comparison.friedman is not None:
-        friedman = comparison.friedman
-        outcome = "differ significantly" if significant else "show no significant difference"
-        sentence = (f"Over {n_blocks} blocks the {k} conditions {outcome} (Iman–Davenport F = {friedman.f:.2f}, "
-                    f"p {_p_equals(friedman.p_f)}; Friedman χ² = {friedman.chi2:.2f}, p {_p_equals(friedman.p)})")
-        if not significant:
-            sentence += (f", so no condition is declared better or worse than "
-                         f"{describe_condition(table, context.baseline, context.baseline)}; the post-hoc "
-                         "numbers below are descriptive")
-        sentences.append(sentence + ".")
-    order = list(np.argsort(comparison.mean_rank, kind="stable"))
-    best, worst = order[0], order[-1]
-    mentioned = {context.baseline}
-    baseline_rank = comparison.mean_rank[context.baseline]
-    if np.isclose(baseline_rank, comparison.mean_rank[best]):  # the baseline is best, alone or tied
-        tied = [j for j in order if j != context.baseline and np.isclose(comparison.mean_rank[j], baseline_rank)]
-        with_ = "".join(f", tied with {describe_condition(table, j, context.baseline)}" for j in tied)
-        sentences.append(f"{describe_condition(table, context.baseline, context.baseline)} ranked best "
-                         f"(mean rank {baseline_rank:.2f}){with_}: no synthetic condition improved on it.")
-        mentioned.update(tied)
-    else:
-        lead = (f"{describe_condition(table, best, context.baseline)} ranked best "
-                f"(mean rank {comparison.mean_rank[best]:.2f})")
-        sentences.append(_claim(context, best, int(context.verdict[best]), lead))
-        mentioned.add(best)
-    for j in order:
-        if context.verdict[j] != 0 and j not in mentioned:
-            lead = f"{describe_condition(table, j, context.baseline)} (mean rank {comparison.mean_rank[j]:.2f}) ranked"
-            sentences.append(_claim(context, j, int(context.verdict[j]), lead, joiner=" "))
-            mentioned.add(j)
-    if worst not in mentioned:
-        lead = (f"{describe_condition(table, worst, context.baseline)} ranked worst "
-                f"(mean rank {comparison.mean_rank[worst]:.2f})")
-        sentences.append(_claim(context, worst, int(context.verdict[worst]), lead))
-    if k >= 3:
-        upper = np.triu_indices(k, 1)
-        n_pairs = upper[0].size
-        n_different = int((comparison.nemenyi_p[upper] < comparison.alpha).sum())
-        sentences.append(f"{n_different} of {n_pairs} pairs of conditions differ significantly by the Nemenyi "
-                         f"test (CD = {comparison.cd_nemenyi:.2f} mean-rank units at α = {comparison.alpha:g}).")
+    others = [j for j in range(len(context.labels)) if j != context.baseline]
+    sentences += [_paired_claim(context, j) for j in others if context.verdict[j] != 0]
+    quiet = [j for j in others if context.verdict[j] == 0]
+    if quiet:
+        names = ", ".join(context.labels[j] for j in sorted(quiet))
+        differences = context.paired.difference[quiet]
+        spread = (f"median paired difference {_number(float(differences[0]))}" if len(quiet) == 1 else
+                  f"median paired differences from {_number(float(differences.min()))} to "
+                  f"{_number(float(differences.max()))}")
+        sentences.append(f"No significant difference from {describe_condition(table, context.baseline, context.baseline)}"
+                         f" for {names} ({spread}); {_detectable_text(context)}.")
+    sentences += _control_findings(context)
+    sentences.append(_ranking_sentence(context))
     return [s[0].upper() + s[1:] for s in sentences]
+
+
+def _control_findings(context: _Context) -> list[str]:
+    """Whether the built-in controls behaved: the oracle better, noise and shuffled not better."""
+    table, sentences, behaved = context.table, [], []
+    baseline_text = describe_condition(table, context.baseline, context.baseline)
+    for j in range(len(context.labels)):
+        kind = _control_kind(table, j)
+        if kind is None:
+            continue
+        if kind == "oracle" and context.verdict[j] != 1:
+            sentences.append(f"WARNING: the positive control {context.labels[j]} (ideal synthetic patients) was not "
+                             f"found better than {baseline_text}: this design misses gains as large as perfect "
+                             f"synthetic data gives ({_detectable_text(context, j)}); read every 'no difference' "
+                             f"here as 'not detectable'.")
+        elif kind != "oracle" and context.verdict[j] == 1:
+            sentences.append(f"WARNING: the negative control {context.labels[j]} ({kind}) was reported better than "
+                             f"{baseline_text}: something other than useful data drives the verdicts (a weak "
+                             f"baseline budget, leakage or a bug); do not trust this report's gains.")
+        else:
+            behaved.append(f"{context.labels[j]} {'better' if kind == 'oracle' else 'not better'}")
+    if behaved:
+        sentences.append(f"Controls behaved as expected: {', '.join(behaved)} than {baseline_text}.")
+    return sentences
+
+
+def _ranking_sentence(context: _Context) -> str:
+    """The all-condition ranking in one sentence, labelled descriptive."""
+    comparison, table = context.comparison, context.table
+    k, n_blocks = len(table.conditions), len(table.blocks)
+    best = [j for j in np.argsort(comparison.mean_rank, kind="stable")
+            if np.isclose(comparison.mean_rank[j], comparison.mean_rank.min())]
+    if context.baseline in best:  # name the baseline first when it shares the best rank
+        best = [context.baseline] + [j for j in best if j != context.baseline]
+    tied = "".join(f", tied with {context.labels[j]}" for j in best[1:])
+    lead = ("all-condition ranking (descriptive; mean ranks depend on every condition in the report): "
+            f"{context.labels[best[0]]} ranked best (mean rank {comparison.mean_rank[best[0]]:.2f}){tied}")
+    if comparison.friedman is None:
+        return lead + "; with two conditions the ranking is the paired test above."
+    friedman = comparison.friedman
+    outcome = "differ" if comparison.omnibus_p < comparison.alpha else "show no significant difference"
+    upper = np.triu_indices(k, 1)
+    n_different = int((comparison.nemenyi_p[upper] < comparison.alpha).sum())
+    return (f"{lead}; over {n_blocks} blocks the {k} conditions {outcome} by the Iman–Davenport test "
+            f"(F = {friedman.f:.2f}, p {_p_equals(friedman.p_f)}); {n_different} of {upper[0].size} pairs differ "
+            f"by the Nemenyi test (CD = {comparison.cd_nemenyi:.2f} mean-rank units at α = {comparison.alpha:g}).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,28 +347,39 @@ def _csv_value(value) -> str:
 
 
 def _ranks_csv(context: _Context) -> str:
-    """One row per condition, best first: ranks, tests vs the baseline, verdict, scores."""
-    table, comparison = context.table, context.comparison
-    header = (["condition", *table.condition_columns, "mean_rank", "rank_difference_vs_baseline",
-               "p_nemenyi_vs_baseline", "p_bonferroni_dunn", "p_holm", "vs_baseline", "mean", "standard_error"]
+    """One row per condition, best mean rank first: the paired verdict against the baseline (the
+    primary one: median difference, CI, exact Wilcoxon and Holm p, detectable difference,
+    vs_baseline), then the all-condition ranking (mean rank, rank tests, vs_baseline_ranks), scores."""
+    table, comparison, paired = context.table, context.comparison, context.paired
+    header = (["condition", *table.condition_columns, "source", "median_difference", "ci_low", "ci_high",
+               "p_wilcoxon", "p_wilcoxon_holm", "detectable_difference", "vs_baseline", "mean_rank",
+               "rank_difference_vs_baseline", "p_nemenyi_vs_baseline", "p_bonferroni_dunn", "p_holm_ranks",
+               "vs_baseline_ranks", "mean", "standard_error"]
               + [f"{name}[{s.dataset}]" for s in context.summaries for name in ("mean", "standard_error")])
     rows = []
     for j in np.argsort(comparison.mean_rank, kind="stable"):
         per_dataset = [v for s in context.summaries for v in (s.mean[j], s.standard_error[j])]
-        rows.append([context.labels[j], *table.conditions[j], comparison.mean_rank[j],
-                     comparison.control.rank_difference[j], comparison.nemenyi_p[j, context.baseline],
-                     comparison.control.p_bonferroni[j], comparison.control.p_holm[j],
-                     VERDICT_SYMBOL[int(context.verdict[j])], context.overall.mean[j],
-                     context.overall.standard_error[j], *per_dataset])
+        source = table.sources[j] if table.sources else ""
+        rows.append([context.labels[j], *table.conditions[j], source, paired.difference[j], paired.ci_low[j],
+                     paired.ci_high[j], paired.p[j], paired.p_holm[j], context.detectable[j],
+                     "baseline" if j == context.baseline else VERDICT_SYMBOL[int(context.verdict[j])],
+                     comparison.mean_rank[j], comparison.control.rank_difference[j],
+                     comparison.nemenyi_p[j, context.baseline], comparison.control.p_bonferroni[j],
+                     comparison.control.p_holm[j], VERDICT_SYMBOL[int(context.rank_verdict[j])],
+                     context.overall.mean[j], context.overall.standard_error[j], *per_dataset])
     return _csv_text(header, rows)
 
 
 def _pvalues_csv(context: _Context) -> str:
-    """Tidy p-values: one row per test and pair (condition_b empty for omnibus tests)."""
-    comparison, labels = context.comparison, context.labels
+    """Tidy p-values: one row per test and pair (condition_b empty for omnibus tests).  Tests:
+    wilcoxon_vs_baseline (the primary, paired; p_adjusted = Holm), friedman, iman_davenport,
+    wilcoxon (k = 2), nemenyi, bonferroni_dunn, holm_ranks (rank-based against the baseline),
+    wilcoxon_pairwise_holm (when asked for)."""
+    comparison, labels, paired = context.comparison, context.labels, context.paired
     k = len(labels)
     header = ["test", "condition_a", "condition_b", "statistic", "p", "p_adjusted"]
-    rows = []
+    rows = [["wilcoxon_vs_baseline", labels[j], labels[context.baseline], paired.signed_rank_sum[j], paired.p[j],
+             paired.p_holm[j]] for j in range(k) if j != context.baseline]
     if comparison.friedman is not None:
         f = comparison.friedman
         rows.append(["friedman", "all", "", f.chi2, f.p, f.p])
@@ -307,7 +398,8 @@ def _pvalues_csv(context: _Context) -> str:
             continue
         rows.append(["bonferroni_dunn", labels[j], labels[context.baseline], control.z[j], control.p[j],
                      control.p_bonferroni[j]])
-        rows.append(["holm", labels[j], labels[context.baseline], control.z[j], control.p[j], control.p_holm[j]])
+        rows.append(["holm_ranks", labels[j], labels[context.baseline], control.z[j], control.p[j],
+                     control.p_holm[j]])
     if comparison.pairwise_wilcoxon_p is not None:
         for i, j in zip(*np.triu_indices(k, 1)):
             rows.append(["wilcoxon_pairwise_holm", labels[i], labels[j], "", comparison.pairwise_wilcoxon_p[i, j],
@@ -324,15 +416,20 @@ def _markdown(context: _Context, figures: dict[str, Path | None]) -> str:
     lines = [f"# Comparison report: {_metric_label(table)}", ""]
     lines += _markdown_setup(context)
     lines += ["## Findings", ""] + [f"- {s}" for s in _findings(context)] + [""]
-    lines += _markdown_tests(context)
-    if figures["cd"] is not None:
-        lines += ["![Critical-difference diagram](cd_diagram.png)", ""]
-    lines += ["## Mean ranks and tests against the baseline", ""]
-    lines += _markdown_rank_table(context)
+    lines += ["## Each condition against the baseline (the verdict)", ""]
+    lines += _markdown_paired_table(context)
     lines += ["## Scores per dataset (mean ± standard error over blocks)", ""]
     lines += _markdown_score_table(context)
     if figures["score_vs_k"] is not None:
         lines += ["![Score against number of synthetic patients](score_vs_k.png)", ""]
+    lines += ["## All-condition ranking (Friedman + Nemenyi; descriptive)", "",
+              "Mean ranks over every condition of this report, as in Vu et al. and Demšar (2006). A condition's "
+              "mean rank, and so the rank-based tests below, change when other conditions are added or removed; "
+              "the verdict above does not. The CD diagram joins conditions the Nemenyi test does not separate.", ""]
+    lines += _markdown_tests(context)
+    if figures["cd"] is not None:
+        lines += ["![Critical-difference diagram](cd_diagram.png)", ""]
+    lines += _markdown_rank_table(context)
     if table.dropped_blocks:
         lines += ["## Dropped blocks (incomplete)", ""]
         label_of = dict(zip(table.conditions, table.condition_labels))
@@ -343,8 +440,29 @@ def _markdown(context: _Context, figures: dict[str, Path | None]) -> str:
     return "\n".join(lines)
 
 
+def _study_lines(study: dict) -> list[str]:
+    """The study settings that decide what a verdict means: budget, batch mix, model selection,
+    empty classes, blocks."""
+    train = study.get("train", {})
+    if train.get("budget", "steps") == "epochs":
+        budget = f"{train.get('epochs')} epochs over each run's own data (larger k: more steps)"
+    else:
+        budget = f"{train.get('iterations')} steps of {train.get('batch_size')} slices for every run (larger k: fewer passes per patient)"
+    fraction = train.get("real_fraction")
+    mix = "uniform over the pooled real + synthetic slices (k sets the mix)" if fraction is None else \
+        f"{fraction:.0%} real slices in every batch"
+    selection = {"fold": "best state on the fold's real validation patients (labelled patients outside n_real)",
+                 "own": "best state on the run's own real training patients",
+                 "none": "last state of the fixed budget (no validation)"}.get(train.get("validation", "fold"), "?")
+    empty = {"exclude": "a test patient without a class is left out of that class's scores",
+             "score": "a test patient without a class scores 1 (nothing predicted) or 0 (a false detection)"
+             }.get(study.get("empty_class", "score"), "?")
+    return [f"- Study `{study.get('name', '?')}`: budget {budget}; batches {mix}; tested model: {selection}; "
+            f"{empty}; {study.get('repeats', 1)} repeat(s), each block (dataset × fold × repeat) with its own seed"]
+
+
 def _markdown_setup(context: _Context) -> list[str]:
-    table, config = context.table, context.config
+    table, config, design = context.table, context.config, context.design
     direction = "higher is better" if table.higher_is_better else "lower is better"
     n_total = len(table.blocks) + len(table.dropped_blocks)
     lines = [
@@ -355,27 +473,52 @@ def _markdown_setup(context: _Context) -> list[str]:
         f"- Blocks ({', '.join(table.block_columns)}): {len(table.blocks)} complete of {n_total}",
         f"- Conditions ({', '.join(table.condition_columns)}): {len(table.conditions)}; "
         f"baseline: {context.labels[context.baseline]}",
-        f"- α = {config.alpha:g}; ranks: 1 = best, ties averaged",
+        f"- Verdict: each condition against the baseline by the exact Wilcoxon signed-rank test on its "
+        f"{design.n_blocks} paired blocks, Holm over {design.n_comparisons} comparisons, α = {config.alpha:g} "
+        f"(smallest attainable p {design.smallest_p:.3g}); effect = median paired difference with a 95 % "
+        f"bootstrap interval over blocks; power: {_detectable_text(context)}",
+        "- Ranks (descriptive section): 1 = best, ties averaged",
     ]
+    if context.study is not None:
+        lines += _study_lines(context.study)
     if table.n_missing_values:
-        lines.append(f"- {table.n_missing_values} case values were empty/NaN and left out of the cell means")
+        absent = (f" ({table.n_absent_values} because the class is absent from the patient's reference, excluded "
+                  f"by the study's convention)" if table.n_absent_values else "")
+        lines.append(f"- {table.n_missing_values} case values were empty/NaN and left out of the cell means{absent}")
     return lines + [""]
+
+
+def _markdown_paired_table(context: _Context) -> list[str]:
+    paired, table = context.paired, context.table
+    rows = [f"| condition | median Δ {table.metric} | 95 % CI | exact Wilcoxon p | Holm p | detectable Δ "
+            f"(80 % power) | verdict |", "|---|---:|---|---:|---:|---:|:---:|"]
+    for j in range(len(context.labels)):
+        if j == context.baseline:
+            continue
+        control = _control_kind(table, j)
+        name = context.labels[j] + (f" *(control: {control})*" if control else "")
+        rows.append(f"| {name} | {_number(paired.difference[j])} | [{_number(paired.ci_low[j])}, "
+                    f"{_number(paired.ci_high[j])}] | {_format_p(paired.p[j])} | {_format_p(paired.p_holm[j])} | "
+                    f"{context.detectable[j]:.3f} | {VERDICT_SYMBOL[int(context.verdict[j])]} |")
+    note = (f"Δ = condition − {context.labels[context.baseline]} per block; + / − : significantly better / worse "
+            f"(Holm-adjusted exact Wilcoxon p < {context.config.alpha:g}); 0: no significant difference — the "
+            f"design would have detected a difference of the size in the 'detectable' column with 80 % power.")
+    return rows + ["", note, ""]
 
 
 def _markdown_tests(context: _Context) -> list[str]:
     comparison = context.comparison
     k, n_blocks = len(context.labels), len(context.table.blocks)
-    lines = ["## Omnibus test", ""]
+    lines = []
     if comparison.friedman is not None:
         f = comparison.friedman
         lines += [f"- Friedman: χ² = {f.chi2:.4f}, df = {f.df}, p {_p_equals(f.p)}",
-                  f"- Iman–Davenport: F = {f.f:.4f}, df = ({f.df1}, {f.df2}), p {_p_equals(f.p_f)}", ""]
+                  f"- Iman–Davenport: F = {f.f:.4f}, df = ({f.df1}, {f.df2}), p {_p_equals(f.p_f)}"]
     else:
         w = comparison.wilcoxon
         lines += [f"- k = 2: Wilcoxon signed-rank W = {w.statistic:g}, p {_p_equals(w.p)}, "
-                  f"median difference = {w.median_difference:+.4g} over {w.n_blocks} blocks", ""]
-    lines += ["## Critical differences", "",
-              f"- Nemenyi (all pairs): q_α = {nemenyi_q_alpha(k, comparison.alpha):.3f}, "
+                  f"median difference = {w.median_difference:+.4g} over {w.n_blocks} blocks"]
+    lines += [f"- Nemenyi (all pairs): q_α = {nemenyi_q_alpha(k, comparison.alpha):.3f}, "
               f"CD = {comparison.cd_nemenyi:.3f} (k = {k}, N = {n_blocks})",
               f"- Bonferroni–Dunn (vs baseline): q_α = {bonferroni_dunn_q_alpha(k, comparison.alpha):.3f}, "
               f"CD = {comparison.control.cd_bonferroni_dunn:.3f}", ""]
@@ -384,17 +527,18 @@ def _markdown_tests(context: _Context) -> list[str]:
 
 def _markdown_rank_table(context: _Context) -> list[str]:
     comparison = context.comparison
-    header = ("| condition | mean rank | Δ rank vs baseline | Nemenyi p | Bonferroni–Dunn p | Holm p "
-              "| vs baseline |\n|---|---:|---:|---:|---:|---:|:---:|")
+    header = ("| condition | mean rank | Δ rank vs baseline | Nemenyi p | Bonferroni–Dunn p | Holm p (ranks) "
+              "| rank-based vs baseline |\n|---|---:|---:|---:|---:|---:|:---:|")
     rows = [header]
     for j in np.argsort(comparison.mean_rank, kind="stable"):
         name = f"**{context.labels[j]}**" if j == context.baseline else context.labels[j]
         rows.append(f"| {name} | {comparison.mean_rank[j]:.2f} | {comparison.control.rank_difference[j]:+.2f} | "
                     f"{_format_p(comparison.nemenyi_p[j, context.baseline])} | "
                     f"{_format_p(comparison.control.p_bonferroni[j])} | {_format_p(comparison.control.p_holm[j])} | "
-                    f"{'baseline' if j == context.baseline else VERDICT_SYMBOL[int(context.verdict[j])]} |")
-    note = ("+ / − : significantly better / worse than the baseline (Holm at α after a significant "
-            "Iman–Davenport test; Wilcoxon for k = 2); 0: no significant difference.")
+                    f"{'baseline' if j == context.baseline else VERDICT_SYMBOL[int(context.rank_verdict[j])]} |")
+    note = ("Rank-based + / − : Holm on mean-rank differences after a significant Iman–Davenport test (Wilcoxon "
+            "for k = 2), Demšar's protocol. Descriptive: it depends on the other conditions; the verdict is the "
+            "paired table above.")
     return rows + ["", note, ""]
 
 
@@ -442,15 +586,16 @@ def _latex(context: _Context) -> str:
     k = len(context.labels)
     summaries = context.summaries
     symbol = {1: "$+$", 0: "$0$", -1: "$-$"}
+    paired = context.paired
     lines = ["% Comparison report generated by stylepair (segmentation.report); needs \\usepackage{booktabs}"]
     if comparison.friedman is not None:
         f = comparison.friedman
         lines.append(f"% Friedman chi2 = {f.chi2:.4f} (df {f.df}, p = {f.p:.4g}); "
                      f"Iman-Davenport F = {f.f:.4f} (df {f.df1}, {f.df2}; p = {f.p_f:.4g})")
     lines += ["\\begin{table}[t]", "\\centering", "\\small",
-              "\\begin{tabular}{l r " + "r " * len(summaries) + "c}", "\\toprule",
+              "\\begin{tabular}{l r " + "r " * len(summaries) + "r c}", "\\toprule",
               "Condition & Mean rank & " + " & ".join(_tex_escape(s.dataset) for s in summaries)
-              + " & vs.\\ baseline \\\\",
+              + " & Median $\\Delta$ & vs.\\ baseline \\\\",
               "\\midrule"]
     for j in np.argsort(comparison.mean_rank, kind="stable"):
         name = _tex_escape(context.labels[j])
@@ -458,12 +603,16 @@ def _latex(context: _Context) -> str:
         cells = [f"${s.mean[j]:.3f}$" if np.isnan(s.standard_error[j])
                  else f"${s.mean[j]:.3f} \\pm {s.standard_error[j]:.3f}$" for s in summaries]
         verdict = "baseline" if j == context.baseline else symbol[int(context.verdict[j])]
-        lines.append(f"{name} & ${comparison.mean_rank[j]:.2f}$ & " + " & ".join(cells) + f" & {verdict} \\\\")
+        delta = "" if j == context.baseline else f"${paired.difference[j]:+.3f}$"
+        lines.append(f"{name} & ${comparison.mean_rank[j]:.2f}$ & " + " & ".join(cells)
+                     + f" & {delta} & {verdict} \\\\")
     omnibus = (f"Iman--Davenport $F = {comparison.friedman.f:.2f}$, $p {_p_equals(comparison.friedman.p_f)}$"
                if comparison.friedman is not None else f"Wilcoxon $p {_p_equals(comparison.wilcoxon.p)}$")
     caption = (f"Mean {_tex_escape(table.metric)} $\\pm$ standard error over blocks and mean rank over "
                f"{len(table.blocks)} blocks ($k = {k}$). {omnibus}; Nemenyi CD $= {comparison.cd_nemenyi:.2f}$ "
-               f"at $\\alpha = {comparison.alpha:g}$. $+$/$-$: significantly better/worse than the baseline (Holm).")
+               f"at $\\alpha = {comparison.alpha:g}$ (descriptive ranking). Median $\\Delta$: median paired difference "
+               f"with the baseline over blocks; $+$/$-$: significantly better/worse than the baseline by the exact "
+               f"Wilcoxon signed-rank test on the paired blocks, Holm over the conditions.")
     lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption}}}", "\\label{tab:comparison}",
               "\\end{table}", ""]
     return "\n".join(lines)

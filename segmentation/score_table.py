@@ -61,9 +61,11 @@ class ScoreTableConfig:
     metric: the score column (e.g. "dice", "hd95"). higher_is_better: None infers it from the
     metric name (LOWER_IS_BETTER_METRICS). class_name/class_column: keep only rows of this class
     (None: no class filtering). block_columns / condition_columns: the columns whose values make a
-    block / a condition. replicate_columns: columns that may vary inside one cell and are averaged
-    over (test cases, repeats); any other duplication inside a cell is an error, because it means
-    two different experiments would be averaged silently. k_column: number of added synthetic
+    block / a condition. repeats_as_blocks: when the file has ``repeat_column``, each repeat is its
+    own block (added to the block columns) -- True by default, since repeats are independent
+    replications; False averages repeats inside a cell. replicate_columns: columns that may vary
+    inside one cell and are averaged over (test cases); any other duplication inside a cell is an
+    error, because it means two different experiments would be averaged silently. k_column: number of added synthetic
     patients inside the condition columns (used for labels and the score-vs-k plot).
     """
 
@@ -73,9 +75,21 @@ class ScoreTableConfig:
     class_column: str = "class"
     block_columns: tuple[str, ...] = ("dataset", "fold")
     condition_columns: tuple[str, ...] = ("arm", "n_synthetic")
-    replicate_columns: tuple[str, ...] = ("case", "repeat")
+    replicate_columns: tuple[str, ...] = ("case",)
     k_column: str = "n_synthetic"
     filters: tuple[RowFilter, ...] = ()
+    repeats_as_blocks: bool = True
+    repeat_column: str = "repeat"
+
+    def resolved(self, columns: list[str]) -> "ScoreTableConfig":
+        """The configuration for a file with ``columns``: the repeat column added to the blocks (or
+        to the replicates) when the file has it and no other role was given to it."""
+        if self.repeat_column not in columns or self.repeat_column in (*self.block_columns, *self.condition_columns,
+                                                                       *self.replicate_columns):
+            return self
+        if self.repeats_as_blocks:
+            return replace(self, block_columns=(*self.block_columns, self.repeat_column))
+        return replace(self, replicate_columns=(*self.replicate_columns, self.repeat_column))
 
     def direction(self) -> bool:
         """True when a higher metric value is better."""
@@ -91,7 +105,10 @@ class ScoreTable:
     scores [N, k] float (NaN = missing cell; +-inf kept, e.g. an HD95 of an empty prediction);
     n_values [N, k] int: case values averaged in each cell. blocks / conditions: the value tuples of
     the block / condition columns, in sorted (natural) order. n_missing_values: case rows whose
-    metric was empty or NaN and was left out of the cell means. dropped_blocks: (block, missing
+    metric was empty or NaN and was left out of the cell means; n_absent_values: those of them
+    whose class was absent from the patient's reference (``in_reference`` = 0: excluded by the
+    study's empty-class convention). sources [k]: the ``source`` column's value of each condition
+    ("" when the file has none or it varies), e.g. "control:oracle". dropped_blocks: (block, missing
     conditions) for every block removed by drop_incomplete_blocks. class_name: the class the rows
     were restricted to (None: all rows).
     """
@@ -111,6 +128,8 @@ class ScoreTable:
     filters: tuple[RowFilter, ...] = ()
     class_name: str | None = None
     dropped_blocks: tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = field(default=())
+    n_absent_values: int = 0
+    sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         assert self.scores.shape == (len(self.blocks), len(self.conditions)), self.scores.shape
@@ -228,6 +247,7 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
     rows (NaN metric values left out and counted). Raises ValueError naming `source` for missing
     columns, non-numeric metric values, or two rows of one cell with the same replicate values.
     """
+    config = config.resolved(columns)
     needed = set(config.block_columns) | set(config.condition_columns) | {config.metric}
     needed |= {f.column for f in config.filters}
     if config.class_name is not None:
@@ -245,7 +265,8 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
     cells: dict[tuple[tuple[str, ...], tuple[str, ...]], list[float]] = {}
     seen_replicates: dict[tuple, int] = {}
     n_rows = 0
-    n_missing = 0
+    n_missing = n_absent = 0
+    condition_sources: dict[tuple[str, ...], set[str]] = {}
     for line_number, row in enumerate(rows, start=2):
         if config.class_name is not None and row[config.class_column] != config.class_name:
             continue
@@ -265,8 +286,10 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
             seen_replicates[replicate_key] = line_number
         value = _parse_metric(row[config.metric], source, line_number, config.metric)
         values = cells.setdefault((block, condition), [])
+        condition_sources.setdefault(condition, set()).add(row.get("source", ""))
         if math.isnan(value):
             n_missing += 1
+            n_absent += row.get("in_reference") == "0"
         else:
             values.append(value)
     if n_rows == 0:
@@ -290,7 +313,9 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
                       condition_columns=tuple(config.condition_columns), k_column=config.k_column,
                       blocks=blocks, conditions=conditions, scores=scores, n_values=n_values,
                       n_rows=n_rows, n_missing_values=n_missing, filters=tuple(config.filters),
-                      class_name=config.class_name)
+                      class_name=config.class_name, n_absent_values=n_absent,
+                      sources=tuple(next(iter(condition_sources[c])) if len(condition_sources[c]) == 1 else ""
+                                    for c in conditions))
 
 
 def load_score_table(path: str | Path, config: ScoreTableConfig) -> ScoreTable:
