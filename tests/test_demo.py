@@ -25,12 +25,16 @@ def test_every_stage_leaves_its_outputs(demo):
         assert (folder / "preview.png").stat().st_size > 0 and (folder / "synthesis.json").is_file()
     with open(demo / "study" / "cases.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    # 2 folds x (real + 2 arms x 2 k) runs, each scoring 2 test patients
-    assert len({r["run_id"] for r in rows}) == 10
-    assert {r["arm"] for r in rows} == {"real", "baseline-gan", "pair"} and len({r["case"] for r in rows}) == 2
+    # 2 folds x (real + 5 arms x 1 k) runs, each scoring 2 test patients
+    assert len({r["run_id"] for r in rows}) == 12
+    assert {r["arm"] for r in rows} == {"real", "oracle", "noise", "shuffled", "baseline-gan", "pair"}
+    assert len({r["case"] for r in rows}) == 2
+    assert {r["source"] for r in rows if r["arm"] == "oracle"} == {"control:oracle"}
     for report in ("report", "report-core"):
         text = (demo / report / "report.md").read_text()
-        assert "Friedman" in text and (demo / report / "cd_diagram.png").stat().st_size > 0
+        assert "Each condition against the baseline" in text and "Friedman" in text
+        assert "cannot reach significance at all" in text  # the quick design is stated as too small
+        assert (demo / report / "cd_diagram.png").stat().st_size > 0
 
 
 def test_second_run_reuses_finished_stages(demo, capsys):
@@ -39,7 +43,7 @@ def test_second_run_reuses_finished_stages(demo, capsys):
     capsys.readouterr()
     assert main(["--quick", "--out", str(demo)]) == 0
     printed = capsys.readouterr()
-    assert "already complete" in printed.out and "10 already done" in printed.err
+    assert "already complete" in printed.out and "12 already done" in printed.err
     assert {p: p.stat().st_mtime_ns for p in (demo / "study" / "runs").glob("*.json")} == runs
     assert (demo / "synthetic" / "pair" / "synthesis.json").stat().st_mtime_ns == synthetic
 
