@@ -266,8 +266,8 @@ def _control_findings(context: _Context) -> list[str]:
         if kind == "oracle" and context.verdict[j] != 1:
             sentences.append(f"WARNING: the positive control {context.labels[j]} (ideal synthetic patients) was not "
                              f"found better than {baseline_text}: this design misses gains as large as perfect "
-                             f"synthetic data gives ({_detectable_text(context, j)}); read every 'no difference' "
-                             f"here as 'not detectable'.")
+                             f"synthetic data gives here — {_detectable_text(context, j)} — so read every 'no "
+                             f"difference' in this report as 'not detectable'.")
         elif kind != "oracle" and context.verdict[j] == 1:
             sentences.append(f"WARNING: the negative control {context.labels[j]} ({kind}) was reported better than "
                              f"{baseline_text}: something other than useful data drives the verdicts (a weak "

@@ -348,3 +348,13 @@ def test_empty_classes_are_excluded_and_marked(control_study):
     absent = [r for r in rows if r["in_reference"] == "0"]
     assert all(r["dice"] == "" and r["hd95"] == "" for r in absent)
     assert all(r["dice"] != "" for r in rows if r["in_reference"] == "1")
+
+
+def test_results_of_the_old_seed_scheme_are_refused_not_mixed(micro_study, sources, tmp_path):
+    config, results, _ = micro_study
+    old = json.loads((results / "runs" / "phantom-f0-r0-real-k0-nall.json").read_text())
+    del old["seed_scheme"]  # a run written before block seeds: one seed for every fold of a repeat
+    (tmp_path / "runs").mkdir()
+    atomic_write_json(tmp_path / "runs" / "phantom-f0-r0-real-k0-nall.json", old)
+    with pytest.raises(StudyDataError, match="seed scheme 1 .*not mix the two in one results folder"):
+        run_study(config, tmp_path, device="cpu", progress=False, threads=1)
