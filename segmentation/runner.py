@@ -13,6 +13,8 @@ Results folder (``RESULTS``)::
     splits/DATASET.json     the patient-level splits every shard and re-run uses
     tensorboard/RUN_ID/     training loss, validation score, test foreground Dice
     synthetic/ARM/          patients sampled from a GAN arm (nnU-Net v2 raw), shared by all runs
+    synthetic/procedural/ARM/BLOCK/   patients of a procedural arm, made for one block (dataset, fold,
+                            repeat, n) from that block's real training patients only
 
 A run that crashes writes no JSON, so re-running (any shard) redoes exactly the unfinished runs.
 A finished run whose recorded configuration differs from the current one is an error (the results
@@ -50,7 +52,9 @@ from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
                            load_or_make_splits, make_splits, open_slice_cache)
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
+from procedural import ProceduralError
 from training.checkpoint import CheckpointError
+from training.procedural_sampling import synthesise_to_directory
 from training.sampling import QualityGateError, load_source, sample_to_directory
 from training.synthetic_dataset import SamplingSettings
 
@@ -90,10 +94,12 @@ class SyntheticData:
 
 @dataclass
 class StudyData:
-    """Everything the runs read: real data per dataset name, synthetic data per (dataset, arm)."""
+    """Everything the runs read: real data per dataset name, synthetic data per (dataset, arm), and
+    for procedural arms the patients each block makes (the largest k of the arm per (dataset, n))."""
 
     real: dict[str, RealData]
     synthetic: dict[tuple[str, str], SyntheticData] = field(default_factory=dict)
+    procedural_patients: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
 
 
 def dataset_root(spec: DatasetSpec) -> Path:
@@ -200,6 +206,11 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
         runs = [r for r in grid if r.dataset == spec.name]
         for arm in config.arms:
             needed = max_synthetic(runs, arm.name)
+            if arm.procedural is not None:
+                for n in {r.n_real_requested for r in runs}:
+                    data.procedural_patients[(spec.name, arm.name, n)] = max_synthetic(
+                        [r for r in runs if r.n_real_requested == n], arm.name)
+                continue
             if needed == 0 or arm.control in ("noise", "shuffled"):
                 continue
             cache_dir = results / "synthetic" / ".slice_cache"
@@ -263,7 +274,9 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
     if run.arm != BASELINE_ARM:
         arm_seed = [run.seed, name_code(run.arm)]
         control = config.arm(run.arm).control
-        if control == "noise":
+        if config.arm(run.arm).procedural is not None:
+            synthetic = [f"SYN_{j:04d}" for j in range(run.n_synthetic)]  # the block's own, nested in k
+        elif control == "noise":
             synthetic = [f"noise_{j:04d}" for j in range(run.n_synthetic)]
         elif control == "shuffled":
             synthetic = [f"{a}<labels:{b}" for a, b in shuffled_pairs(train, run.n_synthetic, arm_seed)]
@@ -274,21 +287,51 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
     return RunPatients(train, synthetic, val, list(real.splits.test))
 
 
-def synthetic_slices(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients
-                     ) -> torch.utils.data.Dataset:
-    """The training slices of the synthetic patients of ``run`` (a synthetic arm)."""
+def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients, results: Path
+                     ) -> tuple[SyntheticData, dict[str, list[str]]]:
+    """The procedural patients of ``run``'s block, made on first use (under a lock: shards share
+    them) from the block's real training patients only, and checked to be made from nothing else;
+    with the recorded real source patients of each synthetic one."""
+    arm, real = config.arm(run.arm), data.real[run.dataset]
+    n = "all" if run.n_real_requested is None else run.n_real
+    folder = results / "synthetic" / "procedural" / arm.name / f"{run.dataset}-f{run.fold}-r{run.repeat}-n{n}"
+    count = data.procedural_patients[(run.dataset, arm.name, run.n_real_requested)]
+    seed = int(np.random.SeedSequence([run.seed, name_code(arm.name)]).generate_state(1)[0])
+    with file_lock(folder.parent / f".{folder.name}.lock"):
+        try:
+            report = synthesise_to_directory(real.dataset, patients.train_real, arm.procedural, arm.config, count,
+                                             seed, folder, progress=False)
+        except (ProceduralError, ValueError) as exc:
+            raise StudyDataError(f"arm {arm.name!r} ({arm.procedural} into {folder}): {exc}") from exc
+    leaked = sorted({s for sources in report.sources.values() for s in sources} - set(patients.train_real))
+    if leaked:
+        raise StudyDataError(f"{folder}: procedural patients were made from {leaked}, which are not this block's "
+                             f"real training patients (validation or test patients must never reach a synthesiser); "
+                             f"delete the folder to make it again")
+    return load_synthetic(arm, folder, real, run.n_synthetic, results / "synthetic" / ".slice_cache"), report.sources
+
+
+def synthetic_slices(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients, results: Path
+                     ) -> tuple[torch.utils.data.Dataset, dict[str, list[str]]]:
+    """The training slices of the synthetic patients of ``run`` (a synthetic arm), and the real
+    patients each synthetic one was made from where the study made them (procedural, shuffled)."""
     real = data.real[run.dataset]
+    if config.arm(run.arm).procedural is not None:
+        block, sources = procedural_block(run, config, data, patients, results)
+        used = {case: sources[case] for case in patients.train_synthetic}
+        return SliceDataset(block.cache, _case_rows(block.cache, patients.train_synthetic)), used
     control = config.arm(run.arm).control
     if control == "noise":
         per_patient = max(1, round(len(real.cache) / len(real.dataset.case_ids)))
         return NoiseSlices(run.n_synthetic, per_patient, len(real.dataset.modalities),
                            real.spec.preprocess.resolution, len(real.dataset.label_values),
-                           seed=int(np.random.SeedSequence([run.seed, name_code(run.arm)]).generate_state(1)[0]))
+                           seed=int(np.random.SeedSequence([run.seed, name_code(run.arm)]).generate_state(1)[0])), {}
     if control == "shuffled":
         pairs = [tuple(name.split("<labels:")) for name in patients.train_synthetic]
-        return ShuffledLabelSlices(real.cache, pairs)  # type: ignore[arg-type]
+        return ShuffledLabelSlices(real.cache, pairs), {name: list(pair) for name, pair in  # type: ignore[arg-type]
+                                                        zip(patients.train_synthetic, pairs)}
     cache = data.synthetic[(run.dataset, run.arm)].cache
-    return SliceDataset(cache, _case_rows(cache, patients.train_synthetic))
+    return SliceDataset(cache, _case_rows(cache, patients.train_synthetic)), {}
 
 
 def _case_rows(cache: SliceCache, case_ids: list[str]) -> np.ndarray:
@@ -364,8 +407,10 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
     real = data.real[run.dataset]
     patients = run_patients(run, config, data)
     parts = [SliceDataset(real.cache, _case_rows(real.cache, patients.train_real))]
+    synthetic_sources: dict[str, list[str]] = {}
     if patients.train_synthetic:
-        parts.append(synthetic_slices(run, config, data, patients))
+        synthetic, synthetic_sources = synthetic_slices(run, config, data, patients, results)
+        parts.append(synthetic)
     slices = ConcatDataset(parts)
     steps = run_steps(config.train, len(slices))
     val_volumes = CaseVolumes(real.cache, patients.val)
@@ -387,7 +432,7 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
         "fingerprint": fingerprint(run_config(run, config)), "config": run_config(run, config),
         "source": _source(run, config), "budget_rule": budget_rule(config.train), "steps": steps,
         "seed": run.seed, "seed_scheme": SEED_SCHEME,
-        "patients": dataclasses.asdict(patients),
+        "patients": dataclasses.asdict(patients), "synthetic_sources": synthetic_sources,
         "slices": {"train_real": len(parts[0]), "train_synthetic": len(slices) - len(parts[0])},
         "training": training, "cases": cases,
         "wall_seconds": round(time.time() - started, 3), "device": str(device),

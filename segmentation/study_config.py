@@ -21,6 +21,7 @@ keys anywhere are errors naming the key)::
       - {name: pair, folder: synthetic/pair}
       - {name: gan, gan: checkpoints/run, mask_gan: null, psi: 0.7, patients: null}
       - {name: oracle, control: oracle}   # built-in controls: oracle (phantoms only), noise, shuffled
+      - {name: lesions, procedural: lesion-insertion, config: configs/procedural/phantom-lesions.yaml}
     k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x"; for
                                    # n_real null, n = the dataset's smallest training fold)
     n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves
@@ -48,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from procedural import ProceduralError, load_synthesiser_config
 from training.data import PreprocessConfig, load_preprocess_config, preprocess_config_from_dict
 
 PHANTOMS = "phantoms"
@@ -89,8 +91,10 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class ArmSpec:
     """One synthetic source.  Exactly one of ``folder`` (an nnU-Net v2 raw dataset, as
-    ``sample_patients.py`` writes), ``gan`` (a GAN run directory sampled with ``psi``) or
-    ``control`` (a built-in control arm, `segmentation.controls`) is set.
+    ``sample_patients.py`` writes), ``gan`` (a GAN run directory sampled with ``psi``),
+    ``control`` (a built-in control arm, `segmentation.controls`) or ``procedural`` (a synthesiser of
+    the `procedural` package with the settings file ``config``, run per block on that block's real
+    training patients only) is set.
 
     mask_gan: the mask generator run of a two-stage pair (with ``gan`` = the image generator);
     patients: how many patients to sample from a GAN (default: enough for every block to draw its
@@ -107,10 +111,14 @@ class ArmSpec:
     psi: float = 1.0
     patients: int | None = None
     control: str | None = None
+    procedural: str | None = None
+    config: str | None = None
 
     @property
     def kind(self) -> str:
-        """"folder", "gan" or "control": where the patients come from."""
+        """"folder", "gan", "control" or "procedural": where the patients come from."""
+        if self.procedural is not None:
+            return "procedural"
         if self.control is not None:
             return "control"
         return "folder" if self.folder is not None else "gan"
@@ -120,6 +128,8 @@ class ArmSpec:
         """A short description of where the patients come from (the ``source`` column)."""
         if self.control is not None:
             return f"control:{self.control}"
+        if self.procedural is not None:
+            return f"procedural:{self.procedural}" + (f"@{self.config}" if self.config else "")
         if self.folder is not None:
             return f"folder:{self.folder}"
         return f"gan:{self.gan}" + (f"+mask:{self.mask_gan}" if self.mask_gan else "") + f"@psi={self.psi:g}"
@@ -364,8 +374,15 @@ class _Reader:
         self.name(spec.name, f"{key}.name")
         if spec.name == BASELINE_ARM:
             raise self.fail(f"{key}.name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
-        if sum(x is not None for x in (spec.folder, spec.gan, spec.control)) != 1:
-            raise self.fail(key, f"arm {spec.name!r} needs exactly one of 'folder', 'gan' or 'control'")
+        if sum(x is not None for x in (spec.folder, spec.gan, spec.control, spec.procedural)) != 1:
+            raise self.fail(key, f"arm {spec.name!r} needs exactly one of 'folder', 'gan', 'control' or 'procedural'")
+        if spec.config is not None and spec.procedural is None:
+            raise self.fail(f"{key}.config", f"arm {spec.name!r}: config only applies to a 'procedural' source")
+        if spec.procedural is not None:
+            try:
+                load_synthesiser_config(spec.procedural, spec.config)
+            except ProceduralError as exc:
+                raise self.fail(key, f"arm {spec.name!r}: {exc}") from None
         if spec.gan is None and (spec.mask_gan is not None or spec.patients is not None):
             raise self.fail(key, f"arm {spec.name!r}: mask_gan / patients only apply to a 'gan' source")
         if spec.control is not None and spec.control not in CONTROLS:

@@ -53,7 +53,7 @@ def test_unknown_or_bad_keys_are_named(tmp_path, values, key):
 @pytest.mark.parametrize("values, fragment", [
     ({}, "datasets: missing"),
     (_minimal(train={"iterations": "many"}), "expected an integer"),
-    (_minimal(arms=[{"name": "a", "folder": "x", "gan": "y"}], k=[1]), "exactly one of 'folder', 'gan' or 'control'"),
+    (_minimal(arms=[{"name": "a", "folder": "x", "gan": "y"}], k=[1]), "exactly one of 'folder', 'gan', 'control' or 'procedural'"),
     (_minimal(arms=[{"name": "real", "folder": "x"}], k=[1]), "real-only baseline"),
     (_minimal(arms=[{"name": "a", "folder": "x"}]), "need at least one k > 0"),
     (_minimal(k=["two"]), "multiple of n"),

@@ -358,3 +358,42 @@ def test_results_of_the_old_seed_scheme_are_refused_not_mixed(micro_study, sourc
     atomic_write_json(tmp_path / "runs" / "phantom-f0-r0-real-k0-nall.json", old)
     with pytest.raises(StudyDataError, match="seed scheme 1 .*not mix the two in one results folder"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+
+
+def test_a_procedural_arm_is_made_per_block_from_the_block_s_training_patients_only(tmp_path):
+    lesions = {"name": "lesions", "procedural": "lesion-insertion",
+               "config": str(Path(__file__).resolve().parents[1] / "configs" / "procedural" / "phantom-lesions.yaml")}
+    config = load_study_config(MICRO, [f"arms={json.dumps([lesions])}", "k=[2, 3]", "train.iterations=2",
+                                       "train.val_every=2", "n_real=[3]", "repeats=2"])
+    summary = run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+    assert len(summary.ran) == 2 * 2 * 3
+    for record in runner.read_results(tmp_path):
+        patients = record["patients"]
+        if record["config"]["run"]["arm"] != "lesions":
+            continue
+        assert record["source"].startswith("procedural:lesion-insertion@")
+        sources = {s for ids in record["synthetic_sources"].values() for s in ids}
+        assert set(record["synthetic_sources"]) == set(patients["train_synthetic"])
+        assert sources and sources <= set(patients["train_real"])
+        assert sources.isdisjoint(patients["test"] + patients["val"])
+    blocks = sorted(p.name for p in (tmp_path / "synthetic" / "procedural" / "lesions").iterdir() if p.is_dir())
+    assert blocks == ["phantom-f0-r0-n3", "phantom-f0-r1-n3", "phantom-f1-r0-n3", "phantom-f1-r1-n3"]
+    log = json.loads((tmp_path / "synthetic" / "procedural" / "lesions" / blocks[0] / "synthesis.json").read_text())
+    assert len(log["patients"]) == 3  # the largest k, shared by k = 2 and 3 of that block
+
+
+def test_a_leaking_procedural_folder_is_refused(tmp_path):
+    lesions = {"name": "lesions", "procedural": "lesion-insertion",
+               "config": str(Path(__file__).resolve().parents[1] / "configs" / "procedural" / "phantom-lesions.yaml")}
+    config = load_study_config(MICRO, [f"arms={json.dumps([lesions])}", "k=[2]", "train.iterations=2",
+                                       "train.val_every=2", "splits.folds=[0]"])
+    run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+    block = tmp_path / "synthetic" / "procedural" / "lesions" / "phantom-f0-r0-nall"
+    log = json.loads((block / "synthesis.json").read_text())
+    test_patient = json.loads((tmp_path / "splits" / "phantom.json").read_text())["test"][0]
+    log["patients"][0]["sources"] = [test_patient]  # as if a test patient had reached the synthesiser
+    atomic_write_json(block / "synthesis.json", log)
+    for path in (tmp_path / "runs").glob("*lesions*"):
+        path.unlink()
+    with pytest.raises(StudyDataError, match=f"made from \\['{test_patient}'\\], which are not this block's"):
+        run_study(config, tmp_path, device="cpu", progress=False, threads=1)

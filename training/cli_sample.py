@@ -6,22 +6,30 @@ import argparse
 import ctypes
 import sys
 
+from pathlib import Path
+
+from procedural import SYNTHESISERS, ProceduralError
 from training.checkpoint import CheckpointError
+from training.data import DataError, load_dataset
+from training.procedural_sampling import synthesise_to_directory
 from training.sampling import (MAX_REJECTIONS_PER_PATIENT, QualityGateError, load_source, resolve_device,
                                sample_to_directory)
 from training.synthetic_dataset import OutputDirError, QualityGate, SamplingSettings
 
 DESCRIPTION = """\
-Sample synthetic patients (stacks of axial slices with their masks) from trained generators and
-write them as an nnU-Net v2 raw dataset: DIR/imagesTr/SYN_XXXX_000m.nii.gz (one file per modality),
-DIR/labelsTr/SYN_XXXX.nii.gz, DIR/dataset.json, plus DIR/synthesis.json (generators, checkpoint
-SHA-256, seeds, psi, versions, rejections)."""
+Sample synthetic patients (stacks of axial slices with their masks) from trained generators, or make
+them procedurally from real patients (--procedural), and write them as an nnU-Net v2 raw dataset:
+DIR/imagesTr/SYN_XXXX_000m.nii.gz (one file per modality), DIR/labelsTr/SYN_XXXX.nii.gz,
+DIR/dataset.json, plus DIR/synthesis.json (generators, checkpoint SHA-256, seeds, psi, versions,
+rejections; or the synthesiser, its config and the source patients of every synthetic one)."""
 
 EPILOG = """\
 examples:
   python sample_patients.py --gan checkpoints/tiny-baseline --patients 20 --out synthetic/baseline
   python sample_patients.py --mask-gan checkpoints/tiny-mask --image-gan checkpoints/tiny-conditional \\
       --patients 20 --out synthetic/pair --psi 0.8 --preview
+  python sample_patients.py --procedural lesion-insertion --from DATASET \\
+      --config configs/procedural/phantom-lesions.yaml --cases train_ids.txt --patients 20 --out synthetic/lesions
 
 A run dir means its newest snapshot whose checksums verify; a snapshot dir is used as given. The
 EMA generator is sampled. Each candidate patient j is drawn from the seed (--seed, j), so the same
@@ -49,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a mask run: the first half of the pair pipeline")
     source.add_argument("--image-gan", metavar="RUN", default=None,
                         help="a conditional run: the images for the masks of --mask-gan")
+    procedural = parser.add_argument_group("procedural synthesis (instead of generators)")
+    procedural.add_argument("--procedural", metavar="NAME", choices=sorted(SYNTHESISERS), default=None,
+                            help=f"make patients with a procedural synthesiser: {', '.join(sorted(SYNTHESISERS))}")
+    procedural.add_argument("--from", dest="from_dataset", metavar="DATASET", default=None,
+                            help="the real dataset whose patients the synthesiser starts from")
+    procedural.add_argument("--config", metavar="FILE", default=None,
+                            help="the synthesiser's YAML settings (configs/procedural/); None: its defaults")
+    procedural.add_argument("--cases", metavar="FILE", default=None,
+                            help="a text file of the case ids to use (one per line), e.g. the training patients "
+                                 "only; None: every patient of DATASET")
     out = parser.add_argument_group("output")
     out.add_argument("--patients", type=int, required=True, help="number of patients to write")
     out.add_argument("--out", metavar="DIR", required=True, help="output dataset folder (nnU-Net v2 raw)")
@@ -104,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     quality gate gives up, 130 when interrupted (rerun to resume)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.procedural is not None:
+        return procedural_main(parser, args)
     if args.gan is None and args.mask_gan is None and args.image_gan is None:
-        parser.error("give --gan RUN (baseline) or --mask-gan RUN --image-gan RUN (pair)")
+        parser.error("give --gan RUN (baseline), --mask-gan RUN --image-gan RUN (pair), or --procedural NAME")
     try:
         device = resolve_device(args.device)
         if device.type == "cpu":
@@ -131,6 +151,48 @@ def main(argv: list[str] | None = None) -> int:
         reasons = ", ".join(f"{why}: {n}" for why, n in sorted(report.rejected.items()))
         print(f"{report.out_dir}: {report.action}, wrote {report.written} patients ({report.total} in the "
               f"dataset); quality gate rejected {rejected}" + (f" ({reasons})" if reasons else ""))
+    if report.preview is not None:
+        print(f"preview: {report.preview}")
+    return 0
+
+
+def _case_ids(path: str | None, dataset) -> list[str]:
+    """The case ids of --cases (one per line, '#' comments), checked against the dataset; all without it."""
+    if path is None:
+        return dataset.case_ids
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"--cases {path}: {exc.strerror}") from None
+    ids = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    unknown = [c for c in ids if c not in dataset.case_ids]
+    if unknown or not ids:
+        raise ValueError(f"--cases {path}: {'no case ids' if not ids else f'unknown case ids {unknown[:5]}'} "
+                         f"(the dataset has {len(dataset.case_ids)} patients, e.g. {dataset.case_ids[:3]})")
+    return ids
+
+
+def procedural_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--procedural NAME --from DATASET``: synthesise, print a summary; 2 on bad input, 130 on Ctrl-C."""
+    if args.gan or args.mask_gan or args.image_gan:
+        parser.error("--procedural makes patients without generators: leave out --gan / --mask-gan / --image-gan")
+    if args.from_dataset is None:
+        parser.error("--procedural needs --from DATASET (the real patients it starts from)")
+    if args.append or args.overwrite:
+        parser.error("--procedural continues a folder with the same settings by itself: leave out --append / "
+                     "--overwrite (use another --out for other settings)")
+    try:
+        dataset = load_dataset(args.from_dataset)
+        report = synthesise_to_directory(dataset, _case_ids(args.cases, dataset), args.procedural, args.config,
+                                         args.patients, args.seed, args.out, preview=args.preview,
+                                         progress=not args.quiet)
+    except (ProceduralError, DataError, OutputDirError, ValueError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted; the patients written so far are kept, rerun the same "
+                         f"command to resume\n")
+    print(f"{report.out_dir}: {report.action}, wrote {report.written} patients ({report.total} in the dataset) "
+          f"with {args.procedural} from {len(set(s for v in report.sources.values() for s in v))} real patients")
     if report.preview is not None:
         print(f"preview: {report.preview}")
     return 0
