@@ -1,4 +1,8 @@
-"""Sample synthetic patients from trained generators into an nnU-Net v2 raw dataset (see --help)."""
+"""Sample synthetic patients from trained generators, or make them procedurally, into an nnU-Net v2
+raw dataset (see --help)."""
+import sys
+
 from training.cli_sample import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    sys.exit(main())

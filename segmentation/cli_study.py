@@ -11,7 +11,7 @@ import numpy as np
 from segmentation.grid import Run, describe_grid, parse_shard, shard
 from segmentation.power import blocks_needed, describe_design
 from segmentation.runner import (StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device,
-                                 run_study, torch_threads)
+                                 run_study, run_study_parallel, torch_threads)
 from segmentation.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.stats import compare_paired_to_control
 from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", metavar="N", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, usually all cores; 1 is often "
                              "faster for small U-Nets on a shared machine)")
+    parser.add_argument("--jobs", metavar="N", type=int, default=1,
+                        help="run N worker processes side by side (each with --threads threads, default 1 then); "
+                             "the runs and results are those of one process (default: 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
     parser.add_argument("--allow-weak-design", action="store_true",
                         help="run a design whose paired test can never reach significance (too few blocks for "
@@ -90,7 +93,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: str) -> str:
+def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: str, jobs: int = 1) -> str:
     """Steps, slices and a time estimate from a measured training step of the configured U-Net."""
     steps = len(runs) * config.train.iterations
     per_run = "identical for every arm and k" if config.train.budget == "steps" else "before the epoch budget scales it"
@@ -106,7 +109,8 @@ def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: 
         seconds += step * n_runs * config.train.iterations
         lines.append(f"{spec.name}: {len(dataset.modalities)} channels -> {len(dataset.label_values)} classes at "
                      f"{spec.preprocess.resolution}px, {step:.3f} s/step measured on {torch_device}, {n_runs} runs")
-    lines.append(f"estimated training time: {format_duration(seconds)} on {torch_device} "
+    side_by_side = f" with {jobs} runs side by side" if jobs > 1 else ""
+    lines.append(f"estimated training time: {format_duration(seconds / jobs)} on {torch_device}{side_by_side} "
                  f"(+ validation every {config.train.val_every} steps and testing)")
     return "\n".join(lines)
 
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
         config = load_config(args)
         index, count = parse_shard(args.shard)
@@ -187,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
             if design:
                 print(design)
             with torch_threads(args.threads):
-                print(estimate_cost(config, mine, datasets, args.device))
+                print(estimate_cost(config, mine, datasets, args.device, args.jobs))
         if refusal is not None and not args.allow_weak_design:
             parser.exit(2, f"run_study.py: error: {refusal}\n")
         if args.dry_run:
             return 0
-        summary = run_study(config, results, index, count, args.device, progress=not args.quiet, threads=args.threads)
+        if args.jobs > 1:
+            summary = run_study_parallel(config, results, args.jobs, index, count, args.device, args.threads or 1)
+        else:
+            summary = run_study(config, results, index, count, args.device, progress=not args.quiet,
+                                threads=args.threads)
     except (DataError, StudyConfigError, StudyDataError, FileNotFoundError) as exc:
         parser.exit(2, f"run_study.py: error: {exc}\n")
     print(mean_dice_table(read_results(summary.results)))

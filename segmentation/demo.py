@@ -10,9 +10,11 @@ The five stages run through the same entry points a user calls (each printed bef
    (image and mask together) and once with the mask -> image pair, each with a preview next to
    real patients;
 4. ``run_study.py``: ``configs/study/phantom_demo.yaml`` with the folders of this demo -- MONAI
-   U-Nets on 3 real training patients of another phantom population (seed 1: no study patient
-   ever reached the generators), alone and with 6 patients of each GAN arm and of three built-in
-   controls (oracle, noise, shuffled labels), 10 independent blocks, tested on 16 held-out patients;
+   U-Nets on 2 real training patients of another phantom population (seed 1: no study patient
+   ever reached the generators), alone and with 8 patients of each GAN arm, of three procedural
+   synthesisers made per block from its 2 training patients (lesion insertion, label-to-image,
+   cut-and-paste) and of two built-in controls (oracle, noise), 10 independent blocks, tested on
+   16 held-out patients, two runs at a time;
 5. ``nemenyi_report.py``: the paired verdicts against real-only (with effect sizes, the detectable
    difference and the controls' check) and the Friedman + Nemenyi ranking, for the foreground and
    for the smallest class (tumour core).
@@ -52,15 +54,16 @@ class DemoConfig:
     shape: tuple[int, int, int] = (64, 64, 24)
     seed: int = 0
     gan_kimg: float = 2.0               # length of the stage-2 demonstration run
-    synthetic_patients: int = 60        # per generator: k = 6 for each of the study's 10 blocks
+    synthetic_patients: int = 80        # per generator: k = 8 for each of the study's 10 blocks
     threads: int = 1                    # torch CPU threads: 1 is fastest for these small models on a busy CPU
+    jobs: int = 2                       # U-Net runs side by side in the study (one per core of a 2-core CPU)
     device: str = "cpu"
     quick: bool = False
 
     @classmethod
     def quick_config(cls, out: Path, threads: int = 1, device: str = "cpu") -> "DemoConfig":
         return cls(out=out, patients=8, shape=(32, 32, 8), gan_kimg=0.064, synthetic_patients=4,
-                   threads=threads, device=device, quick=True)
+                   threads=threads, jobs=1, device=device, quick=True)
 
     @property
     def data(self) -> Path:
@@ -157,7 +160,7 @@ def run_study(cfg: DemoConfig, synthetic: dict[str, Path]) -> Path:
     weak = ["--allow-weak-design"] if cfg.quick else []  # 2 blocks: it shows the machinery, it cannot decide
     run_stage("4. the augmentation study", "python run_study.py", study_main,
               [str(write_study_config(cfg, synthetic)), "--results", str(results), "--device", cfg.device,
-               "--threads", str(cfg.threads), *weak])
+               "--threads", str(cfg.threads), "--jobs", str(cfg.jobs), *weak])
     return results
 
 
@@ -189,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=DemoConfig.out, help="folder for everything the demo writes")
     parser.add_argument("--threads", type=int, default=DemoConfig.threads, help="torch CPU threads")
+    parser.add_argument("--jobs", type=int, default=DemoConfig.jobs, help="U-Net runs side by side in the study")
     parser.add_argument("--device", default=DemoConfig.device, help="cpu, cuda, cuda:1, ... for every stage")
     parser.add_argument("--quick", action="store_true", help="tiny sizes everywhere: shows that it runs (~15 s)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished stages")
@@ -198,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``make demo``; returns 0, or 1 when a stage fails (its own error is printed)."""
     args = build_parser().parse_args(argv)
-    if args.threads < 1:
-        build_parser().error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads < 1 or args.jobs < 1:
+        build_parser().error(f"--threads and --jobs must be >= 1, got {args.threads} and {args.jobs}")
     cfg = (DemoConfig.quick_config(args.out, args.threads, args.device) if args.quick
-           else DemoConfig(out=args.out, threads=args.threads, device=args.device))
+           else DemoConfig(out=args.out, threads=args.threads, jobs=args.jobs, device=args.device))
     if args.fresh and cfg.out.exists():
         shutil.rmtree(cfg.out)
     start = time.perf_counter()

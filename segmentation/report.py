@@ -160,7 +160,8 @@ def _control_kind(table: ScoreTable, index: int) -> str | None:
 def describe_condition(table: ScoreTable, index: int, baseline: int) -> str:
     """A condition in words: "real-only" for the real baseline, "adding 50 synthetic patients from
     the pair generator" for (arm, n_synthetic) conditions, "adding 6 patients of the oracle
-    control" for control arms, else its label."""
+    control" for control arms, "adding 8 patients made by the lesions synthesiser" for procedural
+    arms, else its label."""
     label = table.condition_labels[index]
     columns, values = table.condition_columns, table.conditions[index]
     if index == baseline:
@@ -170,6 +171,8 @@ def describe_condition(table: ScoreTable, index: int, baseline: int) -> str:
         source = values[1 - columns.index(table.k_column)]
         if _control_kind(table, index) is not None:
             return f"adding {k} patients of the {source} control"
+        if table.sources and table.sources[index].startswith("procedural:"):
+            return f"adding {k} patients made by the {source} synthesiser"
         return f"adding {k} synthetic patients from the {source} generator"
     return label
 

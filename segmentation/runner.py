@@ -608,6 +608,39 @@ def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, sh
         return _run_study(config, Path(results), shard_index, shard_count, device, progress)
 
 
+def _run_worker(config: StudyConfig, results: Path, shard_index: int, shard_count: int, device: str,
+                threads: int | None) -> tuple[list[str], list[str]]:
+    """One worker process of `run_study_parallel`: its shard, quietly; (ran, skipped) run ids."""
+    summary = run_study(config, results, shard_index, shard_count, device, progress=False, threads=threads)
+    return summary.ran, summary.skipped
+
+
+def run_study_parallel(config: StudyConfig, results: str | Path, jobs: int, shard_index: int = 0,
+                       shard_count: int = 1, device: str = "auto", threads: int | None = 1) -> StudySummary:
+    """`run_study` in ``jobs`` worker processes: shard i/n is split into the sub-shards i + n w of
+    n * jobs (w < jobs), so the runs, their seeds and their results are exactly those of one process;
+    only the order of writing differs.  Each worker uses ``threads`` torch threads."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    started = time.time()
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    ran: list[str] = []
+    skipped: list[str] = []
+    context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in its thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run_worker, config, results, shard_index + shard_count * w, shard_count * jobs,
+                               device, threads) for w in range(jobs)]
+        for future in futures:
+            done, already = future.result()
+            ran += done
+            skipped += already
+    grid = plan_runs(config, results)[0]
+    return StudySummary(results, shard(grid, shard_index, shard_count), ran, skipped, time.time() - started,
+                        rebuild_cases_csv(results))
+
+
 def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard_size: int, results: Path,
                  device: torch.device, progress: bool, ran: list[str]) -> None:
     """Prepare the data, then train, test and write each pending run (its id appended to ``ran``)."""

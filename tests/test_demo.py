@@ -25,9 +25,10 @@ def test_every_stage_leaves_its_outputs(demo):
         assert (folder / "preview.png").stat().st_size > 0 and (folder / "synthesis.json").is_file()
     with open(demo / "study" / "cases.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    # 2 folds x (real + 5 arms x 1 k) runs, each scoring 2 test patients
-    assert len({r["run_id"] for r in rows}) == 12
-    assert {r["arm"] for r in rows} == {"real", "oracle", "noise", "shuffled", "baseline-gan", "pair"}
+    # 2 folds x (real + 7 arms x 1 k) runs, each scoring 2 test patients
+    assert len({r["run_id"] for r in rows}) == 16
+    assert {r["arm"] for r in rows} == {"real", "oracle", "noise", "lesions", "label-to-image", "cut-and-paste",
+                                        "baseline-gan", "pair"}
     assert len({r["case"] for r in rows}) == 2
     assert {r["source"] for r in rows if r["arm"] == "oracle"} == {"control:oracle"}
     for report in ("report", "report-core"):
@@ -43,7 +44,7 @@ def test_second_run_reuses_finished_stages(demo, capsys):
     capsys.readouterr()
     assert main(["--quick", "--out", str(demo)]) == 0
     printed = capsys.readouterr()
-    assert "already complete" in printed.out and "12 already done" in printed.err
+    assert "already complete" in printed.out and "16 already done" in printed.err
     assert {p: p.stat().st_mtime_ns for p in (demo / "study" / "runs").glob("*.json")} == runs
     assert (demo / "synthetic" / "pair" / "synthesis.json").stat().st_mtime_ns == synthetic
 

@@ -397,3 +397,12 @@ def test_a_leaking_procedural_folder_is_refused(tmp_path):
         path.unlink()
     with pytest.raises(StudyDataError, match=f"made from \\['{test_patient}'\\], which are not this block's"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+
+
+def test_parallel_workers_give_the_results_of_one_process(micro_study, sources, tmp_path):
+    from segmentation.runner import run_study_parallel
+
+    config, results, summary = micro_study
+    parallel = run_study_parallel(config, tmp_path, jobs=2, device="cpu", threads=1)
+    assert sorted(parallel.ran) == sorted(r.run_id for r in summary.runs) and not parallel.skipped
+    assert dice_by_key(tmp_path) == dice_by_key(results)
