@@ -268,9 +268,11 @@ def _control_findings(context: _Context) -> list[str]:
             continue
         if kind == "oracle" and context.verdict[j] != 1:
             sentences.append(f"WARNING: the positive control {context.labels[j]} (ideal synthetic patients) was not "
-                             f"found better than {baseline_text}: this design misses gains as large as perfect "
-                             f"synthetic data gives here — {_detectable_text(context, j)} — so read every 'no "
-                             f"difference' in this report as 'not detectable'.")
+                             f"found better than {baseline_text} (median paired difference "
+                             f"{_number(context.paired.difference[j])}): either even ideal extra patients do not "
+                             f"help at this n and budget, or the design cannot see their gain "
+                             f"({_detectable_text(context, j)}); read every 'no significant difference' in this "
+                             f"report as 'not detectable', not as 'no effect'.")
         elif kind != "oracle" and context.verdict[j] == 1:
             sentences.append(f"WARNING: the negative control {context.labels[j]} ({kind}) was reported better than "
                              f"{baseline_text}: something other than useful data drives the verdicts (a weak "
