@@ -7,13 +7,18 @@ volume of label indices:
 - Dice per class (every non-background class) with ``monai.metrics.DiceMetric``;
 - HD95 per class with ``monai.metrics.HausdorffDistanceMetric(percentile=95)`` in millimetres,
   using the voxel spacing of the resampled slices (in-plane pixel size, slice distance);
-- the same two for "foreground": all non-background classes merged.
+- NSD (normalised surface Dice, Nikolov et al.) per class with ``monai.metrics.compute_surface_dice``:
+  the share of both boundaries within a tolerance (mm, per class; `DEFAULT_NSD_TOLERANCE_MM`);
+- detection per class: ``detected`` (reference has the class: 1 when the prediction overlaps it),
+  ``false_positive`` (reference lacks it: 1 when the prediction has it) and
+  ``lesion_sensitivity`` (share of the reference's 26-connected components the prediction overlaps);
+- the same for "foreground": all non-background classes merged.
 
 Empty structures (the same rule for every class and for foreground):
 
-    reference and prediction both empty      Dice 1, HD95 0     (nothing to find, nothing found)
-    reference empty, prediction not empty    Dice 0, HD95 NaN   (a false detection; no distance)
-    reference not empty, prediction empty    Dice 0, HD95 inf   (a missed structure)
+    reference and prediction both empty      Dice 1, HD95 0, NSD 1     (nothing to find, nothing found)
+    reference empty, prediction not empty    Dice 0, HD95 NaN, NSD 0   (a false detection; no distance)
+    reference not empty, prediction empty    Dice 0, HD95 inf, NSD 0   (a missed structure)
     both not empty                           MONAI's values
 
 so Dice is always defined; an HD95 of NaN is left out of means by the report, inf ranks last.
@@ -26,18 +31,27 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.metrics import DiceMetric, HausdorffDistanceMetric, compute_surface_dice
+from scipy import ndimage
 
 FOREGROUND = "foreground"
+DEFAULT_NSD_TOLERANCE_MM = 2.0  # a class without its own tolerance (study config: nsd_tolerance_mm)
 
 
 @dataclass(frozen=True)
 class ClassScore:
-    """One class of one case: dice in [0, 1]; hd95 in mm (NaN / inf by the empty-structure rule)."""
+    """One class of one case: dice in [0, 1]; hd95 in mm (NaN / inf by the empty-structure rule);
+    nsd in [0, 1]; detected / false_positive in {0, 1} (NaN where undefined: detected needs the class
+    in the reference, false_positive its absence); lesion_sensitivity in [0, 1] (NaN without a
+    reference component).  Metrics not asked for are NaN."""
 
     name: str
     dice: float
     hd95: float
+    nsd: float = math.nan
+    detected: float = math.nan
+    false_positive: float = math.nan
+    lesion_sensitivity: float = math.nan
 
 
 @torch.no_grad()
@@ -78,6 +92,30 @@ def hd95_score(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[flo
     return float(value.reshape(-1)[0])
 
 
+def nsd_score(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float],
+              tolerance_mm: float) -> float:
+    """Normalised surface Dice of two boolean volumes [X, Y, Z] at ``tolerance_mm`` (MONAI's
+    ``compute_surface_dice``); the empty-structure rule of the module docstring applies."""
+    has_prediction, has_reference = bool(prediction.any()), bool(reference.any())
+    if not has_reference or not has_prediction:
+        return 1.0 if has_reference == has_prediction else 0.0
+    one_hot = lambda mask: torch.cat([_as_batch(~mask), _as_batch(mask)], dim=1)  # noqa: E731 [1, 2, X, Y, Z]
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own metric passes
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        value = compute_surface_dice(one_hot(prediction), one_hot(reference), class_thresholds=[float(tolerance_mm)],
+                                     include_background=False, spacing=[float(s) for s in spacing])
+    return float(value.reshape(-1)[0])
+
+
+def detection_scores(prediction: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    """(detected, false_positive, lesion_sensitivity) of two boolean volumes [X, Y, Z]: see ClassScore."""
+    if not reference.any():
+        return math.nan, float(prediction.any()), math.nan
+    components, count = ndimage.label(reference, structure=np.ones((3, 3, 3)))
+    hit = np.unique(components[prediction & reference])
+    return float((prediction & reference).any()), math.nan, float(np.count_nonzero(hit)) / count
+
+
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
     """Boolean [X, Y, Z] -> float [1, 1, X, Y, Z] (MONAI metrics take one-hot batches)."""
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
@@ -98,15 +136,26 @@ def mean_class_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: in
 
 
 def evaluate_case(prediction: np.ndarray, reference: np.ndarray, label_names: list[str],
-                  spacing: tuple[float, float, float], hd95: bool = True) -> list[ClassScore]:
+                  spacing: tuple[float, float, float], hd95: bool = True,
+                  nsd_tolerance_mm: dict[str, float] | None = None, detection: bool = False) -> list[ClassScore]:
     """Scores of one case: every non-background class (by name, in label order), then "foreground".
 
     prediction, reference: label indices [X, Y, Z] (0 = background, < len(label_names));
-    spacing: voxel size in mm of that grid; hd95 False leaves HD95 as NaN (not computed).
+    spacing: voxel size in mm of that grid; hd95 False leaves HD95 as NaN (not computed);
+    nsd_tolerance_mm: tolerance per class name ("default" for the others; None: no NSD);
+    detection: compute detected / false_positive / lesion_sensitivity.
     """
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
     masks = [(name, prediction == index, reference == index) for index, name in enumerate(label_names) if index > 0]
     masks.append((FOREGROUND, prediction > 0, reference > 0))
-    return [ClassScore(name, dice_score(pred, ref), hd95_score(pred, ref, spacing) if hd95 else math.nan)
-            for name, pred, ref in masks]
+    scores = []
+    for name, pred, ref in masks:
+        nsd = math.nan
+        if nsd_tolerance_mm is not None:
+            tolerance = nsd_tolerance_mm.get(name, nsd_tolerance_mm.get("default", DEFAULT_NSD_TOLERANCE_MM))
+            nsd = nsd_score(pred, ref, spacing, tolerance)
+        found = detection_scores(pred, ref) if detection else (math.nan, math.nan, math.nan)
+        scores.append(ClassScore(name, dice_score(pred, ref), hd95_score(pred, ref, spacing) if hd95 else math.nan,
+                                 nsd, *found))
+    return scores

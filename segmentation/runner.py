@@ -60,8 +60,9 @@ from training.synthetic_dataset import SamplingSettings
 
 RESULT_FORMAT = 1
 CSV_REBUILD_SECONDS = 60.0  # during a shard, cases.csv is rebuilt at most this often (and at its end)
+SCORE_COLUMNS = ("dice", "hd95", "nsd", "detected", "false_positive", "lesion_sensitivity")
 CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "case", "class",
-                "in_reference", "dice", "hd95")
+                "in_reference", *SCORE_COLUMNS)
 
 
 class StudyDataError(ValueError):
@@ -365,6 +366,7 @@ def run_config(run: Run, config: StudyConfig) -> dict:
         "splits": dataclasses.asdict(config.splits), "unet": dataclasses.asdict(config.unet),
         "train": dataclasses.asdict(config.train), "metrics": list(config.metrics),
         "empty_class": config.empty_class, "seed_scheme": SEED_SCHEME,
+        **({"nsd_tolerance_mm": config.nsd_tolerance_mm} if "nsd" in config.metrics else {}),
     }, default=list))
 
 
@@ -443,9 +445,10 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
 
 def score_test_patients(model: torch.nn.Module, real: RealData, test_ids: list[str], config: StudyConfig,
                device: torch.device) -> list[dict]:
-    """Scores of every test patient: rows {case, class, in_reference, dice, hd95 (JSON number, null
-    or "inf")}.  A class the patient's reference lacks has in_reference false and, with
-    ``empty_class: exclude``, no scores (null): "nothing to find" says nothing about segmentation."""
+    """Scores of every test patient: rows {case, class, in_reference, and each of `SCORE_COLUMNS`
+    (JSON number, null or "inf")}.  A class the patient's reference lacks has in_reference false
+    and, with ``empty_class: exclude``, no scores but false_positive (null): "nothing to find" says
+    nothing about segmentation, only whether something was found anyway."""
     rows = []
     for case_id in test_ids:
         images, reference = real.cache.volume(case_id)
@@ -453,12 +456,16 @@ def score_test_patients(model: torch.nn.Module, real: RealData, test_ids: list[s
         spacing = real.cache.case_info(case_id).slice_spacing
         present = {name: bool((reference == index).any()) for index, name in enumerate(real.dataset.label_names)}
         present[FOREGROUND] = bool((reference > 0).any())
+        tolerances = (config.nsd_tolerance_mm or {}) if "nsd" in config.metrics else None
         for score in evaluate_case(prediction, reference, real.dataset.label_names, spacing,
-                                   hd95="hd95" in config.metrics):
+                                   hd95="hd95" in config.metrics, nsd_tolerance_mm=tolerances,
+                                   detection="detection" in config.metrics):
             scored = present[score.name] or config.empty_class == "score"
-            rows.append({"case": case_id, "class": score.name, "in_reference": present[score.name],
-                         "dice": _json_number(score.dice if scored else math.nan),
-                         "hd95": _json_number(score.hd95 if scored else math.nan)})
+            row = {"case": case_id, "class": score.name, "in_reference": present[score.name]}
+            for column in SCORE_COLUMNS:
+                value = getattr(score, column)
+                row[column] = _json_number(value if scored or column == "false_positive" else math.nan)
+            rows.append(row)
     return rows
 
 
@@ -513,7 +520,7 @@ def cases_table(records: list[dict]) -> str:
     for record in records:
         run = record["config"]["run"]
         for row in record["cases"]:
-            values = [_from_json_number(row["dice"]), _from_json_number(row["hd95"])]
+            values = [_from_json_number(row.get(column)) for column in SCORE_COLUMNS]
             in_reference = "" if "in_reference" not in row else int(row["in_reference"])
             writer.writerow([run["dataset"], run["fold"], run["repeat"], run["arm"], record["source"],
                              run["n_synthetic"], run["n_real"], record["run_id"], row["case"], row["class"],

@@ -36,7 +36,8 @@ __all__ = [
 
 # Metrics where a smaller value is better; anything else is treated as higher-is-better unless told.
 LOWER_IS_BETTER_METRICS = frozenset({"hd95", "hd", "hausdorff", "hausdorff95", "asd", "assd", "masd",
-                                     "msd", "rmse", "mae", "mse", "loss", "error", "fid", "kid"})
+                                     "msd", "rmse", "mae", "mse", "loss", "error", "fid", "kid",
+                                     "false_positive"})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ keys anywhere are errors naming the key)::
     n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
     train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `TrainConfig`
-    metrics: [dice, hd95]
+    metrics: [dice, hd95]           # also nsd (normalised surface Dice) and detection (detected,
+                                   # false_positive, lesion_sensitivity per case and class)
+    nsd_tolerance_mm: {default: 2.0, core: 1.0}   # NSD tolerance per class name (default: 2 mm)
     empty_class: exclude           # a class absent from a test patient's reference: exclude | score
 
 The preprocessing's slice-selection fields (drop_end_slices, drop_empty_slices, ...) only concern
@@ -53,7 +55,7 @@ from procedural import ProceduralError, load_synthesiser_config
 from training.data import PreprocessConfig, load_preprocess_config, preprocess_config_from_dict
 
 PHANTOMS = "phantoms"
-METRICS = ("dice", "hd95")
+METRICS = ("dice", "hd95", "nsd", "detection")
 CONTROLS = ("oracle", "noise", "shuffled")
 BUDGETS = ("steps", "epochs")
 VALIDATIONS = ("fold", "own", "none")
@@ -217,6 +219,7 @@ class TrainConfig:
 class StudyConfig:
     """A whole study; see the module docstring for the YAML.
 
+    nsd_tolerance_mm: NSD tolerance in mm per class name, "default" for the rest (None: 2 mm for all).
     empty_class: how a test patient whose reference lacks a class scores for that class: "exclude"
     (no Dice / HD95 for that patient and class; the report counts them) or "score" (Dice 1 when
     nothing is predicted either, 0 for a false detection; `segmentation.evaluation`).
@@ -233,7 +236,8 @@ class StudyConfig:
     seed: int = 0
     unet: UNetConfig = UNetConfig()
     train: TrainConfig = TrainConfig()
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = ("dice", "hd95")
+    nsd_tolerance_mm: dict | None = None
     empty_class: str = "exclude"
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -487,6 +491,11 @@ def _check(config: StudyConfig, read: _Reader) -> None:
                                     f"path: {PHANTOMS}; not so for {not_phantoms}")
     if config.seed < 0:
         raise read.fail("seed", f"must be >= 0, got {config.seed}")
+    tolerances = config.nsd_tolerance_mm
+    if tolerances is not None and (not isinstance(tolerances, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in tolerances.values())):
+        raise read.fail("nsd_tolerance_mm", f"a mapping of class name (or 'default') to a tolerance > 0 mm, "
+                                            f"got {tolerances!r}")
     unknown = sorted(set(config.metrics) - set(METRICS))
     if unknown or "dice" not in config.metrics:
         raise read.fail("metrics", f"choose from {list(METRICS)} (dice always), got {list(config.metrics)}")

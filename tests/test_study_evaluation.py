@@ -92,3 +92,43 @@ def test_mean_class_dice_weighs_every_class_alike():
     prediction = np.where(reference == 2, 1, reference).astype(np.uint8)
     assert foreground_dice(prediction, reference) == 1.0
     assert mean_class_dice(prediction, reference, n_classes=3) == pytest.approx((2 * 36 / (36 + 37) + 0.0) / 2)
+
+
+def sphere(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius ** 2
+
+
+def test_nsd_of_a_shifted_sphere_depends_on_the_tolerance():
+    from segmentation.evaluation import nsd_score
+
+    reference = sphere((40, 40, 40), (20, 20, 20), 8)
+    shifted = sphere((40, 40, 40), (22, 20, 20), 8)  # 2 voxels of 1.5 mm = 3 mm along x
+    assert nsd_score(reference, reference, (1.5, 1.5, 1.5), 0.5) == 1.0
+    assert nsd_score(shifted, reference, (1.5, 1.5, 1.5), 3.0) == pytest.approx(1.0)
+    partial = nsd_score(shifted, reference, (1.5, 1.5, 1.5), 1.0)
+    assert 0.2 < partial < 0.9  # the sides along y and z stay within 1 mm, the poles along x do not
+    assert nsd_score(shifted, reference, (3.0, 1.5, 1.5), 3.0) < 1.0  # 2 voxels are now 6 mm
+    assert nsd_score(np.zeros_like(reference), reference, (1, 1, 1), 2.0) == 0.0
+    assert nsd_score(np.zeros_like(reference), np.zeros_like(reference), (1, 1, 1), 2.0) == 1.0
+
+
+def test_detection_counts_missed_lesions_and_false_positive_blobs():
+    from segmentation.evaluation import detection_scores, evaluate_case
+
+    reference = np.zeros((30, 30, 30), dtype=np.uint8)
+    reference[sphere(reference.shape, (8, 8, 8), 3)] = 1
+    reference[sphere(reference.shape, (22, 22, 22), 3)] = 1  # two lesions of class 1
+    prediction = np.zeros_like(reference)
+    prediction[sphere(reference.shape, (8, 8, 9), 3)] = 1    # finds the first, misses the second
+    prediction[sphere(reference.shape, (22, 8, 8), 2)] = 2   # a class-2 blob where the reference has none
+    detected, false_positive, lesion_sensitivity = detection_scores(prediction == 1, reference == 1)
+    assert (detected, lesion_sensitivity) == (1.0, 0.5) and np.isnan(false_positive)
+    detected, false_positive, lesion_sensitivity = detection_scores(prediction == 2, reference == 2)
+    assert false_positive == 1.0 and np.isnan(detected) and np.isnan(lesion_sensitivity)
+    assert detection_scores(prediction == 3, reference == 2)[1] == 0.0
+    scores = {s.name: s for s in evaluate_case(prediction, reference, ["bg", "lesion", "blob"], (1, 1, 1),
+                                               hd95=False, nsd_tolerance_mm={"default": 2.0, "lesion": 1.0},
+                                               detection=True)}
+    assert scores["lesion"].lesion_sensitivity == 0.5 and scores["blob"].false_positive == 1.0
+    assert 0 < scores["lesion"].nsd < 1 and scores["blob"].nsd == 0.0

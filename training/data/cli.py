@@ -16,7 +16,7 @@ from pathlib import Path
 from training.data.cache import open_slice_cache
 from training.data.errors import DataError
 from training.data.loader import LAYOUTS, load_dataset
-from training.data.phantoms import write_phantom_dataset
+from training.data.phantoms import SHIFTED, STANDARD, write_phantom_dataset
 from training.data.preprocess import PreprocessConfig, load_preprocess_config
 from training.data.records import Dataset
 from training.data.splits import make_splits
@@ -52,10 +52,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _phantoms(args: argparse.Namespace) -> int:
     started = time.time()
+    acquisition = SHIFTED if args.shifted else STANDARD
     out = write_phantom_dataset(args.out, n_patients=args.patients, shape=tuple(args.shape), seed=args.seed,
-                                layout=args.layout)
-    print(f"wrote {args.patients} phantom patients ({args.layout}, {'x'.join(map(str, args.shape))}) "
-          f"to {out} in {time.time() - started:.1f} s")
+                                layout=args.layout, acquisition=acquisition)
+    print(f"wrote {args.patients} phantom patients ({args.layout}, {'x'.join(map(str, args.shape))}, "
+          f"{acquisition.name} acquisition) to {out} in {time.time() - started:.1f} s")
     return 0
 
 
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"),
                           help="volume size (default: 64 64 24)")
     phantoms.add_argument("--layout", choices=LAYOUTS, default="msd", help="layout to write (default: %(default)s)")
+    phantoms.add_argument("--shifted", action="store_true",
+                          help="image them as another scanner would (other contrasts, stronger bias field, more "
+                               "noise, thicker slices): an out-of-distribution test set")
     phantoms.set_defaults(run=_phantoms)
     cache = commands.add_parser("cache", help="build (or reuse) the slice cache of a dataset")
     _add_dataset_arguments(cache, on_error="fail")

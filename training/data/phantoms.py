@@ -5,7 +5,9 @@ matter with smooth random shape variation, and 0-2 lesions made of a core (enhan
 a necrotic centre) inside a surrounding oedema.  The tissue map is rendered in four MR-like
 contrasts (T1, T1ce, T2, FLAIR), each tissue with its own mean intensity per contrast, with
 per-patient intensity jitter, fine texture, partial-volume blur, a smooth multiplicative bias field
-and Gaussian noise; air is exactly 0.  Patient i depends only on (seed, i).  The label map uses
+and Gaussian noise; air is exactly 0.  Patient i depends only on (seed, i).  A *shifted* acquisition
+(`SHIFTED`: other tissue contrasts, a stronger bias field, more noise, thicker slices) renders the
+same anatomy as another scanner would: an out-of-distribution test set.  The label map uses
 `PHANTOM_LABELS`.  Volumes are written in MSD, nnU-Net v2 or folder-per-patient layout so they go
 through exactly the readers real data uses.
 """
@@ -39,6 +41,24 @@ TISSUE_MEANS = np.array([
     [0.0, 600.0, 80.0, 1000.0, 640.0, 450.0, 860.0, 700.0, 920.0],    # T2: fluid bright
     [0.0, 700.0, 80.0, 110.0, 600.0, 450.0, 960.0, 760.0, 620.0],     # FLAIR: CSF suppressed
 ], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How a phantom is imaged: contrast_shift scales each tissue mean per contrast by a fixed
+    factor in [1 - shift, 1 + shift] (one draw for the whole acquisition), bias the sd of the log bias
+    field, noise the noise sd as a fraction of the contrast's brightest tissue, slice_blur the
+    Gaussian sigma across slices in voxels (thick slices)."""
+
+    name: str = "standard"
+    contrast_shift: float = 0.0
+    bias: float = 0.12
+    noise: float = 0.025
+    slice_blur: float = 0.3
+
+
+STANDARD = Acquisition()
+SHIFTED = Acquisition("shifted", contrast_shift=0.25, bias=0.3, noise=0.06, slice_blur=1.2)
 
 
 @dataclass(frozen=True)
@@ -132,27 +152,32 @@ def _add_lesions(rng: np.random.Generator, tissue: np.ndarray) -> None:
             tissue[core & (distance < core_radius * rng.uniform(0.3, 0.65))] = NECROSIS
 
 
-def _render(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
+def _render(rng: np.random.Generator, tissue: np.ndarray, acquisition: Acquisition = STANDARD) -> np.ndarray:
     """Four contrasts [4, X, Y, Z] from the tissue map: jittered means, texture, blur, bias, noise."""
     shape = tissue.shape
     head = tissue != AIR
     images = np.empty((len(PHANTOM_MODALITIES), *shape), dtype=np.float32)
     scale = rng.uniform(0.8, 1.25)  # scanner gain differs between patients
+    # one fixed contrast change for the whole acquisition (the same for every patient of it)
+    shift = np.random.default_rng(len(acquisition.name)).uniform(-1, 1, TISSUE_MEANS.shape)
+    tissue_means = TISSUE_MEANS * (1.0 + acquisition.contrast_shift * shift)
     for c in range(len(PHANTOM_MODALITIES)):
-        means = TISSUE_MEANS[c] * scale * (1.0 + 0.05 * rng.standard_normal(TISSUE_MEANS.shape[1]))
+        means = tissue_means[c] * scale * (1.0 + 0.05 * rng.standard_normal(TISSUE_MEANS.shape[1]))
         volume = means[tissue] * (1.0 + 0.05 * _smooth_field(rng, shape, (16, 16, 8)))
-        volume = ndimage.gaussian_filter(volume, sigma=(0.6, 0.6, 0.3))  # partial volume at edges
-        bias = np.exp(0.12 * _smooth_field(rng, shape, (3, 3, 2)))
-        noise = rng.standard_normal(shape).astype(np.float32) * (0.025 * float(TISSUE_MEANS[c].max()) * scale)
+        volume = ndimage.gaussian_filter(volume, sigma=(0.6, 0.6, acquisition.slice_blur))  # partial volume
+        bias = np.exp(acquisition.bias * _smooth_field(rng, shape, (3, 3, 2)))
+        noise = rng.standard_normal(shape).astype(np.float32) * (acquisition.noise * float(TISSUE_MEANS[c].max()) * scale)
         volume = np.clip(volume * bias + noise, 0.0, None)
         images[c] = np.where(head, volume, 0.0)
     return images
 
 
-def generate_phantom_patient(seed: int, index: int, shape: tuple[int, int, int] = (64, 64, 24)) -> PhantomPatient:
-    """Patient ``index`` of the phantom population ``seed`` at ``shape`` (X, Y, Z >= 4 each).
+def generate_phantom_patient(seed: int, index: int, shape: tuple[int, int, int] = (64, 64, 24),
+                             acquisition: Acquisition = STANDARD) -> PhantomPatient:
+    """Patient ``index`` of the phantom population ``seed`` at ``shape`` (X, Y, Z >= 4 each), imaged
+    with ``acquisition`` (the anatomy does not depend on it).
 
-    Deterministic: the same (seed, index, shape) always gives the same arrays.
+    Deterministic: the same (seed, index, shape, acquisition) always gives the same arrays.
     """
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     if len(shape) != 3 or min(shape) < 4:
@@ -160,7 +185,7 @@ def generate_phantom_patient(seed: int, index: int, shape: tuple[int, int, int] 
     rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
     tissue = _anatomy(rng, shape)
     _add_lesions(rng, tissue)
-    images = _render(rng, tissue)
+    images = _render(rng, tissue, acquisition)
     spacing = phantom_spacing(shape)
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = -(np.array(shape) - 1) / 2.0 * spacing
@@ -183,8 +208,11 @@ def _write_patient(out: Path, layout: str, case_id: str, patient: PhantomPatient
     return {}
 
 
-def _dataset_json(layout: str, n_patients: int, training: list[dict], shape: tuple, seed: int) -> dict:
+def _dataset_json(layout: str, n_patients: int, training: list[dict], shape: tuple, seed: int,
+                  acquisition: Acquisition = STANDARD) -> dict:
     description = f"stylepair phantom patients v{GENERATOR_VERSION}, seed {seed}, shape {list(shape)}"
+    if acquisition != STANDARD:
+        description += f", {acquisition.name} acquisition"
     if layout == "msd":
         return {"name": "Phantom", "description": description, "tensorImageSize": "4D",
                 "modality": {str(i): m for i, m in enumerate(PHANTOM_MODALITIES)},
@@ -197,8 +225,9 @@ def _dataset_json(layout: str, n_patients: int, training: list[dict], shape: tup
 
 
 def write_phantom_dataset(out_dir: str | Path, n_patients: int = 20, shape: tuple[int, int, int] = (64, 64, 24),
-                          seed: int = 0, layout: str = "msd") -> Path:
-    """Write ``n_patients`` phantom patients to ``out_dir`` in ``layout`` ("msd", "nnunet", "folder").
+                          seed: int = 0, layout: str = "msd", acquisition: Acquisition = STANDARD) -> Path:
+    """Write ``n_patients`` phantom patients to ``out_dir`` in ``layout`` ("msd", "nnunet", "folder"),
+    imaged with ``acquisition`` (`SHIFTED`: an out-of-distribution test set).
 
     Case ids are ``phantom_000``...; the folder is built next to ``out_dir`` and renamed into place,
     so it appears complete or not at all.  Raises FileExistsError if ``out_dir`` is a non-empty
@@ -216,14 +245,16 @@ def write_phantom_dataset(out_dir: str | Path, n_patients: int = 20, shape: tupl
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        training = [_write_patient(tmp, layout, f"phantom_{i:03d}", generate_phantom_patient(seed, i, shape))
+        training = [_write_patient(tmp, layout, f"phantom_{i:03d}",
+                                   generate_phantom_patient(seed, i, shape, acquisition))
                     for i in range(n_patients)]
         if layout == "folder":
             labels = {"labels": {n: i for i, n in enumerate(PHANTOM_LABELS)},
                       "channel_names": {str(i): m for i, m in enumerate(PHANTOM_MODALITIES)}}
             atomic_write_json(tmp / "dataset.json", labels)
         else:
-            atomic_write_json(tmp / "dataset.json", _dataset_json(layout, n_patients, training, shape, seed))
+            atomic_write_json(tmp / "dataset.json", _dataset_json(layout, n_patients, training, shape, seed,
+                                                                  acquisition))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -233,13 +264,16 @@ def write_phantom_dataset(out_dir: str | Path, n_patients: int = 20, shape: tupl
 
 
 def default_phantom_dataset(n_patients: int = 20, shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0,
-                            layout: str = "msd", cache_dir: str | Path | None = None) -> Path:
+                            layout: str = "msd", cache_dir: str | Path | None = None,
+                            acquisition: Acquisition = STANDARD) -> Path:
     """The demo dataset: generated once into ``<cache>/phantoms/...`` (see `user_cache_root`), reused after.
 
     Safe when several processes ask at once (file lock).  Returns the dataset folder.
     """
     root = Path(cache_dir) if cache_dir is not None else user_cache_root()
     name = f"{layout}_n{n_patients}_s{seed}_{'x'.join(str(s) for s in shape)}_v{GENERATOR_VERSION}"
+    if acquisition != STANDARD:
+        name += f"_{acquisition.name}"
     out = root / "phantoms" / name
     marker = out / "dataset.json"
     if marker.is_file():
@@ -248,6 +282,6 @@ def default_phantom_dataset(n_patients: int = 20, shape: tuple[int, int, int] = 
         if not marker.is_file():
             if out.exists():  # left over from an interrupted run before the rename (cannot be complete)
                 shutil.rmtree(out)
-            write_phantom_dataset(out, n_patients, shape, seed, layout)
+            write_phantom_dataset(out, n_patients, shape, seed, layout, acquisition)
     json.loads(marker.read_text())
     return out
