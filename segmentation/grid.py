@@ -87,10 +87,11 @@ def expand_grid(config: StudyConfig, train_sizes: dict[tuple[str, int], int]) ->
 
 def _runs_of_cell(config: StudyConfig, dataset: str, fold: int, repeat: int, n_real: int,
                   requested: int | None, k_base: int) -> list[Run]:
-    """The runs of one (dataset, fold, repeat, n): the baseline, then each arm x distinct k > 0."""
+    """The runs of one (dataset, fold, repeat, n): the baseline, then each arm x distinct k > 0 (no
+    baseline at n = 0: synthetic-only runs are compared with real-only runs at other n)."""
     seed = block_seed(config.seed, dataset, fold, repeat)
     cell = []
-    if config.baseline:
+    if config.baseline and n_real > 0:
         cell.append(Run(dataset, fold, repeat, BASELINE_ARM, 0, n_real, requested, seed))
     ks = [k for k in dict.fromkeys(resolve_k(k, k_base) for k in config.k) if k > 0]
     for arm in config.arms:

@@ -24,7 +24,8 @@ keys anywhere are errors naming the key)::
       - {name: lesions, procedural: lesion-insertion, config: configs/procedural/phantom-lesions.yaml}
     k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x"; for
                                    # n_real null, n = the dataset's smallest training fold)
-    n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves
+    n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves;
+                                   # 0 = synthetic only (absolute k; not for shuffled or procedural arms)
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
     train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `TrainConfig`
     metrics: [dice, hd95]           # also nsd (normalised surface Dice) and detection (detected,
@@ -446,8 +447,16 @@ def _check(config: StudyConfig, read: _Reader) -> None:
         raise read.fail("arms", "no arms: set baseline: true or list synthetic sources")
     if config.arms and not [k for k in config.k if k != 0]:
         raise read.fail("k", "synthetic arms need at least one k > 0 (number of synthetic patients, or '1x')")
-    if any(n is not None and n < 1 for n in config.n_real):
-        raise read.fail("n_real", f"entries are numbers of real patients >= 1 or null (all), got {list(config.n_real)}")
+    if any(n is not None and n < 0 for n in config.n_real):
+        raise read.fail("n_real", f"entries are numbers of real patients >= 0 or null (all), got {list(config.n_real)}")
+    if 0 in config.n_real:
+        if not config.arms or not [k for k in config.k if isinstance(k, int) and k > 0]:
+            raise read.fail("n_real", "n_real 0 trains on synthetic patients only: it needs synthetic arms and an "
+                                      "absolute k > 0 (a multiple of n is 0)")
+        needs_real = [a.name for a in config.arms if a.control == "shuffled" or a.procedural is not None]
+        if needs_real:
+            raise read.fail("n_real", f"n_real 0 leaves no real patient for arms {needs_real}, which are made from the "
+                                      f"run's real training patients; drop 0 or those arms")
     if config.repeats < 1:
         raise read.fail("repeats", f"must be >= 1, got {config.repeats}")
     splits = config.splits

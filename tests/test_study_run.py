@@ -11,7 +11,7 @@ from segmentation import runner
 from segmentation.controls import oracle_seed
 from segmentation.grid import SEED_SCHEME, block_seed
 from segmentation.runner import CASE_COLUMNS, StudyDataError, prepare_data, run_study
-from segmentation.study_config import load_study_config
+from segmentation.study_config import StudyConfigError, load_study_config
 from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_dataset
 from training.data.fsutils import atomic_write_json
 from training.data.nifti import write_nifti
@@ -406,3 +406,17 @@ def test_parallel_workers_give_the_results_of_one_process(micro_study, sources, 
     parallel = run_study_parallel(config, tmp_path, jobs=2, device="cpu", threads=1)
     assert sorted(parallel.ran) == sorted(r.run_id for r in summary.runs) and not parallel.skipped
     assert dice_by_key(tmp_path) == dice_by_key(results)
+
+
+def test_synthetic_only_runs_train_without_real_patients(sources, tmp_path):
+    config = micro_config(sources, "n_real=[0, 2]", "k=[3]", "splits.folds=[0]", "train.iterations=2",
+                          "train.val_every=2")
+    summary = run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+    ids = sorted(summary.ran)
+    assert "phantom-f0-r0-real-k0-n0" not in ids and "phantom-f0-r0-real-k0-n2" in ids
+    record = json.loads((tmp_path / "runs" / "phantom-f0-r0-other-k3-n0.json").read_text())
+    assert record["patients"]["train_real"] == [] and record["slices"]["train_real"] == 0
+    assert record["slices"]["train_synthetic"] == 3 * 8 and record["cases"]
+    assert {r["n_real"] for r in read_cases(tmp_path)} == {"0", "2"}
+    with pytest.raises(StudyConfigError, match="absolute k > 0"):
+        micro_config(sources, "n_real=[0]", 'k=["1x"]')
