@@ -19,6 +19,7 @@ __all__ = [
     "nonsignificant_groups",
     "cd_diagram",
     "score_vs_k_figure",
+    "scaling_figure",
     "save_figure",
 ]
 
@@ -228,6 +229,31 @@ def score_vs_k_figure(summaries: list[DatasetSummary], conditions: list[tuple[st
         axes[panel // n_cols][panel % n_cols].set_visible(False)
     figure.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
                   ncols=min(len(handles), 4), fontsize=9, frameon=False)
+    return figure
+
+
+def scaling_figure(n_values: list[int], curves: dict[str, tuple[np.ndarray, np.ndarray]], baseline: str,
+                   ylabel: str, title: str) -> Figure:
+    """Score against the number of real training patients: one line per condition label, mean
+    [len(n_values)] with standard-error bars [len(n_values)] (NaN points are left out); the real-only
+    ``baseline`` drawn black and thick as the reference; n = 0 (synthetic only) at x = 0."""
+    figure = Figure(figsize=(7.5, 4.8))
+    axes = figure.subplots()
+    x = np.asarray(n_values, dtype=float)
+    for label, (mean, error) in curves.items():
+        keep = np.isfinite(mean)
+        if not keep.any():
+            continue
+        style = dict(color="black", linewidth=2.5, zorder=3) if label == baseline else dict(linewidth=1.3, alpha=0.9)
+        axes.errorbar(x[keep], mean[keep], yerr=np.nan_to_num(error[keep]), marker="o", markersize=4, capsize=3,
+                      label=label, **style)
+    axes.set_xlabel("real training patients (n)")
+    axes.set_ylabel(ylabel)
+    axes.set_xticks(x)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
     return figure
 
 

@@ -52,6 +52,7 @@ from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
                            load_or_make_splits, make_splits, open_slice_cache)
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
+from training.data.phantoms import SHIFTED, STANDARD
 from procedural import ProceduralError
 from training.checkpoint import CheckpointError
 from training.procedural_sampling import synthesise_to_directory
@@ -61,8 +62,8 @@ from training.synthetic_dataset import SamplingSettings
 RESULT_FORMAT = 1
 CSV_REBUILD_SECONDS = 60.0  # during a shard, cases.csv is rebuilt at most this often (and at its end)
 SCORE_COLUMNS = ("dice", "hd95", "nsd", "detected", "false_positive", "lesion_sensitivity")
-CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "case", "class",
-                "in_reference", *SCORE_COLUMNS)
+CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "test_set", "case",
+                "class", "in_reference", *SCORE_COLUMNS)
 
 
 class StudyDataError(ValueError):
@@ -94,12 +95,46 @@ class SyntheticData:
 
 
 @dataclass
+class TestSet:
+    """An out-of-distribution test set for one training dataset: its `Dataset` (channels in the
+    training dataset's order), slice cache (the training dataset's preprocessing) and label_map
+    int [L_test]: its label index -> the training dataset's index of the same name."""
+
+    spec: DatasetSpec
+    dataset: Dataset
+    cache: SliceCache
+    label_map: np.ndarray
+
+
+IN_DISTRIBUTION = "in-distribution"  # the test_set value of the held-out patients of the training dataset
+
+
+def load_test_set(spec: DatasetSpec, real: RealData) -> TestSet:
+    """``spec`` as a test set of models trained on ``real``; `StudyDataError` when its label names or
+    channel names differ from the training dataset's (values and order may differ)."""
+    train = real.dataset
+    dataset = load_dataset(dataset_root(spec), layout=spec.layout)
+    if sorted(dataset.modalities) != sorted(train.modalities):
+        raise StudyDataError(f"test dataset {spec.name!r}: channels {dataset.modalities} differ from dataset "
+                             f"{real.spec.name!r}'s "
+                             f"{train.modalities} (matched by name, in any order)")
+    if sorted(dataset.label_names) != sorted(train.label_names):
+        raise StudyDataError(f"test dataset {spec.name!r}: label names {dataset.label_names} differ from dataset "
+                             f"{real.spec.name!r}'s {train.label_names}: the classes would not mean the same structures")
+    if list(dataset.modalities) != list(train.modalities):
+        dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=list(train.modalities))
+    label_map = np.array([train.label_names.index(name) for name in dataset.label_names], dtype=np.int64)
+    return TestSet(spec, dataset, open_slice_cache(dataset, real.spec.preprocess), label_map)
+
+
+@dataclass
 class StudyData:
     """Everything the runs read: real data per dataset name, synthetic data per (dataset, arm), and
     for procedural arms the patients each block makes (the largest k of the arm per (dataset, n))."""
 
     real: dict[str, RealData]
     synthetic: dict[tuple[str, str], SyntheticData] = field(default_factory=dict)
+    test_sets: dict[str, list[TestSet]] = field(default_factory=dict)
     procedural_patients: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
 
 
@@ -107,7 +142,8 @@ def dataset_root(spec: DatasetSpec) -> Path:
     """The folder of ``spec``: its path, or the generated phantom dataset for ``phantoms``."""
     if spec.path == PHANTOMS:
         p = spec.phantoms
-        return default_phantom_dataset(n_patients=p.n_patients, shape=tuple(p.shape), seed=p.seed)
+        return default_phantom_dataset(n_patients=p.n_patients, shape=tuple(p.shape), seed=p.seed,
+                                       acquisition=SHIFTED if p.shifted else STANDARD)
     return Path(spec.path)
 
 
@@ -202,7 +238,8 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
     training on unusable data.  GAN arms are sampled first into ``results/synthetic/ARM``; oracle
     controls are fresh phantom populations; noise and shuffled controls are made per run."""
     real = {spec.name: load_real(spec, config, results) for spec in config.datasets}
-    data = StudyData(real)
+    data = StudyData(real, test_sets={name: [load_test_set(t, data) for t in config.test_datasets]
+                                      for name, data in real.items()})
     for spec in config.datasets:
         runs = [r for r in grid if r.dataset == spec.name]
         for arm in config.arms:
@@ -366,6 +403,7 @@ def run_config(run: Run, config: StudyConfig) -> dict:
         "splits": dataclasses.asdict(config.splits), "unet": dataclasses.asdict(config.unet),
         "train": dataclasses.asdict(config.train), "metrics": list(config.metrics),
         "empty_class": config.empty_class, "seed_scheme": SEED_SCHEME,
+        **({"test_datasets": [dataclasses.asdict(t) for t in config.test_datasets]} if config.test_datasets else {}),
         **({"nsd_tolerance_mm": config.nsd_tolerance_mm} if "nsd" in config.metrics else {}),
     }, default=list))
 
@@ -425,7 +463,11 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
                              steps=steps, real_count=len(parts[0]))
         model.load_state_dict(outcome.best_state)
         cases = score_test_patients(model, real, patients.test, config, device)
-        foreground = [_from_json_number(c["dice"]) for c in cases if c["class"] == FOREGROUND]
+        for test_set in data.test_sets[run.dataset]:
+            cases += score_test_patients(model, test_set, test_set.dataset.case_ids, config, device,
+                                         test_set.spec.name, test_set.label_map)
+        foreground = [_from_json_number(c["dice"]) for c in cases
+                      if c["class"] == FOREGROUND and c["test_set"] == IN_DISTRIBUTION]
         writer.add_scalar("test/foreground_dice", float(np.nanmean(foreground)), outcome.best_iteration)
     training = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "best_state"}
     training["best_val_dice"] = _json_number(training["best_val_dice"])
@@ -443,25 +485,31 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
     }
 
 
-def score_test_patients(model: torch.nn.Module, real: RealData, test_ids: list[str], config: StudyConfig,
-               device: torch.device) -> list[dict]:
+def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_ids: list[str], config: StudyConfig,
+                        device: torch.device, test_set: str = IN_DISTRIBUTION,
+                        label_map: np.ndarray | None = None) -> list[dict]:
     """Scores of every test patient: rows {case, class, in_reference, and each of `SCORE_COLUMNS`
     (JSON number, null or "inf")}.  A class the patient's reference lacks has in_reference false
     and, with ``empty_class: exclude``, no scores but false_positive (null): "nothing to find" says
-    nothing about segmentation, only whether something was found anyway."""
+    nothing about segmentation, only whether something was found anyway.  An out-of-distribution
+    ``test_set`` names its rows; ``label_map`` takes its label indices to the model's."""
     rows = []
+    names = real.dataset.label_names if label_map is None else [real.dataset.label_names[i]
+                                                                for i in np.argsort(label_map)]
     for case_id in test_ids:
         images, reference = real.cache.volume(case_id)
+        if label_map is not None:
+            reference = label_map[reference].astype(np.uint8)
         prediction = predict_volume(model, images, config.train.batch_size, device)
         spacing = real.cache.case_info(case_id).slice_spacing
-        present = {name: bool((reference == index).any()) for index, name in enumerate(real.dataset.label_names)}
+        present = {name: bool((reference == index).any()) for index, name in enumerate(names)}
         present[FOREGROUND] = bool((reference > 0).any())
         tolerances = (config.nsd_tolerance_mm or {}) if "nsd" in config.metrics else None
-        for score in evaluate_case(prediction, reference, real.dataset.label_names, spacing,
+        for score in evaluate_case(prediction, reference, names, spacing,
                                    hd95="hd95" in config.metrics, nsd_tolerance_mm=tolerances,
                                    detection="detection" in config.metrics):
             scored = present[score.name] or config.empty_class == "score"
-            row = {"case": case_id, "class": score.name, "in_reference": present[score.name]}
+            row = {"test_set": test_set, "case": case_id, "class": score.name, "in_reference": present[score.name]}
             for column in SCORE_COLUMNS:
                 value = getattr(score, column)
                 row[column] = _json_number(value if scored or column == "false_positive" else math.nan)
@@ -523,8 +571,9 @@ def cases_table(records: list[dict]) -> str:
             values = [_from_json_number(row.get(column)) for column in SCORE_COLUMNS]
             in_reference = "" if "in_reference" not in row else int(row["in_reference"])
             writer.writerow([run["dataset"], run["fold"], run["repeat"], run["arm"], record["source"],
-                             run["n_synthetic"], run["n_real"], record["run_id"], row["case"], row["class"],
-                             in_reference, *["" if math.isnan(v) else repr(v) for v in values]])
+                             run["n_synthetic"], run["n_real"], record["run_id"], row.get("test_set", IN_DISTRIBUTION),
+                             row["case"], row["class"], in_reference,
+                             *["" if math.isnan(v) else repr(v) for v in values]])
     return buffer.getvalue()
 
 
@@ -546,7 +595,8 @@ def mean_dice_table(records: list[dict], class_name: str = FOREGROUND) -> str:
         run = record["config"]["run"]
         n = run["n_real_requested"]
         key = (run["dataset"], -1 if n is None else n, run["arm"], run["n_synthetic"])
-        values = [_from_json_number(r["dice"]) for r in record["cases"] if r["class"] == class_name]
+        values = [_from_json_number(r["dice"]) for r in record["cases"]
+                  if r["class"] == class_name and r.get("test_set", IN_DISTRIBUTION) == IN_DISTRIBUTION]
         cells.setdefault(key, []).extend(v for v in values if not math.isnan(v))
         runs.setdefault(key, set()).add(record["run_id"])
     order = sorted(cells, key=lambda k: (k[0], k[1], k[2] != BASELINE_ARM, k[2], k[3]))

@@ -15,6 +15,10 @@ keys anywhere are errors naming the key)::
         layout: auto
         modalities: null           # optional subset / order of channel names
         preprocess: phantom        # a preset name / YAML path (configs/data) or a mapping of fields
+    test_datasets:                 # optional out-of-distribution test sets: every patient of each, with
+      - {name: shifted, path: phantoms, phantoms: {n_patients: 16, seed: 2, shifted: true}}
+                                   # the training dataset's label names and modalities (matched by name)
+                                   # and preprocessing
     splits: {n_folds: 5, folds: null, test_fraction: 0.2, seed: 12345}   # folds: which to run
     baseline: true                 # include the real-only arm "real" (k = 0)
     arms:                          # synthetic sources, each a folder or a GAN run
@@ -72,11 +76,13 @@ class StudyConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PhantomSpec:
-    """Size of the generated phantom dataset used when a dataset's path is ``phantoms``."""
+    """Size of the generated phantom dataset used when a dataset's path is ``phantoms``; shifted:
+    imaged with another acquisition (`training.data.phantoms.SHIFTED`, an out-of-distribution set)."""
 
     n_patients: int = 20
     shape: tuple[int, int, int] = (64, 64, 24)
     seed: int = 0
+    shifted: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,7 @@ class StudyConfig:
     name: str
     datasets: tuple[DatasetSpec, ...]
     arms: tuple[ArmSpec, ...] = ()
+    test_datasets: tuple[DatasetSpec, ...] = ()
     baseline: bool = True
     k: tuple[int | str, ...] = ()
     n_real: tuple[int | None, ...] = (None,)
@@ -374,6 +381,12 @@ class _Reader:
         self.name(spec.name, f"{key}.name")
         return spec
 
+    def test_dataset(self, value: Any, key: str) -> DatasetSpec:
+        if isinstance(value, dict) and "preprocess" in value:
+            raise self.fail(f"{key}.preprocess", "a test dataset is preprocessed like the dataset the models "
+                                                 "trained on; leave preprocess out")
+        return self.dataset(value, key)
+
     def arm(self, value: Any, key: str) -> ArmSpec:
         spec = self.dataclass(ArmSpec, value, key)
         self.name(spec.name, f"{key}.name")
@@ -422,6 +435,8 @@ def study_config_from_dict(values: Any, where: str = "study", name: str = "study
         raise read.fail("datasets", "missing: list at least one real dataset")
     nested = {
         "datasets": lambda v, k: tuple(read.dataset(d, f"{k}[{i}]") for i, d in enumerate(read.sequence(v, k))),
+        "test_datasets": lambda v, k: tuple(read.test_dataset(d, f"{k}[{i}]")
+                                            for i, d in enumerate(read.sequence(v or [], k))),
         "arms": lambda v, k: tuple(read.arm(a, f"{k}[{i}]") for i, a in enumerate(read.sequence(v or [], k))),
         "k": lambda v, k: tuple(read.k_value(x, f"{k}[{i}]") for i, x in enumerate(read.sequence(v, k))),
         "splits": lambda v, k: read.dataclass(SplitSpec, v, k),
@@ -439,7 +454,8 @@ def _check(config: StudyConfig, read: _Reader) -> None:
     read.name(config.name, "name")
     if not config.datasets:
         raise read.fail("datasets", "list at least one real dataset")
-    for key, names in (("datasets", [d.name for d in config.datasets]), ("arms", [a.name for a in config.arms])):
+    for key, names in (("datasets", [d.name for d in config.datasets]), ("arms", [a.name for a in config.arms]),
+                       ("test_datasets", [d.name for d in config.test_datasets])):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise read.fail(key, f"names must be unique, repeated: {duplicates}")

@@ -420,3 +420,27 @@ def test_synthetic_only_runs_train_without_real_patients(sources, tmp_path):
     assert {r["n_real"] for r in read_cases(tmp_path)} == {"0", "2"}
     with pytest.raises(StudyConfigError, match="absolute k > 0"):
         micro_config(sources, "n_real=[0]", 'k=["1x"]')
+
+
+def test_out_of_distribution_test_sets_are_scored_by_label_name(sources, tmp_path):
+    shifted = {"name": "shifted", "path": "phantoms",
+               "phantoms": {"n_patients": 3, "shape": [32, 32, 8], "seed": 5, "shifted": True}}
+    config = micro_config(sources, f"test_datasets={json.dumps([shifted])}", "arms=[]", "splits.folds=[0]",
+                          "train.iterations=2", "train.val_every=2")
+    run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+    rows = read_cases(tmp_path)
+    by_set = {s: {r["case"] for r in rows if r["test_set"] == s} for s in {r["test_set"] for r in rows}}
+    assert set(by_set) == {"in-distribution", "shifted"} and len(by_set["shifted"]) == 3
+    assert {r["class"] for r in rows if r["test_set"] == "shifted"} == set(PHANTOM_LABELS[1:]) | {"foreground"}
+
+
+def test_a_test_set_with_other_label_names_is_refused(sources, tmp_path):
+    other = tmp_path / "other_labels"
+    write_noise_dataset(other, 2)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["labels"] = {("tumour" if n == "core" else n): v for n, v in meta["labels"].items()}
+    atomic_write_json(other / "dataset.json", meta)
+    config = micro_config(sources, f'test_datasets=[{{"name": "other", "path": "{other}"}}]', "arms=[]",
+                          "splits.folds=[0]", "train.iterations=2")
+    with pytest.raises(StudyDataError, match="test dataset 'other': label names .* differ from dataset 'phantom'"):
+        run_study(config, tmp_path / "results", device="cpu", progress=False, threads=1)
