@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from segmentation.report import ReportConfig, make_report
-from segmentation.score_table import ScoreTableConfig, load_score_table, parse_filter
+from segmentation.overview import groups_of, write_overview
+from segmentation.score_table import (ScoreTableConfig, build_score_table, parse_filter, read_csv_rows,
+                                      resolve_scores_csv)
 
 __all__ = ["build_parser", "main"]
 
@@ -131,14 +133,24 @@ def main(argv: list[str] | None = None) -> int:
                                  dataset_column=args.dataset_column, plots=args.plots)
     out = args.out if args.out is not None else _default_out(args.results)
     try:
-        table = load_score_table(args.results, table_config)
+        csv_path = resolve_scores_csv(args.results)
+        columns, rows = read_csv_rows(csv_path)
+        groups = groups_of(columns, rows, table_config)
+        if groups:  # several n_real or test sets: one report each, and the overview
+            overview = write_overview(csv_path, columns, rows, table_config, report_config, groups, out,
+                                      _study_settings(args.results))
+            print(f"overview written to {overview} (and report.html), with {len(groups)} groups:")
+            for group in groups:
+                print(f"  {group.folder}/")
+            return 0
+        table = build_score_table(columns, rows, table_config, source=str(csv_path))
         files = make_report(table, out, report_config, study=_study_settings(args.results))
     except (FileNotFoundError, ValueError) as error:
         print(f"nemenyi_report: error: {error}", file=sys.stderr)
         return 2
     print(f"report written to {files.markdown.parent}:")
-    for path in (files.markdown, files.latex, files.ranks_csv, files.pvalues_csv, files.cd_png, files.cd_pdf,
-                 files.score_vs_k_png):
+    for path in (files.markdown, files.html, files.latex, files.ranks_csv, files.pvalues_csv, files.cd_png,
+                 files.cd_pdf, files.score_vs_k_png):
         if path is not None:
             print(f"  {path.name}")
     return 0

@@ -252,7 +252,7 @@ def scaling_figure(n_values: list[int], curves: dict[str, tuple[np.ndarray, np.n
     axes.set_xticks(x)
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     return figure
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segmentation import plots
+from segmentation.html import markdown_to_html
 from segmentation.power import DesignPower, describe_design
 from segmentation.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
 from segmentation.stats import (Comparison, PairedComparison, bonferroni_dunn_q_alpha, compare_conditions,
@@ -60,6 +61,7 @@ class ReportFiles:
     """Paths of the files written (figures None when not drawn)."""
 
     markdown: Path
+    html: Path
     latex: Path
     ranks_csv: Path
     pvalues_csv: Path
@@ -123,9 +125,11 @@ def write_report(table: ScoreTable, comparison: Comparison, baseline: int, out_d
     ranks_csv = _atomic_write(out_dir / "ranks.csv", _ranks_csv(context))
     pvalues_csv = _atomic_write(out_dir / "pvalues.csv", _pvalues_csv(context))
     figures = {"cd": cd_png, "score_vs_k": score_png}
-    markdown = _atomic_write(out_dir / "report.md", _markdown(context, figures))
+    text = _markdown(context, figures)
+    markdown = _atomic_write(out_dir / "report.md", text)
+    page = _atomic_write(out_dir / "report.html", markdown_to_html(text, out_dir, f"stylepair: {_metric_label(table)}"))
     latex = _atomic_write(out_dir / "report.tex", _latex(context))
-    return ReportFiles(markdown=markdown, latex=latex, ranks_csv=ranks_csv, pvalues_csv=pvalues_csv,
+    return ReportFiles(markdown=markdown, html=page, latex=latex, ranks_csv=ranks_csv, pvalues_csv=pvalues_csv,
                        cd_png=cd_png, cd_pdf=cd_pdf, score_vs_k_png=score_png)
 
 

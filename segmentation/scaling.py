@@ -150,7 +150,9 @@ def annotation_efficiency(data: ScalingData, confidence: float = 0.95, seed: int
             draws = np.array([equivalent_n(real_n, rc, b, data.higher_is_better)
                               for rc, b in zip(real_curves, boot[:, i])])
             draws = draws[~np.isnan(draws)]
-            low, high = (np.quantile(draws, [tail, 1 - tail]) if draws.size else (math.nan, math.nan))
+            # inverted_cdf picks draws without interpolating, so "<= n_min" / "> n_max" (+-inf) stay what they are
+            low, high = (np.quantile(draws, [tail, 1 - tail], method="inverted_cdf") if draws.size
+                         else (math.nan, math.nan))
             out.append(Efficiency(arm, k, n, float(curve[i]), estimate, float(low), float(high)))
     return out
 
