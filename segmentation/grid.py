@@ -88,13 +88,16 @@ def expand_grid(config: StudyConfig, train_sizes: dict[tuple[str, int], int]) ->
 def _runs_of_cell(config: StudyConfig, dataset: str, fold: int, repeat: int, n_real: int,
                   requested: int | None, k_base: int) -> list[Run]:
     """The runs of one (dataset, fold, repeat, n): the baseline, then each arm x distinct k > 0 (no
-    baseline at n = 0: synthetic-only runs are compared with real-only runs at other n)."""
+    baseline at n = 0: synthetic-only runs are compared with real-only runs at other n; nor arms made
+    from the run's real patients)."""
     seed = block_seed(config.seed, dataset, fold, repeat)
     cell = []
     if config.baseline and n_real > 0:
         cell.append(Run(dataset, fold, repeat, BASELINE_ARM, 0, n_real, requested, seed))
     ks = [k for k in dict.fromkeys(resolve_k(k, k_base) for k in config.k) if k > 0]
     for arm in config.arms:
+        if n_real == 0 and arm.needs_real_patients:
+            continue  # made from the run's real patients: there are none
         cell.extend(Run(dataset, fold, repeat, arm.name, k, n_real, requested, seed) for k in ks)
     return cell
 

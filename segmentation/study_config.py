@@ -29,7 +29,8 @@ keys anywhere are errors naming the key)::
     k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x"; for
                                    # n_real null, n = the dataset's smallest training fold)
     n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves;
-                                   # 0 = synthetic only (absolute k; not for shuffled or procedural arms)
+                                   # 0 = synthetic only (absolute k; arms made from real patients,
+                                   # shuffled and procedural, have no runs there)
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
     train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `TrainConfig`
     metrics: [dice, hd95]           # also nsd (normalised surface Dice) and detection (detected,
@@ -122,6 +123,11 @@ class ArmSpec:
     control: str | None = None
     procedural: str | None = None
     config: str | None = None
+
+    @property
+    def needs_real_patients(self) -> bool:
+        """Whether the arm is made from the run's real training patients (none at n_real 0)."""
+        return self.control == "shuffled" or self.procedural is not None
 
     @property
     def kind(self) -> str:
@@ -469,10 +475,9 @@ def _check(config: StudyConfig, read: _Reader) -> None:
         if not config.arms or not [k for k in config.k if isinstance(k, int) and k > 0]:
             raise read.fail("n_real", "n_real 0 trains on synthetic patients only: it needs synthetic arms and an "
                                       "absolute k > 0 (a multiple of n is 0)")
-        needs_real = [a.name for a in config.arms if a.control == "shuffled" or a.procedural is not None]
-        if needs_real:
-            raise read.fail("n_real", f"n_real 0 leaves no real patient for arms {needs_real}, which are made from the "
-                                      f"run's real training patients; drop 0 or those arms")
+        if all(a.needs_real_patients for a in config.arms):
+            raise read.fail("n_real", "n_real 0 leaves no real patient for the arms, which are all made from the "
+                                      "run's real training patients (shuffled, procedural); add another arm or drop 0")
     if config.repeats < 1:
         raise read.fail("repeats", f"must be >= 1, got {config.repeats}")
     splits = config.splits

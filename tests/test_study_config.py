@@ -217,3 +217,17 @@ def test_control_arms_are_read_and_checked():
         study_config_from_dict(_minimal(train={"real_fraction": 1.5}))
     with pytest.raises(StudyConfigError, match="early stopping needs validation"):
         study_config_from_dict(_minimal(train={"validation": "none", "patience": 3}))
+
+
+def test_synthetic_only_cells_have_no_baseline_and_no_arm_made_from_real_patients():
+    lesions = {"name": "lesions", "procedural": "lesion-insertion",
+               "config": str(CONFIGS.parent / "procedural" / "phantom-lesions.yaml")}
+    config = study_config_from_dict(_minimal(arms=[{"name": "syn", "folder": "f"}, lesions],
+                                             k=[3, "1x"], n_real=[0, 2], splits={"n_folds": 2}))
+    runs = expand_grid(config, {("d", 0): 3, ("d", 1): 4})
+    at_zero = {(r.arm, r.n_synthetic) for r in runs if r.n_real == 0}
+    assert at_zero == {("syn", 3)}  # "1x" of 0 is 0, real-only and lesions need real patients
+    assert {(r.arm, r.n_synthetic) for r in runs if r.n_real == 2} == {("real", 0), ("syn", 3), ("syn", 2),
+                                                                      ("lesions", 3), ("lesions", 2)}
+    with pytest.raises(StudyConfigError, match="all made from the run's real training patients"):
+        study_config_from_dict(_minimal(arms=[lesions], k=[3], n_real=[0, 2]))
