@@ -43,7 +43,9 @@ def _typed(value: Any, default: Any, where: str, key: str) -> Any:
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
-        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+        if isinstance(default, int) and not float(value).is_integer():
+            raise fail("a whole number")
+        return type(default)(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise fail("a string")
