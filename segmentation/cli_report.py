@@ -13,6 +13,7 @@ from pathlib import Path
 
 from segmentation.report import ReportConfig, make_report
 from segmentation.overview import groups_of, write_overview
+from segmentation.provenance import accepted_changes
 from segmentation.score_table import (ScoreTableConfig, build_score_table, parse_filter, read_csv_rows,
                                       resolve_scores_csv)
 
@@ -107,14 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _study_settings(results: Path) -> dict | None:
     """The study's settings (RESULTS/study.json written by run_study.py), None for a plain CSV."""
-    path = (results if results.is_dir() else results.parent) / "study.json"
+    folder = results if results.is_dir() else results.parent
+    path = folder / "study.json"
     if not path.is_file():
         return None
     try:
         settings = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: unreadable study settings ({error})") from None
-    return settings if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        return None
+    return {**settings, "accepted_data_changes": accepted_changes(folder)}
 
 
 def _default_out(results: Path) -> Path:

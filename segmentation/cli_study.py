@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run N worker processes side by side (each with --threads threads, default 1 then); "
                              "the runs and results are those of one process (default: 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    parser.add_argument("--accept-changed-data", action="store_true",
+                        help="go on although patients differ from those earlier runs in the results folder used "
+                             "(by content); the report then says that the folder mixes data (default: refuse)")
     parser.add_argument("--allow-weak-design", action="store_true",
                         help="run a design whose paired test can never reach significance (too few blocks for "
                              "its comparisons); by default it is refused with the fix")
@@ -199,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         if args.jobs > 1:
-            summary = run_study_parallel(config, results, args.jobs, index, count, args.device, args.threads or 1)
+            summary = run_study_parallel(config, results, args.jobs, index, count, args.device, args.threads or 1,
+                                         args.accept_changed_data)
         else:
             summary = run_study(config, results, index, count, args.device, progress=not args.quiet,
-                                threads=args.threads)
+                                threads=args.threads, accept_changed_data=args.accept_changed_data)
     except (DataError, StudyConfigError, StudyDataError, FileNotFoundError) as exc:
         parser.exit(2, f"run_study.py: error: {exc}\n")
     print(mean_dice_table(read_results(summary.results)))

@@ -490,6 +490,10 @@ def _markdown_setup(context: _Context) -> list[str]:
     ]
     if context.study is not None:
         lines += _study_lines(context.study)
+        for change in context.study.get("accepted_data_changes", []):
+            lines.append(f"- WARNING: this results folder mixes runs on changed data: {change['source']} cases "
+                         f"{', '.join(change['cases'][:5])} changed and were accepted on {change['when']} "
+                         f"(--accept-changed-data); runs before and after saw different patients")
     if table.n_missing_values:
         absent = (f" ({table.n_absent_values} because the class is absent from the patient's reference, excluded "
                   f"by the study's convention)" if table.n_absent_values else "")

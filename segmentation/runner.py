@@ -3,6 +3,8 @@
 Results folder (``RESULTS``)::
 
     study.json              the study configuration (as validated)
+    data.json               a content fingerprint of every patient the runs used (`segmentation.provenance`):
+                            a later shard or re-run on changed data is refused
     runs/RUN_ID.json        one per finished run, written atomically at the end of the run:
                             run, config + fingerprint, budget rule, patients used, training curve,
                             metrics per test case and class, wall time, seed, software versions
@@ -46,6 +48,7 @@ from tqdm.auto import tqdm
 from segmentation.controls import NoiseSlices, ShuffledLabelSlices, oracle_seed, shuffled_pairs
 from segmentation.evaluation import FOREGROUND, evaluate_case, predict_volume
 from segmentation.grid import SEED_SCHEME, Run, expand_grid, max_synthetic, name_code, shard
+from segmentation.provenance import ChangedDataError, cache_fingerprints, check_and_record
 from segmentation.study_config import (BASELINE_ARM, PHANTOMS, ArmSpec, DatasetSpec, StudyConfig,
                                        StudyConfigError, fingerprint)
 from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
@@ -135,6 +138,8 @@ class StudyData:
     real: dict[str, RealData]
     synthetic: dict[tuple[str, str], SyntheticData] = field(default_factory=dict)
     test_sets: dict[str, list[TestSet]] = field(default_factory=dict)
+    accept_changed_data: bool = False
+    fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
     procedural_patients: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
 
 
@@ -232,14 +237,15 @@ def pool_size(runs: list[Run], arm: str) -> int:
 
 
 def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: str = "cpu",
-                 progress: bool = True) -> StudyData:
+                 progress: bool = True, accept_changed_data: bool = False) -> StudyData:
     """Load every real dataset and every synthetic source of the study ``grid`` (the whole grid, not
     a shard: every shard then checks, samples and reads the same patients), failing before any
     training on unusable data.  GAN arms are sampled first into ``results/synthetic/ARM``; oracle
-    controls are fresh phantom populations; noise and shuffled controls are made per run."""
+    controls are fresh phantom populations; noise and shuffled controls are made per run.  Every
+    patient's content is checked against (and added to) the folder's record (`check_and_record`)."""
     real = {spec.name: load_real(spec, config, results) for spec in config.datasets}
     data = StudyData(real, test_sets={name: [load_test_set(t, data) for t in config.test_datasets]
-                                      for name, data in real.items()})
+                                      for name, data in real.items()}, accept_changed_data=accept_changed_data)
     for spec in config.datasets:
         runs = [r for r in grid if r.dataset == spec.name]
         for arm in config.arms:
@@ -263,7 +269,35 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
                 sample_gan_arm(arm, arm.patients or pool_size(grid, arm.name), folder, config.seed, device,
                                progress)
             data.synthetic[(spec.name, arm.name)] = load_synthetic(arm, folder, real[spec.name], needed, cache_dir)
+    sources = {f"real/{name}": cache_fingerprints(r.cache) for name, r in real.items()}
+    sources.update({f"test/{t.spec.name}": cache_fingerprints(t.cache) for sets in data.test_sets.values() for t in sets})
+    sources.update({f"synthetic/{d}/{a}": cache_fingerprints(s.cache) for (d, a), s in data.synthetic.items()})
+    _record_data(results, sources, data)
     return data
+
+
+def _record_data(results: Path, sources: dict[str, dict[str, str]], data: StudyData) -> None:
+    """`check_and_record` with the study's error type; the fingerprints are kept for the run records."""
+    try:
+        check_and_record(results, sources, data.accept_changed_data)
+    except ChangedDataError as exc:
+        raise StudyDataError(str(exc)) from None
+    data.fingerprints.update(sources)
+
+
+def _run_fingerprints(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients) -> dict:
+    """The content fingerprints of the real patients a run used and of its synthetic patients where
+    they come from files (folders, GAN samples, oracle, procedural blocks)."""
+    real = data.fingerprints.get(f"real/{run.dataset}", {})
+    out = {"real": {c: real[c] for c in (*patients.train_real, *patients.val, *patients.test) if c in real}}
+    if run.arm != BASELINE_ARM:
+        arm = config.arm(run.arm)
+        n = "all" if run.n_real_requested is None else run.n_real
+        key = (f"procedural/{arm.name}/{run.dataset}-f{run.fold}-r{run.repeat}-n{n}" if arm.procedural is not None
+               else f"synthetic/{run.dataset}/{arm.name}")
+        synthetic = data.fingerprints.get(key, {})
+        out["synthetic"] = {c: synthetic[c] for c in patients.train_synthetic if c in synthetic}
+    return out
 
 
 def plan_runs(config: StudyConfig, results: Path) -> tuple[list[Run], dict[str, Dataset]]:
@@ -346,7 +380,9 @@ def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: R
         raise StudyDataError(f"{folder}: procedural patients were made from {leaked}, which are not this block's "
                              f"real training patients (validation or test patients must never reach a synthesiser); "
                              f"delete the folder to make it again")
-    return load_synthetic(arm, folder, real, run.n_synthetic, results / "synthetic" / ".slice_cache"), report.sources
+    block = load_synthetic(arm, folder, real, run.n_synthetic, results / "synthetic" / ".slice_cache")
+    _record_data(results, {f"procedural/{arm.name}/{folder.name}": cache_fingerprints(block.cache)}, data)
+    return block, report.sources
 
 
 def synthetic_slices(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients, results: Path
@@ -477,6 +513,7 @@ def execute_run(run: Run, config: StudyConfig, data: StudyData, results: Path, d
         "source": _source(run, config), "budget_rule": budget_rule(config.train), "steps": steps,
         "seed": run.seed, "seed_scheme": SEED_SCHEME,
         "patients": dataclasses.asdict(patients), "synthetic_sources": synthetic_sources,
+        "data_fingerprints": _run_fingerprints(run, config, data, patients),
         "slices": {"train_real": len(parts[0]), "train_synthetic": len(slices) - len(parts[0])},
         "training": training, "cases": cases,
         "wall_seconds": round(time.time() - started, 3), "device": str(device),
@@ -654,7 +691,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, shard_count: int = 1,
-              device: str = "auto", progress: bool = True, threads: int | None = None) -> StudySummary:
+              device: str = "auto", progress: bool = True, threads: int | None = None,
+              accept_changed_data: bool = False) -> StudySummary:
     """Run this shard's part of the study grid into ``results``; finished runs are skipped.
 
     Each finished run is written to ``results/runs/RUN_ID.json`` (atomic); ``cases.csv`` is rebuilt
@@ -662,18 +700,20 @@ def run_study(config: StudyConfig, results: str | Path, shard_index: int = 0, sh
     small U-Nets on a busy machine).  Returns a `StudySummary`.
     """
     with torch_threads(threads):
-        return _run_study(config, Path(results), shard_index, shard_count, device, progress)
+        return _run_study(config, Path(results), shard_index, shard_count, device, progress, accept_changed_data)
 
 
 def _run_worker(config: StudyConfig, results: Path, shard_index: int, shard_count: int, device: str,
-                threads: int | None) -> tuple[list[str], list[str]]:
+                threads: int | None, accept_changed_data: bool) -> tuple[list[str], list[str]]:
     """One worker process of `run_study_parallel`: its shard, quietly; (ran, skipped) run ids."""
-    summary = run_study(config, results, shard_index, shard_count, device, progress=False, threads=threads)
+    summary = run_study(config, results, shard_index, shard_count, device, progress=False, threads=threads,
+                        accept_changed_data=accept_changed_data)
     return summary.ran, summary.skipped
 
 
 def run_study_parallel(config: StudyConfig, results: str | Path, jobs: int, shard_index: int = 0,
-                       shard_count: int = 1, device: str = "auto", threads: int | None = 1) -> StudySummary:
+                       shard_count: int = 1, device: str = "auto", threads: int | None = 1,
+                       accept_changed_data: bool = False) -> StudySummary:
     """`run_study` in ``jobs`` worker processes: shard i/n is split into the sub-shards i + n w of
     n * jobs (w < jobs), so the runs, their seeds and their results are exactly those of one process;
     only the order of writing differs.  Each worker uses ``threads`` torch threads."""
@@ -688,7 +728,7 @@ def run_study_parallel(config: StudyConfig, results: str | Path, jobs: int, shar
     context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in its thread pools
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [pool.submit(_run_worker, config, results, shard_index + shard_count * w, shard_count * jobs,
-                               device, threads) for w in range(jobs)]
+                               device, threads, accept_changed_data) for w in range(jobs)]
         for future in futures:
             done, already = future.result()
             ran += done
@@ -699,9 +739,9 @@ def run_study_parallel(config: StudyConfig, results: str | Path, jobs: int, shar
 
 
 def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard_size: int, results: Path,
-                 device: torch.device, progress: bool, ran: list[str]) -> None:
+                 device: torch.device, progress: bool, ran: list[str], accept_changed_data: bool) -> None:
     """Prepare the data, then train, test and write each pending run (its id appended to ``ran``)."""
-    data = prepare_data(config, grid, results, str(device), progress)
+    data = prepare_data(config, grid, results, str(device), progress, accept_changed_data)
     last_rebuild = time.monotonic()
     with tqdm(total=shard_size, initial=shard_size - len(pending), desc=f"study {config.name}", unit="run",
               disable=None if progress else True) as bar:
@@ -717,7 +757,7 @@ def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard
 
 
 def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count: int, device: str,
-               progress: bool) -> StudySummary:
+               progress: bool, accept_changed_data: bool) -> StudySummary:
     started = time.time()
     results.mkdir(parents=True, exist_ok=True)
     grid = plan_runs(config, results)[0]
@@ -729,7 +769,7 @@ def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count
     ran: list[str] = []
     try:
         if pending:
-            _run_pending(config, grid, pending, len(runs), results, torch_device, progress, ran)
+            _run_pending(config, grid, pending, len(runs), results, torch_device, progress, ran, accept_changed_data)
     finally:  # also after a crash: the table shows every run that did finish
         csv_path = rebuild_cases_csv(results)
     return StudySummary(results, runs, ran, skipped, time.time() - started, csv_path)

@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -444,3 +445,29 @@ def test_a_test_set_with_other_label_names_is_refused(sources, tmp_path):
                           "splits.folds=[0]", "train.iterations=2")
     with pytest.raises(StudyDataError, match="test dataset 'other': label names .* differ from dataset 'phantom'"):
         run_study(config, tmp_path / "results", device="cpu", progress=False, threads=1)
+
+
+def test_changed_patients_between_invocations_are_refused_naming_the_case(sources, tmp_path):
+    import shutil
+
+    synthetic = tmp_path / "other"
+    shutil.copytree(sources["other"], synthetic)
+    config = micro_config({"other": synthetic}, "k=[2]", "splits.folds=[0]", "repeats=2", "train.iterations=2",
+                          "train.val_every=2")
+    results = tmp_path / "results"
+    run_study(config, results, shard_index=1, shard_count=2, device="cpu", progress=False, threads=1)
+    record = json.loads((results / "data.json").read_text())
+    assert set(record["sources"]) == {"real/phantom", "synthetic/phantom/other"}
+    run = json.loads(next((results / "runs").glob("*other*.json")).read_text())
+    assert set(run["data_fingerprints"]["synthetic"]) == set(run["patients"]["train_synthetic"])
+    # re-sample the synthetic folder between two shards: same case ids, other voxels
+    image = synthetic / "imagesTr" / "phantom_000_0000.nii.gz"
+    volume = nib.load(image)
+    nib.save(nib.Nifti1Image(np.asarray(volume.dataobj) * 0.5 + 7, volume.affine), image)
+    with pytest.raises(StudyDataError, match=r"synthetic/phantom/other case\(s\) \['phantom_000'\].*--accept-changed-data"):
+        run_study(config, results, shard_index=0, shard_count=2, device="cpu", progress=False, threads=1)
+    run_study(config, results, shard_index=0, shard_count=2, device="cpu", progress=False, threads=1,
+              accept_changed_data=True)
+    from segmentation.cli_report import main as report_main
+    assert report_main([str(results), "--no-plots"]) == 0
+    assert "WARNING: this results folder mixes runs on changed data" in (results / "report" / "report.md").read_text()
