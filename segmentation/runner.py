@@ -272,8 +272,24 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
     sources = {f"real/{name}": cache_fingerprints(r.cache) for name, r in real.items()}
     sources.update({f"test/{t.spec.name}": cache_fingerprints(t.cache) for sets in data.test_sets.values() for t in sets})
     sources.update({f"synthetic/{d}/{a}": cache_fingerprints(s.cache) for (d, a), s in data.synthetic.items()})
+    for (dataset, arm), synthetic in data.synthetic.items():
+        _refuse_test_patients(sources[f"synthetic/{dataset}/{arm}"], sources[f"real/{dataset}"],
+                              real[dataset].splits.test, synthetic.folder, arm)
     _record_data(results, sources, data)
     return data
+
+
+def _refuse_test_patients(synthetic: dict[str, str], real: dict[str, str], test_ids: list[str], folder: Path,
+                          arm: str) -> None:
+    """`StudyDataError` when a synthetic patient has exactly the content of a test patient (a real
+    dataset, or a copy of test patients, given as a synthetic arm would train on the test set)."""
+    test = {real[c]: c for c in test_ids if c in real}
+    leaked = [(case, test[fp]) for case, fp in synthetic.items() if fp in test]
+    if leaked:
+        pairs = ", ".join(f"{s} = {t}" for s, t in leaked[:5])
+        raise StudyDataError(f"{folder}: arm {arm!r} holds {len(leaked)} test patient(s) of the study ({pairs}; same "
+                             f"content): its runs would train on the patients they are tested on; remove them or give "
+                             f"another folder")
 
 
 def _record_data(results: Path, sources: dict[str, dict[str, str]], data: StudyData) -> None:

@@ -471,3 +471,12 @@ def test_changed_patients_between_invocations_are_refused_naming_the_case(source
     from segmentation.cli_report import main as report_main
     assert report_main([str(results), "--no-plots"]) == 0
     assert "WARNING: this results folder mixes runs on changed data" in (results / "report" / "report.md").read_text()
+
+
+def test_a_real_dataset_given_as_a_synthetic_arm_is_refused_for_holding_test_patients(tmp_path):
+    real_folder = runner.dataset_root(load_study_config(MICRO).datasets[0])
+    config = micro_config({"copy": real_folder}, "k=[2]", "splits.folds=[0]", "train.iterations=2")
+    with pytest.raises(StudyDataError, match=r"arm 'copy' holds 2 test patient\(s\) of the study \(phantom_0\d\d = "
+                                             r"phantom_0\d\d.*would train on the patients they are tested on"):
+        run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+    assert not list((tmp_path / "runs").glob("*.json"))
