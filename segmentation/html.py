@@ -2,9 +2,10 @@
 tables sortable by a click on their header), for people who open results in a browser.
 
 Only the Markdown the report itself writes is understood: headings (#, ##, ###), bullet lists,
-pipe tables, images ![alt](file.png) next to the page, links [text](target), **bold**, *italic*
-and `code`; everything else is a paragraph.  Text is HTML-escaped first, so user strings (arm
-names, file paths) never become markup.
+pipe tables, images ![alt](file.png) next to the page, links [text](target), **bold**, *italic*,
+`code` and backslash escapes (`md_escape`, which the report applies to user strings: arm names,
+dataset names); everything else is a paragraph.  Text is HTML-escaped first, so nothing a user
+named ever becomes markup.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import re
 from pathlib import Path
 
 _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+_ESCAPABLE = "\\`*_[]<>|"
+_ESCAPED = re.compile(r"\\([\\`*_\[\]<>|])")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}
@@ -27,17 +30,31 @@ rows.sort(function(a,b){var x=key(a),y=key(b);return (x>y?1:x<y?-1:0)*(up?1:-1);
 rows.forEach(function(r){body.appendChild(r);});});});"""
 
 
+def md_escape(text: str) -> str:
+    """``text`` with the Markdown characters that would format it (or end a table cell, or open
+    raw HTML) backslash-escaped: a user string shown as written."""
+    return "".join("\\" + ch if ch in _ESCAPABLE else ch for ch in str(text))
+
+
 def _inline(text: str) -> str:
-    """Escaped ``text`` with links, bold, italic and code turned into tags."""
-    text = html.escape(text, quote=False)
+    """Escaped ``text`` with links, bold, italic and code turned into tags; backslash-escaped
+    characters stay literal."""
+    literals: list[str] = []
+
+    def keep(match: re.Match) -> str:
+        literals.append(html.escape(match.group(1), quote=False))
+        return f"\x00{len(literals) - 1}\x00"
+    text = html.escape(_ESCAPED.sub(keep, text), quote=False)
     text = _LINK.sub(lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub("\x00(\\d+)\x00", lambda m: literals[int(m.group(1))], text)
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """The cells of a pipe-table row; an escaped \\| stays inside its cell."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
 
 
 def _image(alt: str, name: str, folder: Path) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segmentation import plots
-from segmentation.html import markdown_to_html
+from segmentation.html import markdown_to_html, md_escape
 from segmentation.report import ReportConfig, make_report
 from segmentation.scaling import annotation_efficiency, crossover, describe_n, scaling_data
 from segmentation.score_table import RowFilter, ScoreTableConfig, build_score_table, natural_key
@@ -90,7 +90,7 @@ def write_overview(csv_path: Path, columns: list[str], rows: list[dict[str, str]
         for test_set in test_sets:
             lines += _scaling_section(columns, rows, config, report_config, test_set, out, efficiency_rows)
     lines += _verdict_section(groups, written, out)
-    lines += ["## Group reports", ""] + [f"- [{g.label}]({path.relative_to(out)})" for g in groups
+    lines += ["## Group reports", ""] + [f"- [{md_escape(g.label)}]({path.relative_to(out)})" for g in groups
                                           for f, path in written.items() if f == g.folder] + [""]
     if efficiency_rows:
         _write_csv(out / "efficiency.csv", efficiency_rows)
@@ -113,7 +113,7 @@ def _scaling_section(columns, rows, config: ScoreTableConfig, report_config: Rep
                                       f"mean {config.metric}" + (f" ({config.class_name})" if config.class_name else ""),
                                       f"{test_set}: score against real training patients (mean ± s.e. over blocks)")
         plots.save_figure(figure, out / name)
-    lines = [f"## Data scaling — {test_set}", ""]
+    lines = [f"## Data scaling — {md_escape(test_set)}", ""]
     if report_config.plots:
         lines += [f"![Score against the number of real patients]({name})", ""]
     lines += ["Each arm at n real patients is worth n' real patients alone: the n where the real-only curve reaches "
@@ -122,7 +122,7 @@ def _scaling_section(columns, rows, config: ScoreTableConfig, report_config: Rep
               "|---|---:|---:|---:|---|"]
     for e in annotation_efficiency(data):
         lead = "synthetic only" if e.n == 0 else f"{e.n} real"
-        lines.append(f"| {e.arm} +{e.k} | {e.n} | {e.score:.3f} | {describe_n(e.n_equivalent, data.n_values)} | "
+        lines.append(f"| {md_escape(e.arm)} +{e.k} | {e.n} | {e.score:.3f} | {describe_n(e.n_equivalent, data.n_values)} | "
                      f"[{describe_n(e.low, data.n_values)}, {describe_n(e.high, data.n_values)}] |")
         efficiency_rows.append({"test_set": test_set, "arm": e.arm, "k": e.k, "n_real": e.n, "score": e.score,
                                 "equivalent_n": e.n_equivalent, "low": e.low, "high": e.high,
@@ -145,7 +145,7 @@ def _scaling_section(columns, rows, config: ScoreTableConfig, report_config: Rep
         else:
             text = ("no single crossover (helps and hurts alternately)" if helps
                     else "synthetic only (n = 0): its equivalent real n is in the table above")
-        lines.append(f"- {arm} +{k}: {text}")
+        lines.append(f"- {md_escape(arm)} +{k}: {text}")
     return lines + [""]
 
 
@@ -169,9 +169,10 @@ def _verdict_section(groups: list[Group], written: dict[str, Path], out: Path) -
     lines = ["## Verdicts against real-only, group by group", "",
              "Median paired difference with real-only [95 % bootstrap interval] and the verdict (+ / 0 / −: Holm-"
              "adjusted exact Wilcoxon); in- and out-of-distribution test sets side by side.", "",
-             "| condition | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+             "| condition | " + " | ".join(md_escape(label) for label in labels) + " |", "|---|" + "---|" * len(labels)]
     for condition in sorted(verdicts, key=natural_key):
-        lines.append(f"| {condition} | " + " | ".join(verdicts[condition].get(label, "–") for label in labels) + " |")
+        lines.append(f"| {md_escape(condition)} | " + " | ".join(verdicts[condition].get(label, "–") for label in labels)
+                     + " |")
     return lines + [""]
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segmentation import plots
-from segmentation.html import markdown_to_html
+from segmentation.html import markdown_to_html, md_escape
 from segmentation.power import DesignPower, describe_design
 from segmentation.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
 from segmentation.stats import (Comparison, PairedComparison, bonferroni_dunn_q_alpha, compare_conditions,
@@ -424,7 +424,7 @@ def _markdown(context: _Context, figures: dict[str, Path | None]) -> str:
     table, comparison = context.table, context.comparison
     lines = [f"# Comparison report: {_metric_label(table)}", ""]
     lines += _markdown_setup(context)
-    lines += ["## Findings", ""] + [f"- {s}" for s in _findings(context)] + [""]
+    lines += ["## Findings", ""] + [f"- {md_escape(s)}" for s in _findings(context)] + [""]
     lines += ["## Each condition against the baseline (the verdict)", ""]
     lines += _markdown_paired_table(context)
     lines += ["## Scores per dataset (mean ± standard error over blocks)", ""]
@@ -442,7 +442,7 @@ def _markdown(context: _Context, figures: dict[str, Path | None]) -> str:
     if table.dropped_blocks:
         lines += ["## Dropped blocks (incomplete)", ""]
         label_of = dict(zip(table.conditions, table.condition_labels))
-        lines += [f"- {' / '.join(block)}: missing {', '.join(label_of[c] for c in missing)}"
+        lines += [f"- {md_escape(' / '.join(block))}: missing {md_escape(', '.join(label_of[c] for c in missing))}"
                   for block, missing in table.dropped_blocks] + [""]
     if comparison.pairwise_wilcoxon_p is not None:
         lines += _markdown_pairwise_wilcoxon(context)
@@ -481,7 +481,7 @@ def _markdown_setup(context: _Context) -> list[str]:
         + (f", class `{table.class_name}`" if table.class_name else ""),
         f"- Blocks ({', '.join(table.block_columns)}): {len(table.blocks)} complete of {n_total}",
         f"- Conditions ({', '.join(table.condition_columns)}): {len(table.conditions)}; "
-        f"baseline: {context.labels[context.baseline]}",
+        f"baseline: {md_escape(context.labels[context.baseline])}",
         f"- Verdict: each condition against the baseline by the exact Wilcoxon signed-rank test on its "
         f"{design.n_blocks} paired blocks, Holm over {design.n_comparisons} comparisons, α = {config.alpha:g} "
         f"(smallest attainable p {design.smallest_p:.3g}); effect = median paired difference with a 95 % "
@@ -509,11 +509,11 @@ def _markdown_paired_table(context: _Context) -> list[str]:
         if j == context.baseline:
             continue
         control = _control_kind(table, j)
-        name = context.labels[j] + (f" *(control: {control})*" if control else "")
+        name = md_escape(context.labels[j]) + (f" *(control: {control})*" if control else "")
         rows.append(f"| {name} | {_number(paired.difference[j])} | [{_number(paired.ci_low[j])}, "
                     f"{_number(paired.ci_high[j])}] | {_format_p(paired.p[j])} | {_format_p(paired.p_holm[j])} | "
                     f"{context.detectable[j]:.3f} | {VERDICT_SYMBOL[int(context.verdict[j])]} |")
-    note = (f"Δ = condition − {context.labels[context.baseline]} per block; + / − : significantly better / worse "
+    note = (f"Δ = condition − {md_escape(context.labels[context.baseline])} per block; + / − : significantly better / worse "
             f"(Holm-adjusted exact Wilcoxon p < {context.config.alpha:g}); 0: no significant difference — the "
             f"design would have detected a difference of the size in the 'detectable' column with 80 % power.")
     return rows + ["", note, ""]
@@ -544,7 +544,7 @@ def _markdown_rank_table(context: _Context) -> list[str]:
               "| rank-based vs baseline |\n|---|---:|---:|---:|---:|---:|:---:|")
     rows = [header]
     for j in np.argsort(comparison.mean_rank, kind="stable"):
-        name = f"**{context.labels[j]}**" if j == context.baseline else context.labels[j]
+        name = f"**{md_escape(context.labels[j])}**" if j == context.baseline else md_escape(context.labels[j])
         rows.append(f"| {name} | {comparison.mean_rank[j]:.2f} | {comparison.control.rank_difference[j]:+.2f} | "
                     f"{_format_p(comparison.nemenyi_p[j, context.baseline])} | "
                     f"{_format_p(comparison.control.p_bonferroni[j])} | {_format_p(comparison.control.p_holm[j])} | "
@@ -563,11 +563,11 @@ def _mean_se(mean: float, se: float) -> str:
 
 def _markdown_score_table(context: _Context) -> list[str]:
     summaries = context.summaries
-    header = "| condition | " + " | ".join(f"{s.dataset} (n = {s.n_blocks})" for s in summaries) + " |"
+    header = "| condition | " + " | ".join(f"{md_escape(s.dataset)} (n = {s.n_blocks})" for s in summaries) + " |"
     rows = [header, "|---|" + "---:|" * len(summaries)]
     others = [j for j in range(len(context.labels)) if j != context.baseline]
     for j in [context.baseline, *others]:
-        label = f"**{context.labels[j]}**" if j == context.baseline else context.labels[j]
+        label = f"**{md_escape(context.labels[j])}**" if j == context.baseline else md_escape(context.labels[j])
         rows.append(f"| {label} | " + " | ".join(_mean_se(s.mean[j], s.standard_error[j]) for s in summaries) + " |")
     return rows + [""]
 
@@ -578,7 +578,7 @@ def _markdown_pairwise_wilcoxon(context: _Context) -> list[str]:
     lines = ["## Pairwise Wilcoxon signed-rank tests (Holm-corrected over all pairs)", "",
              "| condition A | condition B | p | Holm p |", "|---|---|---:|---:|"]
     for i, j in zip(*np.triu_indices(k, 1)):
-        lines.append(f"| {labels[i]} | {labels[j]} | {_format_p(comparison.pairwise_wilcoxon_p[i, j])} | "
+        lines.append(f"| {md_escape(labels[i])} | {md_escape(labels[j])} | {_format_p(comparison.pairwise_wilcoxon_p[i, j])} | "
                      f"{_format_p(comparison.pairwise_wilcoxon_p_holm[i, j])} |")
     return lines + [""]
 

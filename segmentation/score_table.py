@@ -40,6 +40,11 @@ LOWER_IS_BETTER_METRICS = frozenset({"hd95", "hd", "hausdorff", "hausdorff95", "
                                      "false_positive"})
 
 
+# The values a metric can take (inclusive); a score outside is an error, not a result.
+METRIC_RANGES = {"dice": (0.0, 1.0), "nsd": (0.0, 1.0), "detected": (0.0, 1.0), "false_positive": (0.0, 1.0),
+                 "lesion_sensitivity": (0.0, 1.0), "hd95": (0.0, math.inf)}
+
+
 @dataclass(frozen=True)
 class RowFilter:
     """Keep rows where `column` equals `value` (or differs from it when negate=True)."""
@@ -231,13 +236,19 @@ def parse_filter(text: str) -> RowFilter:
 
 
 def _parse_metric(text: str, source: str, line_number: int, metric: str) -> float:
-    """Metric text -> float; empty / "nan" -> NaN (a missing value), "inf" kept, anything else an error."""
+    """Metric text -> float; empty / "nan" -> NaN (a missing value), "inf" kept, anything else an
+    error; so is a value outside the metric's range (`METRIC_RANGES`: a Dice of 1.2 or inf, a
+    negative HD95) -- a broken score must not turn into a significant difference."""
     if text == "" or text.lower() in ("nan", "na", "none"):
         return math.nan
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"{source}, line {line_number}: {metric} = {text!r} is not a number") from None
+    low, high = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+    if not low <= value <= high and not (math.isinf(value) and math.isinf(high) and value > 0):
+        raise ValueError(f"{source}, line {line_number}: {metric} = {text} lies outside its range [{low:g}, {high:g}]")
+    return value
 
 
 def build_score_table(columns: list[str], rows: list[dict[str, str]], config: ScoreTableConfig,

@@ -1,5 +1,6 @@
 """Score table reading and the written report, end to end through the command line."""
 import csv
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -212,3 +213,35 @@ def test_infinite_distances_rank_last_for_lower_is_better():
     comparison = compare_conditions(table.scores, control=table.condition_index("real"), higher_is_better=False)
     ranks = dict(zip(table.condition_labels, comparison.mean_rank))
     assert ranks == {"noise +10": 3.0, "pair +10": 1.0, "real": 2.0}
+
+
+def test_scores_outside_the_metric_range_are_refused_with_the_line():
+    for dice in ("inf", "1.2", "-1e308"):
+        rows = rows_of([("a", 0, "real", 0, "c1", "foreground", 0.5, 1.0),
+                        ("a", 0, "pair", 10, "c1", "foreground", dice, 1.0)])
+        with pytest.raises(ValueError, match=rf"f.csv, line 3: dice = {dice} lies outside its range \[0, 1\]"):
+            build_score_table(COLUMNS, rows, ScoreTableConfig(), source="f.csv")
+    rows = rows_of([("a", 0, "real", 0, "c1", "foreground", 0.5, "-3")])
+    with pytest.raises(ValueError, match=r"hd95 = -3 lies outside its range \[0, inf\]"):
+        build_score_table(COLUMNS, rows, ScoreTableConfig(metric="hd95"), source="f.csv")
+    assert build_score_table(COLUMNS, rows_of([("a", 0, "real", 0, "c1", "foreground", 0.5, "inf")]),
+                             ScoreTableConfig(metric="hd95")).scores[0, 0] == np.inf
+
+
+def test_arm_names_cannot_break_the_markdown_or_inject_html(tmp_path):
+    rows = [(f"d{b}", 0, arm, 4 if arm != "real" else 0, "c1", "foreground", value, 1.0)
+            for b in range(6) for arm, value in (("real", 0.5 + 0.01 * b), ("a|b<script>", 0.6 + 0.01 * b))]
+    path = tmp_path / "cases.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    assert main([str(path), "--no-plots"]) == 0
+    report = (tmp_path / "cases_report" / "report.md").read_text().splitlines()
+    cells = lambda line: re.split(r"(?<!\\)\|", line)  # noqa: E731 (a cell ends at an unescaped |)
+    header = next(line for line in report if line.startswith("| condition | median"))
+    row = next(line for line in report if line.startswith("| a\\|b"))
+    assert len(cells(row)) == len(cells(header))  # the | in the name stays inside its cell
+    assert not any("<script>" in line for line in report)
+    page = (tmp_path / "cases_report" / "report.html").read_text()
+    assert "a|b&lt;script&gt;" in page and "<script>x" not in page and page.count("<script>") == 1  # the sort script
