@@ -10,8 +10,8 @@ import numpy as np
 
 from segmentation.grid import Run, describe_grid, parse_shard, shard
 from segmentation.power import blocks_needed, describe_design
-from segmentation.runner import (StudyDataError, mean_dice_table, plan_runs, read_results, resolve_device,
-                                 run_study, run_study_parallel, torch_threads)
+from segmentation.runner import (StudyDataError, check_results_folder, mean_dice_table, plan_runs, read_results,
+                                 resolve_device, run_study, run_study_parallel, torch_threads)
 from segmentation.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.stats import compare_paired_to_control
 from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"run_study.py: error: {exc}\n")
     results = Path(args.results) if args.results else Path("results") / config.name
     try:
+        check_results_folder(results)
         runs, datasets = plan_runs(config, results)
         design, refusal = check_design(runs, results if args.dry_run else None)
         if args.dry_run:

@@ -574,6 +574,22 @@ def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_i
 # Results on disk
 
 
+def check_results_folder(results: Path) -> None:
+    """`StudyDataError` unless ``results`` is new, empty, or a results folder of a study (it holds the
+    study.json the study writes first): runs are never written into a dataset or a user's folder."""
+    if results.exists() and not results.is_dir():
+        raise StudyDataError(f"--results {results}: is a file, not a folder")
+    if not results.is_dir() or (results / "study.json").is_file():
+        return
+    entries = sorted(p.name for p in results.iterdir())
+    if not entries:
+        return
+    dataset = "dataset.json" in entries or "imagesTr" in entries
+    raise StudyDataError(f"--results {results}: {'looks like a dataset' if dataset else 'is not empty'} and holds no "
+                         f"study.json, so the study did not make it ({', '.join(entries[:5])}); choose a new or "
+                         f"empty folder for the results")
+
+
 def run_path(results: Path, run: Run) -> Path:
     """Where the result of ``run`` is (or will be) written: ``results/runs/RUN_ID.json``."""
     return results / "runs" / f"{run.run_id}.json"
@@ -738,6 +754,7 @@ def run_study_parallel(config: StudyConfig, results: str | Path, jobs: int, shar
 
     started = time.time()
     results = Path(results)
+    check_results_folder(results)
     results.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []
     skipped: list[str] = []
@@ -775,6 +792,7 @@ def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard
 def _run_study(config: StudyConfig, results: Path, shard_index: int, shard_count: int, device: str,
                progress: bool, accept_changed_data: bool) -> StudySummary:
     started = time.time()
+    check_results_folder(results)
     results.mkdir(parents=True, exist_ok=True)
     grid = plan_runs(config, results)[0]
     runs = shard(grid, shard_index, shard_count)

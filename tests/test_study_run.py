@@ -357,6 +357,7 @@ def test_results_of_the_old_seed_scheme_are_refused_not_mixed(micro_study, sourc
     del old["seed_scheme"]  # a run written before block seeds: one seed for every fold of a repeat
     (tmp_path / "runs").mkdir()
     atomic_write_json(tmp_path / "runs" / "phantom-f0-r0-real-k0-nall.json", old)
+    (tmp_path / "study.json").write_text((results / "study.json").read_text())
     with pytest.raises(StudyDataError, match="seed scheme 1 .*not mix the two in one results folder"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
 
@@ -480,3 +481,18 @@ def test_a_real_dataset_given_as_a_synthetic_arm_is_refused_for_holding_test_pat
                                              r"phantom_0\d\d.*would train on the patients they are tested on"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
     assert not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_results_into_a_dataset_or_a_user_folder_are_refused(sources, tmp_path, capsys):
+    from segmentation.cli_study import main
+
+    config = micro_config(sources, "k=[2]", "splits.folds=[0]", "train.iterations=2")
+    with pytest.raises(StudyDataError, match="looks like a dataset and holds no study.json"):
+        run_study(config, sources["other"], device="cpu", progress=False, threads=1)
+    assert not (sources["other"] / "runs").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(MICRO), "--results", str(tmp_path / "mine"), "--dry-run", "--allow-weak-design"])
+    assert exit_info.value.code == 2 and "is not empty and holds no study.json" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
