@@ -177,3 +177,18 @@ def test_corrupt_voxel_check_record_is_ignored(tmp_path, datasets):
     dataset = load_dataset(root)
     assert len(dataset.patients) == 3 and all(p.stats is not None for p in dataset.patients)
     assert json.loads(records[0].read_text())["format"] == 1  # rewritten
+
+
+@pytest.mark.parametrize("escape", ["../outside/secret.nii.gz", "/etc/passwd", "imagesTr/../../outside/secret.nii.gz",
+                                    "imagesTr/link.nii.gz"])
+def test_msd_paths_must_stay_inside_the_dataset_folder(tmp_path, escape):
+    root = write_phantom_dataset(tmp_path / "ds", n_patients=2, shape=(16, 16, 4))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(root / "imagesTr" / "phantom_000.nii.gz", outside / "secret.nii.gz")
+    (root / "imagesTr" / "link.nii.gz").symlink_to(outside / "secret.nii.gz")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"][0]["image"] = escape
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"dataset.json.*training\[0\]\.image = .*(absolute path|leads outside)"):
+        load_dataset(root)

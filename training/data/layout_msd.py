@@ -12,9 +12,20 @@ from training.data.scan import (CaseFiles, LayoutScan, check_num_training, check
 
 
 def _resolve(root: Path, relative: object, json_path: Path, index: int, key: str) -> Path:
+    """The file ``relative`` names, which must lie inside the dataset folder: an absolute path, a
+    ``..`` or a symbolic link leading out of it is refused (a dataset.json must not make the reader
+    open other files of the machine)."""
     if not isinstance(relative, str) or not relative:
         raise DatasetError(json_path, f"training[{index}] has no '{key}' path")
-    return Path(os.path.normpath(root / relative))
+    if os.path.isabs(relative):
+        raise DatasetError(json_path, f"training[{index}].{key} = {relative!r} is an absolute path; paths must be "
+                                      f"relative to the dataset folder")
+    path = Path(os.path.normpath(root / relative))
+    inside = root.resolve()
+    if inside not in path.resolve().parents:
+        raise DatasetError(json_path, f"training[{index}].{key} = {relative!r} leads outside the dataset folder "
+                                      f"{root}")
+    return path
 
 
 def scan_msd(root: Path) -> LayoutScan:
