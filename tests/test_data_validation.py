@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.data import (DataError, DatasetError, DataWarning, PatientErrors, load_dataset,
+from training.data import (DataError, DatasetError, DataWarning, PatientError, PatientErrors, load_dataset,
                            write_phantom_dataset)
 
 SHAPE = (16, 16, 8)
@@ -262,3 +262,29 @@ def test_skip_never_hides_dataset_problems(tmp_path):
             load_dataset(root, on_error="skip")
     with pytest.raises(ValueError, match="on_error"):
         load_dataset(root, on_error="ignore")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_forged_header_is_refused_before_any_voxel_is_read(tmp_path, compress, monkeypatch):
+    import gzip
+    import time
+
+    from training.data.nifti import read_header
+
+    def forged(shape, name):
+        img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+        img.header.set_data_shape(shape)
+        raw = img.header.binaryblock + b"\x00" * 4
+        path = tmp_path / (name + (".nii.gz" if compress else ".nii"))
+        path.write_bytes(gzip.compress(raw) if compress else raw)
+        return path
+
+    started = time.perf_counter()
+    with pytest.raises(PatientError, match=r"header declares a volume of shape \(1500, 1500, 1000\) \(8.4 GiB as "
+                                           r"float32\), above the limit of 2.0 GiB"):
+        monkeypatch.setenv("STYLEPAIR_MAX_VOLUME_GB", "2")
+        read_header(forged((1500, 1500, 1000), "huge"), "p1")
+    with pytest.raises(PatientError, match=r"declares shape \(300, 300, 200\) \(72000000 bytes of voxel data\) but the "
+                                           r"file holds only 0 bytes"):
+        read_header(forged((300, 300, 200), "small"), "p2")
+    assert time.perf_counter() - started < 1.0

@@ -20,6 +20,30 @@ from nibabel import orientations
 from training.data.errors import PatientError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+MAX_VOLUME_ENV = "STYLEPAIR_MAX_VOLUME_GB"  # the largest volume (as float32) a reader will load
+
+
+def max_volume_bytes() -> int:
+    """The largest volume, in float32 bytes, that may be loaded: ``$STYLEPAIR_MAX_VOLUME_GB`` GiB, or
+    a quarter of this machine's memory (a volume is copied a few times while it is reoriented and
+    resampled)."""
+    if os.environ.get(MAX_VOLUME_ENV):
+        return int(float(os.environ[MAX_VOLUME_ENV]) * 2**30)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def _stored_voxel_bytes(path: Path, vox_offset: int) -> int | None:
+    """Bytes of voxel data the file really holds: its size after the header, or for gzip the
+    uncompressed size of the stream (from its trailer, exact below 4 GiB); None when unknown."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            return max(0, size - vox_offset)
+        if size < 18:
+            return None
+        handle.seek(size - 4)
+        uncompressed = int.from_bytes(handle.read(4), "little")  # ISIZE: the size modulo 2^32
+    return max(0, uncompressed - vox_offset)
 
 
 def is_nifti_name(name: str) -> bool:
@@ -104,6 +128,7 @@ def read_header(path: Path, case_id: str) -> VolumeHeader:
         raise PatientError(case_id, path, f"expected a 3D or 4D volume, found shape {shape}")
     if min(shape) < 1:
         raise PatientError(case_id, path, f"volume has an empty axis, shape {shape}")
+    _check_declared_size(img, shape, path, case_id)
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise PatientError(case_id, path, "affine is missing, singular or not finite")
@@ -119,6 +144,24 @@ def read_header(path: Path, case_id: str) -> VolumeHeader:
     )
 
 
+def _check_declared_size(img: nib.Nifti1Image, shape: tuple[int, ...], path: Path, case_id: str) -> None:
+    """`PatientError` before any voxel is read when the header declares a volume larger than the
+    memory limit (`max_volume_bytes`) or larger than the data the file holds (a forged header)."""
+    voxels = int(np.prod(np.array(shape, dtype=np.float64)))
+    limit = max_volume_bytes()
+    if voxels * 4 > limit:
+        raise PatientError(case_id, path, f"header declares a volume of shape {shape} ({voxels * 4 / 2**30:.1f} GiB "
+                                          f"as float32), above the limit of {limit / 2**30:.1f} GiB "
+                                          f"(${MAX_VOLUME_ENV} sets it)")
+    declared = voxels * img.header.get_data_dtype().itemsize
+    header = img.header  # a single-file NIfTI's data starts after its header even when vox_offset says 0
+    offset = max(int(header.get("vox_offset", 0)), int(getattr(header, "single_vox_offset", 352)))
+    stored = _stored_voxel_bytes(path, offset)
+    if stored is not None and declared < 2**32 and stored < declared:
+        raise PatientError(case_id, path, f"header declares shape {shape} ({declared} bytes of voxel data) but the "
+                                          f"file holds only {stored} bytes: truncated, or a forged header")
+
+
 def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
     """Load the voxels of ``header.path`` reoriented to canonical: float32 [X, Y, Z] or [X, Y, Z, C]
     (C > 1; a singleton 4th axis is dropped).
@@ -128,6 +171,9 @@ def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
     img = _load(header.path, case_id)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
+    except MemoryError:
+        raise PatientError(case_id, header.path, f"not enough memory to load a volume of shape {header.shape} "
+                                                 f"(${MAX_VOLUME_ENV} bounds what is tried)") from None
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         raise PatientError(case_id, header.path,
                            f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from exc
