@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -344,9 +345,9 @@ def test_resume_writes_only_missing_patients(tmp_path, baseline_source):
     log = SynthesisLog.load(out / "synthesis.json")
     done = [p.case_id for p in log.patients]
     assert 1 <= len(done) < 4 and not log.sessions[-1].complete
-    # Debris of an interruption: a half-written file and an unrecorded case.
+    # Debris of an interruption: a half-written file and an unrecorded case the writer had written.
     (out / "imagesTr" / "SYN_0003_0000.nii.gz.partial").write_bytes(b"half")
-    (out / "labelsTr" / "SYN_0003.nii.gz").write_bytes(b"stale")
+    NnUNetRawWriter(out, [], [], []).write_file(out / "labelsTr" / "SYN_0003.nii.gz", b"stale")
     stamps = {p: p.stat().st_mtime_ns for p in (out / "labelsTr").glob("*.nii.gz") if p.stem[:8] in done}
 
     recorder = RecordingSlices(baseline_source.slices)
@@ -590,3 +591,21 @@ def test_preview_montage_has_a_row_per_case(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(ValueError, match="case0"):
         write_preview(tmp_path / "q.png", [("real", cases[:1])], ["T1"], [0, 5, 10], ["background", "a", "b"])
+
+
+def test_files_sampling_did_not_write_are_never_deleted(tmp_path, baseline_source):
+    out = tmp_path / "out"
+    sample_to_directory(baseline_source, settings(baseline_source, patients=2), out, batch=6, progress=False)
+    real = write_phantom_dataset(tmp_path / "real", n_patients=2, shape=(16, 16, 4), layout="nnunet")
+    copied = []
+    for folder in ("imagesTr", "labelsTr"):  # a user copies two real patients into the synthetic folder
+        for path in sorted((real / folder).glob("*.nii.gz")):
+            shutil.copy(path, out / folder / path.name)
+            copied.append(out / folder / path.name)
+    (out / "README.txt").write_text("my notes")
+    for kwargs in ({"append": True}, {"overwrite": True}):
+        with pytest.raises(OutputDirError, match=r"file\(s\) in imagesTr/ or labelsTr/ were not written by "
+                                                 r"sample_patients.py \(phantom_000"):
+            sample_to_directory(baseline_source, settings(baseline_source, patients=1), out, batch=6,
+                                progress=False, **kwargs)
+        assert all(path.is_file() for path in copied) and (out / "README.txt").is_file()

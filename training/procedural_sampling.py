@@ -26,8 +26,7 @@ from procedural import LabelSet, VolumePatient, build_synthesiser, load_synthesi
 from training.data import Dataset
 from training.patient_preview import PreviewCase, read_case, write_preview
 from training.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError, _nifti_gz_bytes,
-                                        atomic_write_bytes, atomic_write_json, exclusive_output, now_utc,
-                                        software_versions)
+                                        atomic_write_json, exclusive_output, now_utc, software_versions)
 
 PROCEDURAL_FORMAT = "stylepair-procedural/1"
 PREVIEW_CASES = 3
@@ -126,7 +125,7 @@ def _write_patient(writer: NnUNetRawWriter, case_id: str, patient: VolumePatient
     if patient.instances is not None:
         folder = writer.root / "instancesTr"
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / f"{case_id}{FILE_ENDING}", _nifti_gz_bytes(patient.instances, patient.affine))
+        writer.write_file(folder / f"{case_id}{FILE_ENDING}", _nifti_gz_bytes(patient.instances, patient.affine))
     writer.write_case(case_id, patient.images, patient.labels, patient.affine)
 
 

@@ -39,7 +39,7 @@ from training.checkpoint import RunInfo, load_generator
 from training.data.cache import IntensityScale
 from training.data import load_dataset
 from training.patient_preview import PreviewCase, read_case, write_preview
-from training.synthetic_dataset import (PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
+from training.synthetic_dataset import (OutputDirError, PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
                                         SamplingSession, SamplingSettings, SynthesisLog, exclusive_output,
                                         now_utc, open_output)
 
@@ -572,10 +572,17 @@ def _write_preview(out_dir: Path, source: SamplingSource, case_ids: list[str], r
 
 
 def _discard_unrecorded(writer: NnUNetRawWriter, log: SynthesisLog) -> None:
-    """Remove temporary files and the files of cases that an interruption left unrecorded."""
+    """Remove temporary files and the files of cases that an interruption left unrecorded -- only
+    those the writer recorded as its own; any other file there stops the run (OutputDirError)."""
     writer.remove_partial_files()
-    recorded = {p.case_id for p in log.patients}
-    for case_id in writer.existing_case_ids() - recorded:
+    unrecorded = writer.existing_case_ids() - {p.case_id for p in log.patients}
+    foreign = writer.foreign_files(unrecorded)
+    if foreign:
+        raise OutputDirError(f"{writer.root}: {len(foreign)} file(s) in imagesTr/ or labelsTr/ were not written by "
+                             f"sample_patients.py ({', '.join(p.name for p in foreign[:5])}"
+                             f"{', …' if len(foreign) > 5 else ''}); nothing was deleted: move them out of the folder "
+                             f"or choose another --out")
+    for case_id in unrecorded:
         writer.remove_case(case_id)
 
 

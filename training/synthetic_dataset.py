@@ -7,8 +7,11 @@
                                             every sampling session with the patients it wrote
 
 A case is written file by file to temporary names and renamed, the label file last; only then is it
-recorded in synthesis.json and counted in dataset.json (both replaced atomically). Whatever is on
-disk but unrecorded is the debris of an interruption and is removed before sampling continues.
+recorded in synthesis.json and counted in dataset.json (both replaced atomically). Before a file is
+written, its name and SHA-256 go into DIR/.stylepair-writes.json; only files found there with that
+very content count as this tool's own: the unrecorded ones (debris of an interruption) are removed
+before sampling continues, and anything else in imagesTr/ or labelsTr/ -- a user's file -- makes
+the run stop with the files listed, never deleted.
 `open_output` decides whether a directory is new, resumed, appended to, already complete or refused.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gzip
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +40,7 @@ SYNTHESIS_FORMAT = "stylepair-synthesis/1"
 FILE_ENDING = ".nii.gz"
 PARTIAL_SUFFIX = ".partial"
 PREVIEW_NAME = "preview.png"
+WRITES_RECORD = ".stylepair-writes.json"  # name -> SHA-256 of every file the writer wrote
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,13 +160,46 @@ class NnUNetRawWriter:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.labels_dir.mkdir(parents=True, exist_ok=True)
         *image_paths, label_path = self.case_files(case_id)
-        for m, path in enumerate(image_paths):
-            atomic_write_bytes(path, _nifti_gz_bytes(images[m], affine))
-        atomic_write_bytes(label_path, _nifti_gz_bytes(labels, affine))
+        contents = [(path, _nifti_gz_bytes(images[m], affine)) for m, path in enumerate(image_paths)]
+        contents.append((label_path, _nifti_gz_bytes(labels, affine)))
+        self._remember(contents)
+        for path, data in contents:
+            atomic_write_bytes(path, data)
+
+    def _written(self) -> dict[str, str]:
+        path = self.root / WRITES_RECORD
+        try:
+            record = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            return {}  # an unreadable record proves nothing: no file counts as ours
+        return record if isinstance(record, dict) else {}
+
+    def _remember(self, contents: list[tuple[Path, bytes]]) -> None:
+        """Record the names and content hashes of files about to be written (write-ahead)."""
+        record = self._written()
+        record.update({str(path.relative_to(self.root)): hashlib.sha256(data).hexdigest() for path, data in contents})
+        atomic_write_json(self.root / WRITES_RECORD, record)
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        """Record ``path``'s name and content hash, then write it atomically."""
+        self._remember([(path, data)])
+        atomic_write_bytes(path, data)
+
+    def owns(self, path: Path) -> bool:
+        """Whether this writer wrote ``path`` with its present content (name and SHA-256 recorded)."""
+        expected = self._written().get(str(Path(path).relative_to(self.root)))
+        return expected is not None and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == expected
+
+    def foreign_files(self, case_ids: set[str]) -> list[Path]:
+        """Files of ``case_ids`` present on disk that this writer did not write (a user's files)."""
+        return [path for case_id in sorted(case_ids) for path in self.case_files(case_id)
+                if path.exists() and not self.owns(path)]
 
     def remove_case(self, case_id: str) -> None:
+        """Delete the files of ``case_id`` that this writer wrote (`owns`); others are left alone."""
         for path in self.case_files(case_id):
-            path.unlink(missing_ok=True)
+            if self.owns(path):
+                path.unlink()
 
     def existing_case_ids(self) -> set[str]:
         """Case ids with at least one file in imagesTr or labelsTr."""
@@ -397,11 +435,19 @@ def open_output(out_dir: Path, settings: SamplingSettings, empty: SynthesisLog, 
 
 
 def _remove_synthetic_dataset(out_dir: Path) -> None:
-    """Delete what sample_to_directory writes; refuses a dataset it did not write (e.g. real data)."""
+    """Delete what sample_to_directory writes; refuses a dataset it did not write (e.g. real data),
+    and a folder whose imagesTr/ or labelsTr/ hold files it did not write (listed)."""
     present = [name for name in OWNED_ENTRIES if (out_dir / name).exists()]
     if present and not (out_dir / "synthesis.json").is_file():
         raise OutputDirError(f"{out_dir}: holds {', '.join(present)} but no synthesis.json, so it is not a "
                              f"synthetic dataset written by stylepair; refusing to delete it even with --overwrite")
+    writer = NnUNetRawWriter(out_dir, [], [], [])
+    foreign = [p for folder in (writer.images_dir, writer.labels_dir) if folder.is_dir()
+               for p in sorted(folder.iterdir()) if not p.name.endswith(PARTIAL_SUFFIX) and not writer.owns(p)]
+    if foreign:
+        raise OutputDirError(f"{out_dir}: {len(foreign)} file(s) in imagesTr/ or labelsTr/ were not written by "
+                             f"sample_patients.py ({', '.join(p.name for p in foreign[:5])}); refusing to delete them "
+                             f"even with --overwrite: move them out or choose another --out")
     for name in present:
         target = out_dir / name
         if target.is_dir():
