@@ -78,3 +78,12 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["phantoms", "out", "--layout", "dicom"])
+
+
+def test_splits_never_overwrite_the_dataset_s_own_files(phantoms, capsys):
+    before = (phantoms / "dataset.json").read_bytes()
+    assert main(["splits", str(phantoms), "--out", str(phantoms / "dataset.json")]) == 1
+    assert "is a file of the dataset itself" in capsys.readouterr().err
+    assert (phantoms / "dataset.json").read_bytes() == before
+    assert main(["splits", str(phantoms), "--out", str(phantoms)]) == 1
+    assert "is a folder" in capsys.readouterr().err

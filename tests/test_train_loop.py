@@ -259,3 +259,16 @@ def test_sample_grids_show_the_mask_as_a_colour_overlay():
     mask = grids["mask"][2:2 + 16 * factor, 2:2 + 16 * factor]
     assert not mask[0, 0].any()                                      # background stays black
     assert tuple(mask[5 * factor, 5 * factor]) != tuple(mask[11 * factor, 11 * factor])  # one colour per label
+
+
+def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(capsys, tmp_path, phantoms):
+    from training.synthetic_dataset import exclusive_output
+
+    run = tmp_path / "run"
+    with exclusive_output(run, "training"):  # as the first training holds it
+        assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
+                            "--no-tensorboard"]) == 2
+    assert "another training is writing into it" in capsys.readouterr().err
+    assert not list(run.iterdir())
+    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
+                        "--no-tensorboard"]) == 0  # free again

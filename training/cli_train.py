@@ -11,6 +11,7 @@ what is still unset.  ``--dry-run`` prints the resolved config and exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -204,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         from training.data import DataError
+        from training.synthetic_dataset import OutputDirError, exclusive_output
         try:
-            return _train(cfg, run_dir, args, ctx)
-        except (DataError, ckpt.CheckpointError) as err:
+            # one training per run directory: a second one would replace the first one's snapshots
+            with exclusive_output(run_dir, "training") if ctx.is_main else contextlib.nullcontext():
+                return _train(cfg, run_dir, args, ctx)
+        except (DataError, ckpt.CheckpointError, OutputDirError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     finally:

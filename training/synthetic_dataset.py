@@ -363,10 +363,10 @@ OWNED_ENTRIES = ("imagesTr", "labelsTr", "dataset.json", "synthesis.json", PREVI
 
 
 @contextlib.contextmanager
-def exclusive_output(out_dir: Path) -> Iterator[None]:
+def exclusive_output(out_dir: Path, holder: str = "sampling process") -> Iterator[None]:
     """Create out_dir and hold an exclusive lock on it (flock on the directory itself, so nothing is
-    left behind) for the block; OutputDirError at once when another process holds it. The kernel
-    releases the lock of a process that dies."""
+    left behind) for the block; OutputDirError at once when another process (a ``holder``) holds it.
+    The kernel releases the lock of a process that dies."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"{out_dir}: exists and is not a directory")
@@ -376,7 +376,7 @@ def exclusive_output(out_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise OutputDirError(f"{out_dir}: another sampling process is writing into it") from exc
+            raise OutputDirError(f"{out_dir}: another {holder} is writing into it") from exc
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -82,6 +82,12 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _splits(args: argparse.Namespace) -> int:
     dataset, _ = _load(args)
+    out = Path(args.out).resolve()
+    owned = {Path(f).resolve() for f in dataset.extra_files} | {Path(f).resolve() for p in dataset.patients
+                                                                 for f in p.source_files()}
+    if out in owned or out.is_dir():
+        raise ValueError(f"--out {args.out}: is {'a folder' if out.is_dir() else 'a file of the dataset itself'}; "
+                         f"write the splits elsewhere (e.g. splits.json)")
     splits = make_splits(dataset.case_ids, n_folds=args.folds, seed=args.seed, test_fraction=args.test_fraction)
     splits.save(args.out)
     print(f"wrote {args.out}: {len(splits.test)} test patients, {splits.n_folds} folds over "
