@@ -132,3 +132,19 @@ def test_rewriting_a_snapshot_replaces_it_atomically(tmp_path):
     snap = ckpt.write_snapshot(tmp_path, 64, _content(1))
     assert ckpt.read_json(snap / "metrics.json") == {"fid": 9.0}
     assert [p.name for p in tmp_path.iterdir()] == ["snapshot-000000064"]
+
+
+def test_a_manifest_listing_files_outside_the_snapshot_is_refused(tmp_path):
+    snap = ckpt.write_snapshot(tmp_path, 64, _content())
+    (tmp_path / "outside.txt").write_text("secret")
+    for name in ("../outside.txt", "/etc/hostname", "sub/../../outside.txt"):
+        manifest = json.loads((snap / ckpt.MANIFEST).read_text())
+        manifest["files"][name] = "0" * 64
+        (snap / ckpt.MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ckpt.CheckpointError, match="which is not a file of the snapshot folder"):
+            ckpt.verify_snapshot(snap)
+        del manifest["files"][name]
+        (snap / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    (snap / "progress.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ckpt.CheckpointError, match="nested too deeply"):
+        ckpt.read_json(snap / "progress.json")

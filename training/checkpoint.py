@@ -106,6 +106,8 @@ def read_json(path: Path) -> Any:
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: invalid JSON ({err})") from err
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a stylepair file") from None
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -254,10 +256,13 @@ def verify_snapshot(snapshot: Path) -> dict:
     """The manifest of ``snapshot`` after checking every listed file's sha256; else CheckpointError."""
     snapshot = Path(snapshot)
     manifest = read_json(snapshot / MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{snapshot / MANIFEST}: not a stylepair snapshot manifest")
-    for name, expected in manifest.get("files", {}).items():
+    for name, expected in manifest["files"].items():
         path = snapshot / name
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            # a snapshot's files sit directly in its folder: a path elsewhere is a forged manifest
+            raise CheckpointError(f"{snapshot / MANIFEST}: lists {name!r}, which is not a file of the snapshot folder")
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in the manifest but missing (partial snapshot)")
         if sha256_of(path) != expected:
