@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 MIN_RESOLUTION = 16
 MAX_RESOLUTION = 512
+# Upper bounds of the network sizes, far above any published configuration (StyleGAN2: z = w = 512,
+# 8 mapping layers, channel_base 32768, channel_max 512).
+SIZE_LIMITS = {"z_dim": 4096, "w_dim": 4096, "c_dim": 4096, "mapping_layers": 32, "d_mapping_layers": 32,
+               "channel_base": 1 << 20, "channel_max": 4096, "mask_channel_base": 1 << 20, "mask_channel_max": 4096,
+               "cmap_dim": 4096, "mbstd_group_size": 256, "mbstd_num_channels": 64, "num_fp16_res": 8}
 
 
 @dataclass
@@ -59,6 +64,10 @@ class NetworkConfig:
         for name in positive:
             if getattr(cfg, name) < 1:
                 raise ValueError(f"NetworkConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+        for name, largest in SIZE_LIMITS.items():  # a forged or mistyped config must not allocate terabytes
+            value = getattr(cfg, name)
+            if value is not None and value > largest:
+                raise ValueError(f"NetworkConfig.{name} = {value} exceeds the largest supported {largest}")
         if cfg.c_dim < 0:
             raise ValueError(f"NetworkConfig.c_dim must be >= 0, got {cfg.c_dim}")
         if cfg.num_fp16_res < 0 or cfg.mbstd_num_channels < 0 or cfg.mbstd_group_size < 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -609,3 +610,51 @@ def test_files_sampling_did_not_write_are_never_deleted(tmp_path, baseline_sourc
             sample_to_directory(baseline_source, settings(baseline_source, patients=1), out, batch=6,
                                 progress=False, **kwargs)
         assert all(path.is_file() for path in copied) and (out / "README.txt").is_file()
+
+
+def forge(run: Path, tmp_path: Path, name: str, change) -> Path:
+    """A copy of ``run`` whose snapshot file ``name`` (JSON) is changed by ``change`` and re-hashed in
+    the manifest, as a forger would."""
+    import hashlib
+
+    forged = tmp_path / f"forged-{name}"
+    shutil.copytree(run, forged)
+    snapshot = next(forged.glob("snapshot-*"))
+    document = json.loads((snapshot / name).read_text())
+    change(document)
+    (snapshot / name).write_text(json.dumps(document))
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    return forged
+
+
+def test_forged_checkpoints_and_absurd_arguments_get_one_line_errors(tmp_path, runs, capsys):
+    def huge_mapping(config):
+        config["network"]["mapping_layers"] = 10 ** 7
+
+    def huge_stack(dataset):
+        dataset["slices_per_patient"] = [10 ** 7]
+
+    def nan_range(dataset):
+        dataset["intensity"][0] = {"lo": float("nan"), "hi": 1.0}
+
+    def add_key(dataset):
+        dataset["extra"] = 1
+
+    cases = [("config.json", huge_mapping, "mapping_layers = 10000000 exceeds the largest supported 32"),
+             ("dataset.json", huge_stack, "1..4096 slices per patient"),
+             ("dataset.json", add_key, "unknown keys \\['extra'\\]"),
+             ("dataset.json", nan_range, "intensity range of 'T1' is \\[nan, 1.0\\]")]
+    for name, change, message in cases:
+        forged = forge(runs["baseline"], tmp_path / change.__name__, name, change)
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["--gan", str(forged), "--patients", "1", "--out", str(tmp_path / "o"), "--quiet"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    for argv, message in ((["--psi", "nan"], "--psi must be a number in \\[0, 2\\]"), (["--psi", "1e30"], "--psi"),
+                          (["--slices", "100000000"], "--slices in 1..4096")):
+        with pytest.raises(SystemExit):
+            cli_main(["--gan", str(runs["baseline"]), "--patients", "1", "--out", str(tmp_path / "o"), *argv])
+        assert re.search(message, capsys.readouterr().err)

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -390,6 +390,28 @@ class DatasetInfo:
     num_slices: int = 0
 
 
+MAX_SLICES_PER_PATIENT = 4096
+
+
+def _dataset_info(raw: Any, path: Path) -> DatasetInfo:
+    """A snapshot's dataset.json as `DatasetInfo`, its fields checked (a forged file is a
+    `CheckpointError`, never a traceback or a huge allocation)."""
+    names = {f.name for f in fields(DatasetInfo)}
+    if not isinstance(raw, dict) or set(raw) - names:
+        raise CheckpointError(f"{path}: not a stylepair dataset record (unknown keys "
+                              f"{sorted(set(raw) - names) if isinstance(raw, dict) else type(raw).__name__})")
+    info = DatasetInfo(**raw)
+    lists = ("modalities", "label_values", "label_names", "intensity", "affine", "spacing", "slices_per_patient",
+             "case_ids")
+    bad = [n for n in lists if not isinstance(getattr(info, n), list)]
+    slices = info.slices_per_patient if isinstance(info.slices_per_patient, list) else []
+    if bad or not all(isinstance(z, int) and 1 <= z <= MAX_SLICES_PER_PATIENT for z in slices) \
+            or not isinstance(info.resolution, int) or not 0 <= info.resolution <= 4096:
+        raise CheckpointError(f"{path}: fields {bad or ['slices_per_patient', 'resolution']} are not what a stylepair "
+                              f"dataset record holds (lists; 1..{MAX_SLICES_PER_PATIENT} slices per patient)")
+    return info
+
+
 @dataclass
 class RunInfo:
     """A trained generator's description, returned by `load_generator`."""
@@ -432,6 +454,7 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
         raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
     snapshot = latest_good_snapshot(Path(path))
     from gan import NetworkConfig, build_generator
+    from gan.variants import VARIANTS
     from training.config import config_from_dict
 
     manifest = read_json(snapshot / MANIFEST)
@@ -440,9 +463,14 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
         raise CheckpointError(f"{snapshot}: has no {weights_name} (files: "
                               f"{', '.join(sorted(manifest['files']))})")
     config = read_json(snapshot / "config.json")
-    data = DatasetInfo(**read_json(snapshot / "dataset.json"))
+    data = _dataset_info(read_json(snapshot / "dataset.json"), snapshot / "dataset.json")
     progress = read_json(snapshot / "progress.json")
     metrics = read_json(snapshot / "metrics.json") if "metrics.json" in manifest["files"] else {}
+    if not isinstance(config, dict) or not isinstance(config.get("network"), dict) or \
+            config.get("variant") not in VARIANTS or not isinstance(progress, dict) or \
+            not isinstance(progress.get("nimg"), int) or progress["nimg"] < 0:
+        raise CheckpointError(f"{snapshot}: config.json or progress.json is not a stylepair training record "
+                              f"(variant, network, nimg >= 0)")
     network = config_from_dict(config["network"], NetworkConfig, where=str(snapshot / "config.json"))
     generator = build_generator(config["variant"], network, image_channels=len(data.modalities),
                                 label_channels=len(data.label_values))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import sys
 
 from pathlib import Path
@@ -37,6 +38,11 @@ command writes identical files; --append continues after the candidates used bef
 patients are new ones even with the same --seed. Rerunning an interrupted command (same settings)
 resumes it: only the missing patients are written.
 """
+
+
+MAX_PSI = 2.0           # beyond it truncation extrapolates far outside the learnt latent space
+MAX_PATIENTS = 100_000
+MAX_SLICES = 4096        # slices per patient (the checkpoints' limit)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -122,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     quality gate gives up, 130 when interrupted (rerun to resume)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not math.isfinite(args.psi) or not 0.0 <= args.psi <= MAX_PSI:
+        parser.error(f"--psi must be a number in [0, {MAX_PSI:g}] (1: no truncation), got {args.psi}")
+    if args.patients > MAX_PATIENTS or (args.slices is not None and args.slices > MAX_SLICES):
+        parser.error(f"--patients must lie in 1..{MAX_PATIENTS} and --slices in 1..{MAX_SLICES}")
     if args.procedural is not None:
         return procedural_main(parser, args)
     if args.gan is None and args.mask_gan is None and args.image_gan is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,9 +407,13 @@ def intensity_scale(entry: dict, modality: str, where: str) -> IntensityScale:
     if entry.get("modality", modality) != modality:
         raise ValueError(f"{where}: intensity entry {entry!r} is not for modality {modality!r}")
     try:
-        return IntensityScale(float(entry["lo"]), float(entry["hi"]))
+        low, high = float(entry["lo"]), float(entry["hi"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: intensity entry {entry!r} lacks numeric 'lo' and 'hi'") from exc
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        # NaN or an empty range would write volumes of NaN or of one value
+        raise ValueError(f"{where}: intensity range of {modality!r} is [{low}, {high}], not a finite range lo < hi")
+    return IntensityScale(low, high)
 
 
 def source_dataset(info: RunInfo, where: str) -> SourceDataset:
