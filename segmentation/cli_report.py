@@ -16,6 +16,7 @@ from segmentation.overview import groups_of, write_overview
 from segmentation.provenance import accepted_changes
 from segmentation.score_table import (ScoreTableConfig, build_score_table, parse_filter, read_csv_rows,
                                       resolve_scores_csv)
+from training.data.errors import one_line_errors
 
 __all__ = ["build_parser", "main"]
 
@@ -125,6 +126,7 @@ def _default_out(results: Path) -> Path:
     return results / "report" if results.is_dir() else results.with_name(f"{results.stem}_report")
 
 
+@one_line_errors("nemenyi_report.py")
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build the score table, write the report; returns the exit status."""
     args = build_parser().parse_args(argv)

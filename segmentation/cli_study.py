@@ -18,6 +18,7 @@ from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigErr
                                        with_synthetic_folders)
 from segmentation.unet import budget_rule, measure_step_seconds
 from training.data import DataError
+from training.data.errors import one_line_errors
 
 ALPHA = 0.05  # the level the design is checked at (the report's default)
 
@@ -169,6 +170,7 @@ def check_design(runs: list[Run], results: Path | None = None) -> tuple[str, str
     return "\n".join(lines), refusal
 
 
+@one_line_errors("run_study.py")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run_study.py; returns the exit status (errors in the input exit with 2)."""
     parser = build_parser()

@@ -16,6 +16,7 @@ from training.procedural_sampling import synthesise_to_directory
 from training.sampling import (MAX_REJECTIONS_PER_PATIENT, QualityGateError, load_source, resolve_device,
                                sample_to_directory)
 from training.synthetic_dataset import OutputDirError, QualityGate, SamplingSettings
+from training.data.errors import one_line_errors
 
 DESCRIPTION = """\
 Sample synthetic patients (stacks of axial slices with their masks) from trained generators, or make
@@ -122,6 +123,7 @@ def keep_freed_memory() -> bool:
                ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 2**31 - 1), (m_top_pad, 1 << 30)))
 
 
+@one_line_errors("sample_patients.py")
 def main(argv: list[str] | None = None) -> int:
     """Parse argv (default sys.argv[1:]), sample, print a summary. Returns 0 on success; exits with
     2 on a usage error (bad arguments, refused directory, unusable or incompatible runs), 1 when the

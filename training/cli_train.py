@@ -21,6 +21,7 @@ from training import checkpoint as ckpt
 from training.config import (AUGMENT_MODES, CONDITIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
+from training.data.errors import one_line_errors
 
 # Allowed values of the flags with a fixed set of choices.
 FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
@@ -174,6 +175,7 @@ def _resolve_run_dir(args: argparse.Namespace) -> Path:
     raise ConfigError("--out RUN_DIR is required (or --resume RUN)")
 
 
+@one_line_errors("train_gan.py")
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 130 stopped by a signal after a snapshot)."""
     from training.distributed import init_distributed, shutdown_distributed

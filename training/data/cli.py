@@ -21,6 +21,7 @@ from training.data.preprocess import PreprocessConfig, load_preprocess_config
 from training.data.records import Dataset
 from training.data.splits import make_splits
 from training.data.summary import patient_table, summarize
+from training.data.errors import one_line_errors
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser, on_error: str) -> None:
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors("stylepair-data")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``stylepair-data``; returns the exit status (1 on a data error)."""
     args = build_parser().parse_args(argv)

@@ -51,3 +51,37 @@ class PatientErrors(DataError):
 
 class DataWarning(UserWarning):
     """A patient was skipped, or something odd but harmless was found."""
+
+
+DEBUG_ENV = "STYLEPAIR_DEBUG"  # set to 1 to see the traceback of an unexpected error
+
+
+def one_line_errors(prog: str, interrupted: str = "finished work is kept; rerun the same command to continue"):
+    """Decorator of a command's ``main(argv) -> int``: what the command did not turn into a message
+    itself becomes one line on stderr instead of a traceback -- Ctrl-C (exit 130, with what it
+    leaves), an operating-system error such as a full disk or a read-only folder (exit 1, naming
+    the file), anything else (exit 1, with the hint to set ``STYLEPAIR_DEBUG=1`` for the
+    traceback).  argparse's own exits pass through."""
+    import functools
+    import os
+    import sys
+
+    def decorate(main):
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            if os.environ.get(DEBUG_ENV):
+                return main(argv)
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+                return 130
+            except OSError as exc:
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+                return 1
+            except Exception as exc:  # noqa: BLE001 -- the point: no traceback for the user
+                print(f"{prog}: error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 to see where)", file=sys.stderr)
+                return 1
+        return run
+    return decorate
