@@ -1,5 +1,6 @@
 """The training loop end to end on tiny phantom data: variants, exact resume, refusals, signals."""
 import json
+import shutil
 import signal
 
 import pytest
@@ -272,3 +273,33 @@ def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(cap
     assert not list(run.iterdir())
     assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
                         "--no-tensorboard"]) == 0  # free again
+
+
+def test_resume_cleans_debris_refuses_negative_counters_and_logs_each_tick_once(tmp_path, phantoms, capsys):
+    run = tmp_path / "run"
+    base = TINY + ["--variant", "mask", "--data", phantoms, "--no-tensorboard"]
+    assert main(base + ["--out", str(run), "--kimg", "0.008"]) == 0
+    snapshot = ckpt.latest_good_snapshot(run)
+    # a kill -9 after this snapshot: a later tick logged, a snapshot write left half done
+    with open(run / "stats.jsonl", "a") as handle:
+        handle.write(json.dumps({"kimg": 0.012, "loss/G": 1.0}) + "\n")
+    (run / ".snapshot-000000012.tmp-abc").mkdir()
+    (run / ".snapshot-000000012.tmp-abc" / "G.safetensors").write_bytes(b"half")
+    (run / "notes.txt").write_text("mine")
+    assert main(["--resume", str(run), "--kimg", "0.016", "--no-tensorboard", "--threads", "1"]) == 0
+    assert not list(run.glob(".snapshot-*")) and (run / "notes.txt").is_file()
+    kimgs = [json.loads(line)["kimg"] for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert kimgs == sorted(set(kimgs))  # no tick twice
+    forged = tmp_path / "forged"
+    shutil.copytree(run, forged)
+    latest = ckpt.latest_good_snapshot(forged)
+    progress = json.loads((latest / "progress.json").read_text())
+    progress["nimg"] = -5
+    (latest / "progress.json").write_text(json.dumps(progress))
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest["files"]["progress.json"] = ckpt.sha256_of(latest / "progress.json")
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["--resume", str(forged), "--kimg", "0.024", "--no-tensorboard"]) == 2
+    assert "progress.json holds [-5" in capsys.readouterr().err
+    assert snapshot.is_dir()

@@ -213,6 +213,18 @@ class SnapshotContent:
     documents: dict[str, Any] = field(default_factory=dict)
 
 
+DEBRIS_PATTERN = re.compile(r"^\.snapshot-\d{9}\.(tmp|old)-")
+
+
+def remove_snapshot_debris(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders that `write_snapshot` leaves when it is killed (``.snapshot-N.tmp-*``,
+    ``.snapshot-N.old-*``: names only it uses); call while holding the run directory.  Returns them."""
+    removed = [p for p in Path(run_dir).glob(".snapshot-*") if p.is_dir() and DEBRIS_PATTERN.match(p.name)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def snapshot_name(nimg: int) -> str:
     """Folder name of the snapshot taken after ``nimg`` real images."""
     return f"{SNAPSHOT_PREFIX}{int(nimg):09d}"

@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> int:
     from training.loop import GanTrainer, ResumeError, open_training_data
 
+    if ctx.is_main:
+        ckpt.remove_snapshot_debris(run_dir)  # of a snapshot write that was killed (we hold run_dir now)
     data = open_training_data(cfg)
     metrics, floor = build_metrics(cfg, data, ctx.device) if ctx.is_main else (None, {})
     trainer = GanTrainer(cfg, run_dir, data, ctx, metrics=metrics,

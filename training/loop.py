@@ -510,8 +510,12 @@ class GanTrainer:
         for name, opt in self.opt.items():
             opt.load_state_dict(ckpt.optimizer_state_from_files(content.tensors[f"optim_{name}"],
                                                                  content.documents[f"optim_{name}"]))
-        ckpt.restore_rng_state(content.tensors["rng"], content.documents["rng"])
         saved = content.documents["progress"]
+        counters = [saved.get(k) if isinstance(saved, dict) else None for k in ("nimg", "batch_idx", "tick")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters):
+            raise ResumeError(f"{snapshot}: progress.json holds {counters} for nimg, batch_idx, tick; a resumable "
+                              f"snapshot has counters >= 0")
+        ckpt.restore_rng_state(content.tensors["rng"], content.documents["rng"])
         self.progress = Progress(nimg=saved["nimg"], batch_idx=saved["batch_idx"], tick=saved["tick"])
         self.loss.pl_mean = torch.tensor(saved["pl_mean"], dtype=torch.float32)
         if self.ada is not None and saved.get("ada"):
@@ -550,6 +554,7 @@ class GanTrainer:
         self.write_run_config()
         monitor = TrainingMonitor(self.run_dir, cfg.kimg, self.progress.nimg / 1000.0,
                                   enabled=self.ctx.is_main, tensorboard=self.tensorboard)
+        monitor.forget_ticks_after(self.progress.nimg)  # ticks after the snapshot resumed from come again
         previous = self._install_signal_handlers()
         result = TrainResult(snapshot=None, nimg=self.progress.nimg)
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import sys
@@ -115,6 +116,18 @@ class TrainingMonitor:
         """Move the bar to ``kimg``."""
         if self.bar is not None and not self.bar.disable:
             self.bar.update(kimg - self.bar.n)
+
+    def forget_ticks_after(self, nimg: int) -> None:
+        """Drop the stats.jsonl lines of ticks after ``nimg`` (a resumed run logs them again: a
+        kill -9 after a tick but before the next snapshot would otherwise leave them twice)."""
+        path = self.run_dir / "stats.jsonl"
+        if not self.enabled or not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and json.loads(line).get("kimg", 0.0) <= nimg / 1000.0 + 1e-9]
+        temporary = path.with_name(".stats.jsonl.tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        os.replace(temporary, path)
 
     def log_tick(self, stats: dict[str, float], nimg: int) -> None:
         """Write one tick's scalars (TensorBoard, stats.jsonl) and show the losses on the bar."""
