@@ -658,3 +658,22 @@ def test_forged_checkpoints_and_absurd_arguments_get_one_line_errors(tmp_path, r
         with pytest.raises(SystemExit):
             cli_main(["--gan", str(runs["baseline"]), "--patients", "1", "--out", str(tmp_path / "o"), *argv])
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path, runs, capsys):
+    from safetensors.torch import load_file, save_file
+
+    forged = tmp_path / "int8"
+    shutil.copytree(runs["baseline"], forged)
+    snapshot = next(forged.glob("snapshot-*"))
+    weights = load_file(str(snapshot / "G_ema.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = weights[first].to(torch.int8)
+    save_file(weights, str(snapshot / "G_ema.safetensors"))
+    import hashlib
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    manifest["files"]["G_ema.safetensors"] = hashlib.sha256((snapshot / "G_ema.safetensors").read_bytes()).hexdigest()
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit):
+        cli_main(["--gan", str(forged), "--patients", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert "are not floating point" in capsys.readouterr().err

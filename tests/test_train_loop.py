@@ -303,3 +303,19 @@ def test_resume_cleans_debris_refuses_negative_counters_and_logs_each_tick_once(
     assert main(["--resume", str(forged), "--kimg", "0.024", "--no-tensorboard"]) == 2
     assert "progress.json holds [-5" in capsys.readouterr().err
     assert snapshot.is_dir()
+
+
+def test_absurd_sizes_in_a_config_are_refused_before_any_allocation(capsys, tmp_path, phantoms):
+    base = ["--cfg", "tiny", "--resolution", "16", "--variant", "mask", "--data", phantoms, "--out",
+            str(tmp_path / "r"), "--dry-run"]
+    for override, message in (("network.mapping_layers=10000000", "mapping_layers = 10000000 exceeds"),
+                              ("network.z_dim=2147483648", "z_dim = 2147483648 exceeds"),
+                              ("batch=1099511627776", "batch (1099511627776), metric_samples (256) or resolution "
+                                                      "(16) above the largest supported")):
+        with pytest.raises(SystemExit):
+            main(base + ["--set", override])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    from training.data.cli import main as data_main
+    assert data_main(["cache", phantoms, "--resolution", "65536"]) == 1
+    assert "resolution must lie in 4..4096" in capsys.readouterr().err

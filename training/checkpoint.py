@@ -487,6 +487,12 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
     generator = build_generator(config["variant"], network, image_channels=len(data.modalities),
                                 label_channels=len(data.label_values))
     state = read_tensors(snapshot / weights_name)
+    expected = generator.state_dict()
+    cast = sorted(k for k, t in state.items() if k in expected and expected[k].is_floating_point()
+                  and not t.is_floating_point())
+    if cast:  # load_state_dict would silently cast int8 (or bool) weights to float
+        raise CheckpointError(f"{snapshot / weights_name}: {len(cast)} weight(s) are not floating point "
+                              f"({cast[0]}: {state[cast[0]].dtype}); not weights this project wrote")
     missing, unexpected = generator.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{snapshot / weights_name}: does not match the generator built from "

@@ -309,6 +309,13 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"augment.p must be in [0, 1], got {cfg.augment.p}")
     if cfg.batch < 1 or cfg.batch_gpu < 1:
         raise ConfigError(f"batch ({cfg.batch}) and batch_gpu ({cfg.batch_gpu}) must be >= 1")
+    if cfg.batch > MAX_BATCH or cfg.metric_samples > MAX_METRIC_SAMPLES or cfg.resolution > 4096:
+        raise ConfigError(f"batch ({cfg.batch}), metric_samples ({cfg.metric_samples}) or resolution "
+                          f"({cfg.resolution}) above the largest supported ({MAX_BATCH}, {MAX_METRIC_SAMPLES}, 4096)")
+    try:
+        cfg.network.resolved()  # network sizes within gan.config.SIZE_LIMITS
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.batch % (cfg.batch_gpu * num_processes):
         raise ConfigError(f"batch ({cfg.batch}) must be a multiple of batch_gpu ({cfg.batch_gpu}) "
                           f"x processes ({num_processes})")
@@ -330,6 +337,10 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"track_metric '{cfg.track_metric}' is not among metrics {cfg.metrics}")
     if cfg.kimg <= 0 or cfg.tick_kimg <= 0 or cfg.snap < 1 or cfg.keep_last < 1:
         raise ConfigError("kimg and tick_kimg must be > 0, snap and keep_last >= 1")
+
+
+MAX_BATCH = 4096             # images per step; StyleGAN2-ADA's largest preset uses 64
+MAX_METRIC_SAMPLES = 200_000  # generated samples per metric evaluation (FID uses 50 000)
 
 
 # Fields that may differ between a run and its resumption (how long, how often, what is logged).

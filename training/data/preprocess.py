@@ -27,6 +27,8 @@ import yaml
 from training.data.errors import PatientError
 from training.data.records import Patient
 
+MAX_RESOLUTION = 4096  # cached slices are resolution^2 floats per channel: 65536^2 would be 16 GiB
+
 CT_NAMES = ("ct",)
 
 
@@ -80,8 +82,8 @@ class PreprocessConfig:
     min_label_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.resolution < 4:
-            raise ValueError(f"resolution must be >= 4, got {self.resolution}")
+        if not 4 <= self.resolution <= MAX_RESOLUTION:
+            raise ValueError(f"resolution must lie in 4..{MAX_RESOLUTION} pixels, got {self.resolution}")
         if self.image_interpolation not in ("area", "bilinear"):
             raise ValueError(f"image_interpolation must be 'area' or 'bilinear', got {self.image_interpolation!r}")
         if self.cache_dtype not in ("float32", "float16"):
