@@ -677,3 +677,11 @@ def test_integer_weights_are_refused_not_cast(tmp_path, runs, capsys):
     with pytest.raises(SystemExit):
         cli_main(["--gan", str(forged), "--patients", "1", "--out", str(tmp_path / "o"), "--quiet"])
     assert "are not floating point" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, runs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--gan", str(runs["baseline"]), "--patients", "1", "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device 'cuda': CUDA is not available on this machine (use cpu or auto)" in capsys.readouterr().err

@@ -493,10 +493,17 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> the first CUDA device when there is one, else the CPU; other names as given."""
+    """"auto" -> the first CUDA device when there is one, else the CPU; other names as given
+    (ValueError for an unknown name, or CUDA on a machine without it)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: {exc}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------------
