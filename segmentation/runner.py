@@ -32,6 +32,7 @@ import io
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,6 +58,7 @@ from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_ph
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
 from training.data.phantoms import SHIFTED, STANDARD
 from procedural import ProceduralError
+from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.procedural_sampling import synthesise_to_directory
 from training.sampling import QualityGateError, load_source, sample_to_directory
@@ -260,11 +262,16 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
             cache_dir = results / "synthetic" / ".slice_cache"
             if arm.folder is not None:
                 folder, cache_dir = Path(arm.folder), None
+                for run in _generator_runs(folder):
+                    _refuse_gan_trained_on_test(run, real[spec.name], arm.name)
             elif arm.control == "oracle":
                 p = spec.phantoms
                 folder = default_phantom_dataset(n_patients=pool_size(runs, arm.name), shape=tuple(p.shape),
                                                  seed=oracle_seed(p.seed))
             else:
+                for run in (arm.gan, arm.mask_gan):
+                    if run is not None:
+                        _refuse_gan_trained_on_test(Path(run), real[spec.name], arm.name)
                 folder = results / "synthetic" / (arm.name if len(config.datasets) == 1 else f"{spec.name}-{arm.name}")
                 sample_gan_arm(arm, arm.patients or pool_size(grid, arm.name), folder, config.seed, device,
                                progress)
@@ -277,6 +284,50 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
                               real[dataset].splits.test, synthetic.folder, arm)
     _record_data(results, sources, data)
     return data
+
+
+def _generator_runs(folder: Path) -> list[Path]:
+    """The generator runs a synthetic folder's synthesis.json says it was sampled from (GAN sampling;
+    none for other folders).  Relative run paths are taken from the working directory, as written."""
+    path = folder / "synthesis.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    sessions = record.get("sessions", []) if isinstance(record, dict) else []
+    runs = [g.get("run") for s in sessions if isinstance(s, dict)
+            for g in s.get("settings", {}).get("generators", []) if isinstance(g, dict)]
+    return [Path(r) for r in dict.fromkeys(runs) if isinstance(r, str)]
+
+
+def _refuse_gan_trained_on_test(run: Path, real: RealData, arm: str) -> None:
+    """`StudyDataError` when generator ``run`` trained on a test patient of ``real``: by the content
+    of their label files (recorded by training since this check exists), else -- older runs -- by
+    case id when it trained on this very dataset folder.  A run that can no longer be read, or that
+    recorded neither, is reported as unchecked on stderr."""
+    try:
+        info = ckpt.read_json(ckpt.latest_good_snapshot(run) / "dataset.json")
+    except CheckpointError:
+        print(f"warning: arm {arm!r}: generator run {run} cannot be read; whether it saw the test patients is "
+              f"unchecked", file=sys.stderr)
+        return
+    test = list(real.splits.test)
+    hashes = info.get("case_label_sha256") if isinstance(info, dict) else None
+    if hashes:
+        test_hashes = {ckpt.sha256_of(real.dataset.patient(c).label_file): c for c in test}
+        seen = sorted(test_hashes[h] for h in hashes.values() if h in test_hashes)
+    elif isinstance(info, dict) and Path(str(info.get("root", ""))).resolve() == real.dataset.root.resolve():
+        seen = sorted(set(info.get("case_ids", [])) & set(test))
+    else:
+        print(f"warning: arm {arm!r}: generator run {run} was trained on {info.get('root', '?')!r} and records no "
+              f"patient hashes; whether it saw the test patients is unchecked (train it with --splits)",
+              file=sys.stderr)
+        return
+    if seen:
+        raise StudyDataError(f"arm {arm!r}: generator run {run} was trained on {len(seen)} of this study's test "
+                             f"patients ({', '.join(seen[:5])}): its patients would carry the test set into "
+                             f"training; retrain it with `train_gan.py --splits RESULTS/splits/"
+                             f"{real.spec.name}.json`")
 
 
 def _refuse_test_patients(synthetic: dict[str, str], real: dict[str, str], test_ids: list[str], folder: Path,

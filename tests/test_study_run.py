@@ -496,3 +496,48 @@ def test_results_into_a_dataset_or_a_user_folder_are_refused(sources, tmp_path, 
         main([str(MICRO), "--results", str(tmp_path / "mine"), "--dry-run", "--allow-weak-design"])
     assert exit_info.value.code == 2 and "is not empty and holds no study.json" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+TINY_GAN = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "2",
+            "--set", "network.channel_base=128", "--set", "network.channel_max=16", "--set", "network.z_dim=16",
+            "--set", "network.w_dim=16", "--set", "network.mbstd_group_size=2", "--tick", "0.004", "--snap", "100",
+            "--no-tensorboard", "--threads", "1", "--kimg", "0.004", "--variant", "baseline",
+            "--cond", "slice-position"]
+
+
+def test_a_gan_arm_trained_on_the_study_s_test_patients_is_refused(tmp_path, capsys):
+    from training import checkpoint as ckpt
+    from training.cli_train import main as train_main
+    from training.data import make_splits
+
+    config = load_study_config(MICRO, ["k=[2]", "splits.folds=[0]", "train.iterations=2", "train.val_every=2"])
+    spec = config.datasets[0]
+    data = runner.dataset_root(spec)
+    copy = tmp_path / "copy"  # the same patients in another folder: found by content, not by path
+    import shutil
+    shutil.copytree(data, copy)
+    s = config.splits
+    splits = make_splits(sorted(p.name.split(".")[0] for p in (data / "labelsTr").glob("*.nii.gz")),
+                         s.n_folds, s.seed, s.test_fraction)
+    splits_file = splits.save(tmp_path / "splits.json")
+    assert train_main(TINY_GAN + ["--data", str(copy), "--out", str(tmp_path / "leaky")]) == 0
+    assert train_main(TINY_GAN + ["--data", str(copy), "--out", str(tmp_path / "clean"),
+                                  "--splits", str(splits_file)]) == 0
+    info = ckpt.read_json(ckpt.latest_good_snapshot(tmp_path / "clean") / "dataset.json")
+    assert info["excluded_case_ids"] == sorted(splits.test) and not set(info["case_ids"]) & set(splits.test)
+    assert set(info["case_label_sha256"]) == set(info["case_ids"])
+    leaky = dataclasses_replace_arms(config, {"name": "gan", "gan": str(tmp_path / "leaky"), "patients": 2})
+    with pytest.raises(StudyDataError, match=r"arm 'gan': generator run .*leaky was trained on 2 of this study's "
+                                             r"test patients .*--splits"):
+        run_study(leaky, tmp_path / "r1", device="cpu", progress=False, threads=1)
+    clean = dataclasses_replace_arms(config, {"name": "gan", "gan": str(tmp_path / "clean"), "patients": 2})
+    assert run_study(clean, tmp_path / "r2", device="cpu", progress=False, threads=1).ran
+
+
+def dataclasses_replace_arms(config, arm):
+    from segmentation.study_config import study_config_from_dict
+
+    values = config.to_dict()
+    values["arms"] = [arm]
+    values["datasets"][0]["preprocess"] = {"resolution": 16, "drop_end_slices": 0}
+    return study_config_from_dict(values)

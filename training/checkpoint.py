@@ -384,7 +384,10 @@ class DatasetInfo:
 
     ``intensity`` holds, per modality, how [-1, 1] maps back to an intensity range; ``affine`` and
     ``spacing`` are typical header values for written volumes; ``slices_per_patient`` lists the
-    number of (kept) slices of each training patient.
+    number of (kept) slices of each training patient.  ``case_ids`` are the patients it trained
+    on, ``excluded_case_ids`` those left out on purpose (``train_gan.py --exclude-cases/--splits``)
+    and ``case_label_sha256`` identifies each training patient by content (its label file's bytes),
+    so a study can tell whether its test patients reached the generator, wherever they are stored.
     """
 
     name: str = ""
@@ -400,6 +403,8 @@ class DatasetInfo:
     slices_per_patient: list[int] = field(default_factory=list)
     case_ids: list[str] = field(default_factory=list)
     num_slices: int = 0
+    excluded_case_ids: list[str] = field(default_factory=list)
+    case_label_sha256: dict = field(default_factory=dict)  # case -> SHA-256 of its label file's bytes
 
 
 MAX_SLICES_PER_PATIENT = 4096
@@ -414,8 +419,9 @@ def _dataset_info(raw: Any, path: Path) -> DatasetInfo:
                               f"{sorted(set(raw) - names) if isinstance(raw, dict) else type(raw).__name__})")
     info = DatasetInfo(**raw)
     lists = ("modalities", "label_values", "label_names", "intensity", "affine", "spacing", "slices_per_patient",
-             "case_ids")
+             "case_ids", "excluded_case_ids")
     bad = [n for n in lists if not isinstance(getattr(info, n), list)]
+    bad += [] if isinstance(info.case_label_sha256, dict) else ["case_label_sha256"]
     slices = info.slices_per_patient if isinstance(info.slices_per_patient, list) else []
     if bad or not all(isinstance(z, int) and 1 <= z <= MAX_SLICES_PER_PATIENT for z in slices) \
             or not isinstance(info.resolution, int) or not 0 <= info.resolution <= 4096:

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a run exactly from its newest good snapshot (or this one)")
     run.add_argument("--force-resume", action="store_true",
                      help="resume even if the config or the dataset differ from the snapshot's")
+    leave_out = run.add_mutually_exclusive_group()
+    leave_out.add_argument("--exclude-cases", type=Path, default=None, metavar="FILE",
+                           help="never train on these patients: a text file of case ids, one per line "
+                                "(config: exclude_cases)")
+    leave_out.add_argument("--splits", type=Path, default=None, metavar="SPLITS_JSON",
+                           help="never train on the test patients of these splits (stylepair-data splits, or a "
+                                "study's RESULTS/splits/DATASET.json), so the study's test set stays unseen")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="where to train (default: auto = CUDA if available)")
@@ -127,7 +134,25 @@ def build_config(args: argparse.Namespace, num_processes: int,
         apply_override(cfg, key, value)
     if args.deterministic:
         cfg.deterministic = True
+    if args.exclude_cases is not None or args.splits is not None:
+        cfg.exclude_cases = _excluded_cases(args)
     return resolve_config(cfg, num_processes)
+
+
+def _excluded_cases(args: argparse.Namespace) -> list[str]:
+    """Case ids from --exclude-cases (one per line, '#' comments) or the test set of --splits."""
+    from training.data import Splits
+
+    if args.splits is not None:
+        try:
+            return sorted(Splits.load(args.splits).test)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"--splits {args.splits}: not a splits file ({err})") from None
+    try:
+        lines = args.exclude_cases.read_text().splitlines()
+    except OSError as err:
+        raise ConfigError(f"--exclude-cases {args.exclude_cases}: {err.strerror}") from None
+    return sorted({line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()})
 
 
 def build_metrics(cfg: TrainConfig, data, device: torch.device):

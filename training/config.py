@@ -77,6 +77,7 @@ class TrainConfig:
 
     variant: str = "conditional"
     data: str = "phantoms"              # dataset folder, or "phantoms" for the embedded default
+    exclude_cases: list[str] = field(default_factory=list)  # patients never shown (e.g. a study's test set)
     layout: str = "auto"                # auto | msd | nnunet | folder
     cond: str = "none"                  # none | slice-position
     resolution: int = 128               # slice resolution the data is resampled to

@@ -110,7 +110,13 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
     preprocess = PreprocessConfig(resolution=cfg.resolution, drop_end_slices=cfg.drop_end_slices,
                                   drop_empty_slices=cfg.drop_empty_slices)
     cache = open_slice_cache(dataset, preprocess)
-    rows = cache.training_rows()
+    unknown = sorted(set(cfg.exclude_cases) - set(cache.case_ids))
+    if unknown:
+        raise ValueError(f"{root}: exclude_cases names patients the dataset does not have: {unknown[:5]}")
+    kept = [c for c in cache.case_ids if c not in set(cfg.exclude_cases)]
+    if not kept:
+        raise ValueError(f"{root}: exclude_cases leaves no patient to train on")
+    rows = cache.training_rows(case_ids=kept)
     if len(rows) == 0:
         raise ValueError(f"{root}: no training slices left after the slice selection")
     affine, spacing = cache.typical_header()
@@ -125,8 +131,9 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
         intensity=[{"modality": m, "lo": cache.intensity_scale[m].lo, "hi": cache.intensity_scale[m].hi}
                    for m in cache.modalities],
         affine=np.asarray(affine, dtype=float).tolist(), spacing=[float(s) for s in spacing],
-        slices_per_patient=[int(n) for n in cache.slices_per_case], case_ids=list(cache.case_ids),
-        num_slices=int(len(rows)))
+        slices_per_patient=[int(n) for n in cache.slices_per_case], case_ids=kept,
+        num_slices=int(len(rows)), excluded_case_ids=sorted(cfg.exclude_cases),
+        case_label_sha256={c: ckpt.sha256_of(dataset.patient(c).label_file) for c in kept})
     return TrainingData(cache=cache, rows=rows, info=info, cond=cfg.cond)
 
 
