@@ -541,3 +541,16 @@ def dataclasses_replace_arms(config, arm):
     values["arms"] = [arm]
     values["datasets"][0]["preprocess"] = {"resolution": 16, "drop_end_slices": 0}
     return study_config_from_dict(values)
+
+
+def test_the_committed_generators_are_checked_by_content_against_the_test_set(tmp_path):
+    # they were trained on the 20 embedded phantoms of seed 0 before hashes were recorded: the study
+    # regenerates those phantoms and finds the test patients among them
+    checkpoints = Path(__file__).resolve().parents[1] / "checkpoints"
+    config = load_study_config(MICRO, [
+        'datasets=[{"name": "phantom", "path": "phantoms", "phantoms": {"n_patients": 20, "shape": [64, 64, 24], '
+        '"seed": 0}, "preprocess": {"resolution": 32, "drop_end_slices": 0}}]',
+        f'arms=[{{"name": "gan", "gan": "{checkpoints / "tiny-baseline"}", "patients": 2}}]', "k=[2]",
+        "splits.folds=[0]", "train.iterations=2"])
+    with pytest.raises(StudyDataError, match=r"tiny-baseline was trained on \d of this study.s test patients"):
+        run_study(config, tmp_path, device="cpu", progress=False, threads=1)
