@@ -87,3 +87,23 @@ def test_splits_never_overwrite_the_dataset_s_own_files(phantoms, capsys):
     assert (phantoms / "dataset.json").read_bytes() == before
     assert main(["splits", str(phantoms), "--out", str(phantoms)]) == 1
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_inspect_refuses_a_forged_header_at_once_and_says_why(tmp_path, capsys):
+    import gzip
+    import time
+
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    img.header.set_data_shape((1500, 1500, 1000))
+    raw = gzip.compress(img.header.binaryblock + b"\x00" * 4)
+    (tmp_path / "P1").mkdir()
+    for name in ("P1_t1.nii.gz", "P1_seg.nii.gz"):
+        (tmp_path / "P1" / name).write_bytes(raw)
+    started = time.perf_counter()
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert time.perf_counter() - started < 1.0
+    err = capsys.readouterr().err
+    assert "no usable patients (1 skipped: " in err and "header declares a volume of shape (1500, 1500, 1000)" in err

@@ -192,3 +192,15 @@ def test_msd_paths_must_stay_inside_the_dataset_folder(tmp_path, escape):
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match=r"dataset.json.*training\[0\]\.image = .*(absolute path|leads outside)"):
         load_dataset(root)
+
+
+def test_a_link_out_of_the_dataset_is_followed_only_when_enabled(tmp_path, monkeypatch):
+    root = write_phantom_dataset(tmp_path / "ds", n_patients=2, shape=(16, 16, 4))
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.move(root / "imagesTr" / "phantom_000.nii.gz", store / "phantom_000.nii.gz")
+    (root / "imagesTr" / "phantom_000.nii.gz").symlink_to(store / "phantom_000.nii.gz")
+    with pytest.raises(DatasetError, match="is a link that leads outside .*STYLEPAIR_FOLLOW_LINKS"):
+        load_dataset(root)
+    monkeypatch.setenv("STYLEPAIR_FOLLOW_LINKS", "1")
+    assert load_dataset(root).case_ids == ["phantom_000", "phantom_001"]

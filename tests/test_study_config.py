@@ -60,7 +60,7 @@ def test_unknown_or_bad_keys_are_named(tmp_path, values, key):
     (_minimal(metrics=["dice", "iou"]), "choose from"),
     (_minimal(splits={"n_folds": 3, "folds": [3]}), "fold indices"),
     (_minimal(preprocess_typo=1), "unknown key"),
-    ({"datasets": [{"path": "phantoms", "preprocess": {"resolution": 2}}]}, "resolution must be >= 4"),
+    ({"datasets": [{"path": "phantoms", "preprocess": {"resolution": 2}}]}, "resolution must lie in 4..4096"),
     ({"datasets": [{"path": "x", "phantoms": {"n_patients": 2}}]}, "only allowed with path: phantoms"),
     ({"datasets": [{"path": "x", "preprocess": {"resolution": 20}}]}, "not divisible by 8"),
 ])

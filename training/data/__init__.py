@@ -17,17 +17,33 @@ rows/columns index x/y; labels inside the project are indices 0..L-1 into ``labe
 Bad data raises `DatasetError` (dataset-level, always) or `PatientError`/`PatientErrors`
 (one patient; ``on_error="skip"`` leaves it out with a `DataWarning`).
 """
-from training.data.cache import IntensityScale, SliceBatch, SliceCache, cache_location, open_slice_cache
-from training.data.errors import DataError, DatasetError, DataWarning, PatientError, PatientErrors
-from training.data.loader import LAYOUTS, detect_layout, load_dataset
-from training.data.phantoms import (PHANTOM_LABELS, PHANTOM_MODALITIES, default_phantom_dataset,
-                                    generate_phantom_patient, write_phantom_dataset)
-from training.data.preprocess import (CaseInfo, IntensityNorm, PreprocessConfig, PreprocessedCase,
-                                      load_preprocess_config, preprocess_config_from_dict, preprocess_patient,
-                                      restore_labels)
-from training.data.records import Dataset, IntensityStats, Patient, PatientStats
-from training.data.splits import Fold, Splits, load_or_make_splits, make_splits
-from training.data.torch_dataset import SliceDataset
+import importlib
+
+# Where each public name lives.  Modules are imported on first use (PEP 562), so that a command that
+# only reads headers (``stylepair-data inspect``) does not pay for torch, which the cache needs.
+_HOMES = {
+    "training.data.cache": ("IntensityScale", "SliceBatch", "SliceCache", "cache_location", "open_slice_cache"),
+    "training.data.errors": ("DataError", "DatasetError", "DataWarning", "PatientError", "PatientErrors"),
+    "training.data.loader": ("LAYOUTS", "detect_layout", "load_dataset"),
+    "training.data.phantoms": ("PHANTOM_LABELS", "PHANTOM_MODALITIES", "default_phantom_dataset",
+                               "generate_phantom_patient", "write_phantom_dataset"),
+    "training.data.preprocess": ("CaseInfo", "IntensityNorm", "PreprocessConfig", "PreprocessedCase",
+                                 "load_preprocess_config", "preprocess_config_from_dict", "preprocess_patient",
+                                 "restore_labels"),
+    "training.data.records": ("Dataset", "IntensityStats", "Patient", "PatientStats"),
+    "training.data.splits": ("Fold", "Splits", "load_or_make_splits", "make_splits"),
+    "training.data.torch_dataset": ("SliceDataset",),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'training.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
 
 __all__ = [
     "CaseInfo", "DataError", "DataWarning", "Dataset", "DatasetError", "Fold", "IntensityNorm", "IntensityScale",

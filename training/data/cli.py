@@ -13,15 +13,12 @@ import time
 import warnings
 from pathlib import Path
 
-from training.data.cache import open_slice_cache
-from training.data.errors import DataError
+from training.data.errors import DataError, one_line_errors
 from training.data.loader import LAYOUTS, load_dataset
 from training.data.phantoms import SHIFTED, STANDARD, write_phantom_dataset
-from training.data.preprocess import PreprocessConfig, load_preprocess_config
 from training.data.records import Dataset
 from training.data.splits import make_splits
 from training.data.summary import patient_table, summarize
-from training.data.errors import one_line_errors
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser, on_error: str) -> None:
@@ -62,6 +59,9 @@ def _phantoms(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from training.data.cache import open_slice_cache  # torch: only for this command
+    from training.data.preprocess import PreprocessConfig, load_preprocess_config
+
     dataset, problems = _load(args)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)

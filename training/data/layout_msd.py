@@ -11,20 +11,25 @@ from training.data.scan import (CaseFiles, LayoutScan, check_num_training, check
                                 parse_channel_names, parse_labels, read_dataset_json)
 
 
+FOLLOW_LINKS_ENV = "STYLEPAIR_FOLLOW_LINKS"  # allow symbolic links out of a dataset folder
+
+
 def _resolve(root: Path, relative: object, json_path: Path, index: int, key: str) -> Path:
-    """The file ``relative`` names, which must lie inside the dataset folder: an absolute path, a
-    ``..`` or a symbolic link leading out of it is refused (a dataset.json must not make the reader
-    open other files of the machine)."""
+    """The file ``relative`` names, which must lie inside the dataset folder: an absolute path or a
+    ``..`` leading out of it is refused (a dataset.json must not make the reader open other files
+    of the machine), and so is a symbolic link out of it unless ``$STYLEPAIR_FOLLOW_LINKS`` is set."""
     if not isinstance(relative, str) or not relative:
         raise DatasetError(json_path, f"training[{index}] has no '{key}' path")
     if os.path.isabs(relative):
         raise DatasetError(json_path, f"training[{index}].{key} = {relative!r} is an absolute path; paths must be "
                                       f"relative to the dataset folder")
     path = Path(os.path.normpath(root / relative))
-    inside = root.resolve()
-    if inside not in path.resolve().parents:
+    if root.resolve() not in path.parent.resolve().parents and path.parent.resolve() != root.resolve():
         raise DatasetError(json_path, f"training[{index}].{key} = {relative!r} leads outside the dataset folder "
                                       f"{root}")
+    if root.resolve() not in path.resolve().parents and not os.environ.get(FOLLOW_LINKS_ENV):
+        raise DatasetError(json_path, f"training[{index}].{key} = {relative!r} is a link that leads outside the "
+                                      f"dataset folder {root} (set {FOLLOW_LINKS_ENV}=1 to follow such links)")
     return path
 
 

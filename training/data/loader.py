@@ -121,7 +121,8 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
     for err in errors:
         warnings.warn(f"skipping patient {err.case_id}: {err}", DataWarning, stacklevel=2)
     if not patients:
-        raise DatasetError(root, f"no usable patients ({len(errors)} skipped)")
+        reasons = "; ".join(str(err) for err in errors[:3]) + ("; …" if len(errors) > 3 else "")
+        raise DatasetError(root, f"no usable patients ({len(errors)} skipped: {reasons})")
     label_values, label_names = scan.label_values, scan.label_names
     if label_values is None:
         label_values, label_names = _discovered_labels(patients, root)
