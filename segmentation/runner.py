@@ -64,6 +64,7 @@ from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.procedural_sampling import synthesise_to_directory
 from training.sampling import QualityGateError, load_source, sample_to_directory
+from training.sampling import resolve_device as resolve_sampling_device
 from training.synthetic_dataset import SamplingSettings
 
 RESULT_FORMAT = 1
@@ -769,17 +770,12 @@ class StudySummary:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; other names as given (`StudyConfigError` when
-    unknown, or CUDA without a GPU)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`training.sampling.resolve_device` with the study's error type (`StudyConfigError` for an
+    unknown name, or CUDA without a GPU)."""
     try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise StudyConfigError(f"--device {device!r}: {exc}") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise StudyConfigError(f"--device {device!r}: CUDA is not available on this machine (use cpu or auto)")
-    return chosen
+        return resolve_sampling_device(device)
+    except ValueError as exc:
+        raise StudyConfigError(str(exc)) from None
 
 
 @contextlib.contextmanager
