@@ -307,7 +307,10 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
     if n_rows == 0:
         chosen = f" of class {config.class_name!r}" if config.class_name is not None else ""
         filters = f" matching {', '.join(map(str, config.filters))}" if config.filters else ""
-        raise ValueError(f"{source}: no rows{chosen}{filters}")
+        classes = sorted({row[config.class_column] for row in rows}, key=natural_key) \
+            if config.class_name is not None else []
+        known = f" (classes in the file: {', '.join(classes)})" if classes else ""
+        raise ValueError(f"{source}: no rows{chosen}{filters}{known}")
 
     blocks = tuple(sorted({b for b, _ in cells}, key=lambda t: tuple(map(natural_key, t))))
     conditions = tuple(sorted({c for _, c in cells}, key=lambda t: tuple(map(natural_key, t))))

@@ -245,3 +245,9 @@ def test_arm_names_cannot_break_the_markdown_or_inject_html(tmp_path):
     assert not any("<script>" in line for line in report)
     page = (tmp_path / "cases_report" / "report.html").read_text()
     assert "a|b&lt;script&gt;" in page and "<script>x" not in page and page.count("<script>") == 1  # the sort script
+
+
+def test_an_unknown_class_lists_the_valid_ones(tmp_path, capsys):
+    write_synthetic_cases(tmp_path / "cases.csv")
+    assert main([str(tmp_path), "--class", "tumor", "--no-plots"]) == 2
+    assert "no rows of class 'tumor' (classes in the file: foreground, tumour)" in capsys.readouterr().err
