@@ -466,8 +466,12 @@ def _study_lines(study: dict) -> list[str]:
     empty = {"exclude": "a test patient without a class is left out of that class's scores",
              "score": "a test patient without a class scores 1 (nothing predicted) or 0 (a false detection)"
              }.get(study.get("empty_class", "score"), "?")
+    missed = {"diagonal": "HD95 of a missed structure = the test volume's diagonal in mm",
+              "exclude": "HD95 of a missed structure left out (counted as empty values)"}.get(
+                  study.get("hd95_missed", ""), "HD95 of a missed structure = inf (ranks last)")
     return [f"- Study `{study.get('name', '?')}`: budget {budget}; batches {mix}; tested model: {selection}; "
-            f"{empty}; {study.get('repeats', 1)} repeat(s), each block (dataset × fold × repeat) with its own seed"]
+            f"{empty}; {missed}; {study.get('repeats', 1)} repeat(s), each block (dataset × fold × repeat) with its "
+            f"own seed"]
 
 
 def _markdown_setup(context: _Context) -> list[str]:

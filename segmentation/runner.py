@@ -530,6 +530,7 @@ def run_config(run: Run, config: StudyConfig) -> dict:
         "empty_class": config.empty_class, "seed_scheme": SEED_SCHEME,
         **({"test_datasets": [dataclasses.asdict(t) for t in config.test_datasets]} if config.test_datasets else {}),
         **({"nsd_tolerance_mm": config.nsd_tolerance_mm} if "nsd" in config.metrics else {}),
+        **({"hd95_missed": config.hd95_missed} if "hd95" in config.metrics else {}),
     }, default=list))
 
 
@@ -628,6 +629,7 @@ def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_i
             reference = label_map[reference].astype(np.uint8)
         prediction = predict_volume(model, images, config.train.batch_size, device)
         spacing = real.cache.case_info(case_id).slice_spacing
+        diagonal = float(np.linalg.norm(np.array(reference.shape) * np.array(spacing)))
         present = {name: bool((reference == index).any()) for index, name in enumerate(names)}
         present[FOREGROUND] = bool((reference > 0).any())
         tolerances = (config.nsd_tolerance_mm or {}) if "nsd" in config.metrics else None
@@ -638,6 +640,8 @@ def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_i
             row = {"test_set": test_set, "case": case_id, "class": score.name, "in_reference": present[score.name]}
             for column in SCORE_COLUMNS:
                 value = getattr(score, column)
+                if column == "hd95" and math.isinf(value):  # a missed structure: see hd95_missed
+                    value = diagonal if config.hd95_missed == "diagonal" else math.nan
                 row[column] = _json_number(value if scored or column == "false_positive" else math.nan)
             rows.append(row)
     return rows

@@ -37,6 +37,7 @@ keys anywhere are errors naming the key)::
                                    # false_positive, lesion_sensitivity per case and class)
     nsd_tolerance_mm: {default: 2.0, core: 1.0}   # NSD tolerance per class name (default: 2 mm)
     empty_class: exclude           # a class absent from a test patient's reference: exclude | score
+    hd95_missed: diagonal          # HD95 of a structure the model missed: the image diagonal in mm | exclude
 
 The preprocessing's slice-selection fields (drop_end_slices, drop_empty_slices, ...) only concern
 GAN training: the study trains on every slice of its training patients and tests whole volumes.
@@ -66,6 +67,7 @@ CONTROLS = ("oracle", "noise", "shuffled")
 BUDGETS = ("steps", "epochs")
 VALIDATIONS = ("fold", "own", "none")
 EMPTY_CLASS = ("exclude", "score")
+HD95_MISSED = ("diagonal", "exclude")
 BASELINE_ARM = "real"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MULTIPLE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
@@ -233,6 +235,9 @@ class StudyConfig:
     """A whole study; see the module docstring for the YAML.
 
     nsd_tolerance_mm: NSD tolerance in mm per class name, "default" for the rest (None: 2 mm for all).
+    hd95_missed: the HD95 of a structure the reference has and the prediction misses: "diagonal"
+    (the test volume's diagonal in mm, the largest distance there is -- a number every statistic can
+    use, as several challenges score it) or "exclude" (left out; the report counts empty values).
     empty_class: how a test patient whose reference lacks a class scores for that class: "exclude"
     (no Dice / HD95 for that patient and class; the report counts them) or "score" (Dice 1 when
     nothing is predicted either, 0 for a false detection; `segmentation.evaluation`).
@@ -253,6 +258,7 @@ class StudyConfig:
     metrics: tuple[str, ...] = ("dice", "hd95")
     nsd_tolerance_mm: dict | None = None
     empty_class: str = "exclude"
+    hd95_missed: str = "diagonal"
 
     def dataset(self, name: str) -> DatasetSpec:
         """The dataset called ``name`` (KeyError when absent)."""
@@ -503,7 +509,8 @@ def _check(config: StudyConfig, read: _Reader) -> None:
     if train.iterations < 1 or train.batch_size < 1 or train.val_every < 1 or train.learning_rate <= 0:
         raise read.fail("train", "iterations, batch_size, val_every must be >= 1 and learning_rate > 0")
     for key, value, allowed in (("train.budget", train.budget, BUDGETS), ("train.validation", train.validation,
-                                VALIDATIONS), ("empty_class", config.empty_class, EMPTY_CLASS)):
+                                VALIDATIONS), ("empty_class", config.empty_class, EMPTY_CLASS),
+                               ("hd95_missed", config.hd95_missed, HD95_MISSED)):
         if value not in allowed:
             raise read.fail(key, f"choose from {list(allowed)}, got {value!r}")
     if (train.budget == "epochs") != (train.epochs is not None):

@@ -554,3 +554,27 @@ def test_the_committed_generators_are_checked_by_content_against_the_test_set(tm
         "splits.folds=[0]", "train.iterations=2"])
     with pytest.raises(StudyDataError, match=r"tiny-baseline was trained on \d of this study.s test patients"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
+
+
+@pytest.mark.parametrize("convention", ["diagonal", "exclude"])
+def test_a_missed_structure_has_a_usable_hd95(sources, tmp_path, convention):
+    import torch
+
+    class Background(torch.nn.Module):  # predicts nothing but background: every structure is missed
+        out_channels = len(PHANTOM_LABELS)
+
+        def forward(self, images):
+            logits = torch.zeros(images.shape[0], self.out_channels, *images.shape[2:])
+            logits[:, 0] = 1.0
+            return logits
+
+    config = micro_config(sources, "arms=[]", f"hd95_missed={convention}")
+    real = runner.load_real(config.datasets[0], config, tmp_path)
+    case = real.splits.test[0]
+    rows = runner.score_test_patients(Background(), real, [case], config, torch.device("cpu"))
+    missed = [r for r in rows if r["in_reference"]]
+    assert missed and all(r["dice"] == 0.0 for r in missed)
+    images, labels = real.cache.volume(case)
+    diagonal = float(np.linalg.norm(np.array(labels.shape) * np.array(real.cache.case_info(case).slice_spacing)))
+    assert all((r["hd95"] is None) if convention == "exclude" else r["hd95"] == pytest.approx(diagonal)
+               for r in missed)
