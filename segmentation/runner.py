@@ -213,7 +213,22 @@ def load_synthetic(arm: ArmSpec, folder: Path, real: RealData, needed: int, cach
     if len(dataset.patients) < needed:
         raise StudyDataError(f"{folder}: arm {arm.name!r} needs {needed} synthetic patients, the folder holds "
                              f"{len(dataset.patients)}")
+    warning = resolution_warning(arm.name, dataset, real.spec.preprocess.resolution)
+    if warning:
+        print(warning, file=sys.stderr)
     return SyntheticData(arm, folder, dataset, open_slice_cache(dataset, real.spec.preprocess, cache_dir))
+
+
+def resolution_warning(arm: str, synthetic: Dataset, resolution: int) -> str | None:
+    """A warning when a synthetic arm's patients are coarser in-plane than the study's slices (a 32-px
+    generator in a 256-px study): they are resampled up to the study's resolution, so they train the
+    U-Net on blurred anatomy.  None when they are as fine or finer."""
+    in_plane = min(max(p.shape[:2]) for p in synthetic.patients)
+    if in_plane >= resolution:
+        return None
+    return (f"warning: arm {arm!r}: its patients are {in_plane} px in-plane and the study trains at {resolution} px: "
+            f"they are upsampled {resolution / in_plane:.1f}x (blurred); sample them on the real grid, or study at "
+            f"{in_plane} px")
 
 
 def sample_gan_arm(arm: ArmSpec, patients: int, out_dir: Path, seed: int, device: str, progress: bool) -> Path:

@@ -578,3 +578,16 @@ def test_a_missed_structure_has_a_usable_hd95(sources, tmp_path, convention):
     diagonal = float(np.linalg.norm(np.array(labels.shape) * np.array(real.cache.case_info(case).slice_spacing)))
     assert all((r["hd95"] is None) if convention == "exclude" else r["hd95"] == pytest.approx(diagonal)
                for r in missed)
+
+
+def test_a_coarser_synthetic_arm_is_named_with_what_the_study_does(sources, tmp_path, capsys):
+    coarse = write_phantom_dataset(tmp_path / "coarse", n_patients=4, shape=(8, 8, 8), seed=3, layout="nnunet")
+    config = micro_config({"coarse": coarse}, "k=[2]", "splits.folds=[0]", "train.iterations=1",
+                          "train.val_every=1")
+    run_study(config, tmp_path / "r", device="cpu", progress=False, threads=1)
+    assert ("arm 'coarse': its patients are 8 px in-plane and the study trains at 16 px: they are upsampled 2.0x"
+            in capsys.readouterr().err)
+    capsys.readouterr()
+    run_study(micro_config(sources, "k=[2]", "splits.folds=[0]", "train.iterations=1", "train.val_every=1"),
+              tmp_path / "r2", device="cpu", progress=False, threads=1)
+    assert "upsampled" not in capsys.readouterr().err
