@@ -685,3 +685,15 @@ def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, runs, capsys):
         cli_main(["--gan", str(runs["baseline"]), "--patients", "1", "--out", str(tmp_path / "o"), "--device", "cuda"])
     assert exit_info.value.code == 2
     assert "--device 'cuda': CUDA is not available on this machine (use cpu or auto)" in capsys.readouterr().err
+
+
+def test_preview_wraps_a_long_legend_and_keeps_the_voxel_aspect(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 116, size=(20, 10, 6))  # an atlas with 116 labels, 2:1 anisotropic in-plane
+    case = PreviewCase("atlas", rng.random((1, 20, 10, 6)).astype(np.float32), labels, (1.0, 2.0, 3.0))
+    path = write_preview(tmp_path / "p.png", [("atlas", [case])], ["T1"], list(range(116)),
+                         [f"region_{i}" for i in range(116)], slices_per_case=2)
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    assert height > 2 * 130  # the legend wrapped into rows below the images instead of one cut-off line
+    assert width < 2000

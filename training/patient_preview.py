@@ -14,11 +14,13 @@ from training.synthetic_dataset import FILE_ENDING, atomic_write_bytes
 
 @dataclass
 class PreviewCase:
-    """One patient of a preview: images [M, X, Y, Z] (any units), labels [X, Y, Z] real values."""
+    """One patient of a preview: images [M, X, Y, Z] (any units), labels [X, Y, Z] real values,
+    spacing (mm, 3) so that anisotropic voxels are drawn with their true aspect (None: square)."""
 
     name: str
     images: np.ndarray
     labels: np.ndarray
+    spacing: tuple[float, float, float] | None = None
 
 
 def read_case(root: Path, case_id: str, n_modalities: int) -> PreviewCase:
@@ -26,8 +28,9 @@ def read_case(root: Path, case_id: str, n_modalities: int) -> PreviewCase:
     root = Path(root)
     images = np.stack([np.asarray(nib.load(root / "imagesTr" / f"{case_id}_{m:04d}{FILE_ENDING}").dataobj,
                                   dtype=np.float32) for m in range(n_modalities)])
-    labels = np.asarray(nib.load(root / "labelsTr" / f"{case_id}{FILE_ENDING}").dataobj)
-    return PreviewCase(case_id, images, labels)
+    label_image = nib.load(root / "labelsTr" / f"{case_id}{FILE_ENDING}")
+    spacing = tuple(float(z) for z in label_image.header.get_zooms()[:3])
+    return PreviewCase(case_id, images, np.asarray(label_image.dataobj), spacing)
 
 
 def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]], modalities: Sequence[str],
@@ -52,7 +55,9 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
                              f"do not match [{len(modalities)}, X, Y, Z] and [X, Y, Z]")
     colours = [colormaps["tab10"].colors[i % 10] for i in range(len(label_values))]
     columns = slices_per_case * (len(modalities) + 1)
-    height = 1.3 * len(cases) + 0.5
+    legend_columns = max(1, min(len(label_values) - 1, columns, 8))
+    legend_rows = -(-max(1, len(label_values) - 1) // legend_columns)  # wrapped: 116 atlas labels fit too
+    height = 1.3 * len(cases) + 0.25 + 0.2 * legend_rows
     figure = Figure(figsize=(1.25 * columns, height), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(cases), columns, squeeze=False)
@@ -61,8 +66,8 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
                    ListedColormap(colours), slices_per_case, long_titles=row == 0)
     handles = [Patch(color=colours[i], label=f"{value}: {name}")
                for i, (value, name) in enumerate(zip(label_values, label_names)) if i > 0]
-    figure.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.3 / height, 1, 1))
+    figure.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, (0.1 + 0.2 * legend_rows) / height, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(Path(path), buffer.getvalue())
@@ -85,12 +90,13 @@ def _draw_case(axes: Sequence, title: str, case: PreviewCase, modalities: Sequen
             ax.set_yticks([])
             shown = min(m, M - 1)
             low, high = windows[shown]
+            aspect = 1.0 if case.spacing is None else case.spacing[1] / case.spacing[0]  # drawn rows are y
             ax.imshow(case.images[shown, :, :, k].T, cmap="gray", vmin=low, vmax=max(high, low + 1e-6),
-                      origin="lower")
+                      origin="lower", aspect=aspect)
             if m == M:
                 overlay = np.ma.masked_equal(indices[:, :, k].T, 0)
                 ax.imshow(overlay, cmap=label_cmap, vmin=0, vmax=len(label_values) - 1, alpha=0.55,
-                          origin="lower", interpolation="nearest")
+                          origin="lower", interpolation="nearest", aspect=aspect)
             name = modalities[m] if m < M else "mask"
             ax.set_title(f"{name}\nz {k + 1}/{depth}" if long_titles else f"z {k + 1}/{depth}",
                          fontsize=7 if long_titles else 6)

@@ -135,6 +135,7 @@ def _preview(out_dir: Path, dataset: Dataset, log: dict) -> Path:
     for record in log["patients"][:PREVIEW_CASES]:
         synthetic = read_case(out_dir, record["case_id"], len(dataset.modalities))
         source = volume_patient(dataset, record["sources"][0])
-        rows += [(f"source {source.case_id}", [PreviewCase(source.case_id, source.images, source.labels)]),
+        rows += [(f"source {source.case_id}", [PreviewCase(source.case_id, source.images, source.labels,
+                                                           tuple(source.spacing))]),
                  (f"{log['synthesiser']}", [synthetic])]
     return write_preview(out_dir / PREVIEW_NAME, rows, dataset.modalities, dataset.label_values, dataset.label_names)

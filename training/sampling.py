@@ -578,7 +578,7 @@ def _write_preview(out_dir: Path, source: SamplingSource, case_ids: list[str], r
         if real.label_values != data.label_values:
             raise ValueError(f"{real_root}: label values {real.label_values} differ from the generator's "
                              f"{data.label_values}")
-        groups.append(("real", [PreviewCase(p.case_id, p.load_images(), p.load_label())
+        groups.append(("real", [PreviewCase(p.case_id, p.load_images(), p.load_label(), p.spacing)
                                 for p in real.patients[:PREVIEW_PATIENTS]]))
     return write_preview(out_dir / PREVIEW_NAME, groups, data.modalities, data.label_values, data.label_names)
 
