@@ -10,8 +10,9 @@ import numpy as np
 
 from segmentation.grid import Run, describe_grid, parse_shard, shard
 from segmentation.power import blocks_needed, describe_design
-from segmentation.runner import (StudyDataError, check_results_folder, mean_dice_table, plan_runs, read_results,
-                                 resolve_device, run_study, run_study_parallel, torch_threads)
+from segmentation.runner import (StudyDataError, check_folder_arms, check_results_folder, mean_dice_table,
+                                 plan_runs, read_results, resolve_device, run_study, run_study_parallel,
+                                 torch_threads)
 from segmentation.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.stats import compare_paired_to_control
 from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         runs, datasets = plan_runs(config, results)
         design, refusal = check_design(runs, results if args.dry_run else None)
         if args.dry_run:
+            check_folder_arms(config, datasets)  # what the real run would refuse, the dry run refuses too
             mine = shard(runs, index, count)
             print(describe_grid(mine))
             if count > 1:

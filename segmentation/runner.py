@@ -202,6 +202,20 @@ def check_compatible(real: Dataset, synthetic: Dataset, folder: Path) -> None:
                              f"dataset {real.name!r} label names {real.label_names}")
 
 
+def check_folder_arms(config: StudyConfig, datasets: dict[str, Dataset]) -> None:
+    """What the real run checks of every folder arm, from headers only (for ``--dry-run``): the
+    folder exists and its channels and labels are the real dataset's (`check_compatible`)."""
+    for arm in config.arms:
+        if arm.folder is None:
+            continue
+        folder = Path(arm.folder)
+        if not folder.is_dir():
+            raise StudyDataError(f"{folder}: synthetic dataset folder of arm {arm.name!r} does not exist")
+        synthetic = load_dataset(folder, layout="auto", check_voxels=False)
+        for real in datasets.values():
+            check_compatible(real, synthetic, folder)
+
+
 def load_synthetic(arm: ArmSpec, folder: Path, real: RealData, needed: int, cache_dir: Path | None = None
                    ) -> SyntheticData:
     """Read a synthetic nnU-Net folder, check it against the real data and that it holds at least

@@ -1,4 +1,5 @@
 """Study YAML -> StudyConfig (clear errors naming the key), overrides, the grid, shards, the CLI."""
+import json
 from pathlib import Path
 
 import pytest
@@ -163,7 +164,7 @@ def test_cli_bad_config_exits_with_message(tmp_path, capsys):
 def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
     results = tmp_path / "results"
     main([str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(results), "--device", "cpu", "--threads", "1",
-          "--synthetic", f"other={tmp_path / 'not-needed-for-a-dry-run'}", "--set", "train.iterations=5",
+          "--synthetic", f"other={phantom_folder(tmp_path)}", "--set", "train.iterations=5",
           "--allow-weak-design"])
     out = capsys.readouterr().out
     assert "2 blocks x 2 comparisons: can never reach p < 0.05 after Holm (needs >= 7 blocks)" in out
@@ -189,7 +190,7 @@ def test_with_synthetic_folders_replaces_or_appends(tmp_path):
 
 def test_dry_run_refuses_a_design_that_can_never_reject_and_names_the_fix(tmp_path, capsys):
     argv = [str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(tmp_path / "r"), "--device", "cpu",
-            "--synthetic", f"other={tmp_path / 'x'}"]
+            "--synthetic", f"other={phantom_folder(tmp_path)}"]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err
@@ -231,3 +232,26 @@ def test_synthetic_only_cells_have_no_baseline_and_no_arm_made_from_real_patient
                                                                       ("lesions", 3), ("lesions", 2)}
     with pytest.raises(StudyConfigError, match="all made from the run's real training patients"):
         study_config_from_dict(_minimal(arms=[lesions], k=[3], n_real=[0, 2]))
+
+
+def phantom_folder(tmp_path, modalities=None):
+    """A small synthetic-arm folder (nnU-Net layout) with the micro study's channels and labels."""
+    from training.data import write_phantom_dataset
+
+    folder = write_phantom_dataset(tmp_path / "arm", n_patients=4, shape=(32, 32, 8), seed=9, layout="nnunet")
+    if modalities is not None:
+        meta = json.loads((folder / "dataset.json").read_text())
+        meta["channel_names"] = {str(i): m for i, m in enumerate(modalities)}
+        (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_dry_run_checks_a_synthetic_folder_as_the_real_run_does(tmp_path, capsys):
+    argv = [str(CONFIGS / "micro.yaml"), "--dry-run", "--results", str(tmp_path / "r"), "--allow-weak-design"]
+    with pytest.raises(SystemExit):
+        main(argv + ["--synthetic", f"other={tmp_path / 'missing'}"])
+    assert "does not exist" in capsys.readouterr().err
+    renamed = phantom_folder(tmp_path, modalities=["t1", "t1ce", "t2", "flair"])
+    with pytest.raises(SystemExit):
+        main(argv + ["--synthetic", f"other={renamed}"])
+    assert "synthetic channels ['t1', 't1ce', 't2', 'flair'] differ from" in capsys.readouterr().err
