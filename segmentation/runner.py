@@ -680,6 +680,10 @@ def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_i
 # Results on disk
 
 
+RESULT_ENTRIES = frozenset({"study.json", "data.json", "cases.csv", "runs", "splits", "tensorboard", "synthetic",
+                            "report"})
+
+
 def check_results_folder(results: Path) -> None:
     """`StudyDataError` unless ``results`` is new, empty, or a results folder of a study (it holds the
     study.json the study writes first): runs are never written into a dataset or a user's folder."""
@@ -687,7 +691,10 @@ def check_results_folder(results: Path) -> None:
         raise StudyDataError(f"--results {results}: is a file, not a folder")
     if not results.is_dir() or (results / "study.json").is_file():
         return
-    entries = sorted(p.name for p in results.iterdir())
+    # what other shards starting at the same moment may already have written (study.json is written
+    # atomically, so its temporary file can be there before it is)
+    entries = sorted(p.name for p in results.iterdir() if p.name not in RESULT_ENTRIES
+                     and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock"))))
     if not entries:
         return
     dataset = "dataset.json" in entries or "imagesTr" in entries
