@@ -883,15 +883,21 @@ def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard
                  device: torch.device, progress: bool, ran: list[str], accept_changed_data: bool) -> None:
     """Prepare the data, then train, test and write each pending run (its id appended to ``ran``)."""
     data = prepare_data(config, grid, results, str(device), progress, accept_changed_data)
-    last_rebuild = time.monotonic()
+    last_rebuild = started = time.monotonic()
+    log_lines = progress and not sys.stderr.isatty()  # under nohup or a scheduler: a line per run, no bar
     with tqdm(total=shard_size, initial=shard_size - len(pending), desc=f"study {config.name}", unit="run",
               disable=None if progress else True) as bar:
-        for run in pending:
+        for index, run in enumerate(pending, start=1):
             bar.set_postfix_str(run.run_id)
             record = execute_run(run, config, data, results, device, progress)
             atomic_write_json(run_path(results, run), record)
             ran.append(run.run_id)
             bar.update(1)
+            if log_lines:
+                per_run = (time.monotonic() - started) / index
+                print(f"study {config.name}: {shard_size - len(pending) + index}/{shard_size} runs, {run.run_id} "
+                      f"done in {record['wall_seconds']:.1f} s, {per_run:.1f} s/run, ETA "
+                      f"{per_run * (len(pending) - index) / 60:.1f} min", file=sys.stderr, flush=True)
             if time.monotonic() - last_rebuild >= CSV_REBUILD_SECONDS:  # reading every JSON costs
                 rebuild_cases_csv(results)
                 last_rebuild = time.monotonic()

@@ -591,3 +591,12 @@ def test_a_coarser_synthetic_arm_is_named_with_what_the_study_does(sources, tmp_
     run_study(micro_config(sources, "k=[2]", "splits.folds=[0]", "train.iterations=1", "train.val_every=1"),
               tmp_path / "r2", device="cpu", progress=False, threads=1)
     assert "upsampled" not in capsys.readouterr().err
+
+
+def test_a_study_in_a_log_file_writes_a_progress_line_per_run(sources, tmp_path, capsys):
+    config = micro_config(sources, "arms=[]", "splits.folds=[0]", "train.iterations=1", "train.val_every=1",
+                          "repeats=2")
+    run_study(config, tmp_path, device="cpu", progress=True, threads=1)  # pytest's stderr is not a terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study micro: ")]
+    assert len(lines) == 2 and lines[-1].startswith("study micro: 2/2 runs, phantom-f0-r1-real-k0-nall done in ")
+    assert "s/run, ETA 0.0 min" in lines[-1]
