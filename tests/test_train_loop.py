@@ -319,3 +319,11 @@ def test_absurd_sizes_in_a_config_are_refused_before_any_allocation(capsys, tmp_
     from training.data.cli import main as data_main
     assert data_main(["cache", phantoms, "--resolution", "65536"]) == 1
     assert "resolution must lie in 4..4096" in capsys.readouterr().err
+
+
+def test_a_training_in_a_log_file_writes_a_line_per_tick(tmp_path, phantoms, capsys):
+    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path / "run"),
+                        "--kimg", "0.008"]) == 0  # pytest's stderr is not a terminal
+    ticks = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tick: ")]
+    assert len(ticks) >= 2 and ticks[-1].startswith("tick: 0.008/0.008 kimg, ")
+    assert "sec_per_kimg" in ticks[-1] and "ETA 0.0 min" in ticks[-1]

@@ -100,6 +100,7 @@ class TrainingMonitor:
                  enabled: bool = True, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.total_kimg = total_kimg
         self.writer = None
         self.bar = None
         if not enabled:
@@ -141,10 +142,16 @@ class TrainingMonitor:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(key, value, global_step=nimg)
             self.writer.flush()
+        shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
+                 if k in ("loss/G", "loss/D", "timing/sec_per_kimg", "augment/p")}
         if self.bar is not None and not self.bar.disable:
-            shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
-                     if k in ("loss/G", "loss/D", "timing/sec_per_kimg", "augment/p")}
             self.bar.set_postfix(shown, refresh=True)
+        elif self.bar is not None:  # no terminal (nohup, a scheduler's log): one line per tick instead of a bar
+            kimg = nimg / 1000.0
+            rate = stats.get("timing/sec_per_kimg", math.nan)
+            eta = (self.total_kimg - kimg) * rate / 60 if math.isfinite(rate) else math.nan
+            print(f"tick: {kimg:.3f}/{self.total_kimg:g} kimg, " + ", ".join(f"{k} {v}" for k, v in shown.items())
+                  + f", ETA {eta:.1f} min", file=sys.stderr, flush=True)
 
     def log_samples(self, images: np.ndarray | None, labels: np.ndarray, names: list[str],
                     nimg: int, tag: str = "samples") -> Path | None:
