@@ -32,6 +32,17 @@ def name_code(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+def arm_entropy(run: "Run") -> list[int]:
+    """The entropy of what arm ``run.arm`` draws or makes in ``run``'s block (a ``default_rng``
+    seed): distinct per block and arm, the same for every k of that arm in the block (nested draws)."""
+    return [run.seed, name_code(run.arm)]
+
+
+def arm_seed(run: "Run") -> int:
+    """`arm_entropy` as one integer, for code that takes an int seed."""
+    return int(np.random.SeedSequence(arm_entropy(run)).generate_state(1)[0])
+
+
 def block_seed(study_seed: int, dataset: str, fold: int, repeat: int) -> int:
     """The run seed of block (dataset, fold, repeat): in [0, 2^31), distinct blocks get unrelated
     seeds (a hash of all four), and no arm or k enters it."""
@@ -56,6 +67,13 @@ class Run:
     n_real: int
     n_real_requested: int | None
     seed: int
+
+    @property
+    def block_name(self) -> str:
+        """The block and n of the run, e.g. ``phantom-f0-r1-n2`` (``nall`` for whole folds): the
+        folder name of what is made per block (procedural patients)."""
+        n = "all" if self.n_real_requested is None else str(self.n_real)
+        return f"{self.dataset}-f{self.fold}-r{self.repeat}-n{n}"
 
     @property
     def run_id(self) -> str:

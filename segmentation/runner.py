@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from segmentation.controls import NoiseSlices, ShuffledLabelSlices, oracle_seed, shuffled_pairs
 from segmentation.evaluation import FOREGROUND, evaluate_case, predict_volume
-from segmentation.grid import SEED_SCHEME, Run, expand_grid, max_synthetic, name_code, shard
+from segmentation.grid import SEED_SCHEME, Run, arm_entropy, arm_seed, expand_grid, max_synthetic, shard
 from segmentation.provenance import ChangedDataError, cache_fingerprints, check_and_record
 from segmentation.study_config import (BASELINE_ARM, PHANTOMS, ArmSpec, DatasetSpec, StudyConfig,
                                        StudyConfigError, fingerprint)
@@ -145,6 +145,7 @@ class StudyData:
     test_sets: dict[str, list[TestSet]] = field(default_factory=dict)
     accept_changed_data: bool = False
     fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
+    procedural_blocks: dict[str, tuple[SyntheticData, dict[str, list[str]]]] = field(default_factory=dict)
     procedural_patients: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
 
 
@@ -410,8 +411,7 @@ def _run_fingerprints(run: Run, config: StudyConfig, data: StudyData, patients: 
     out = {"real": {c: real[c] for c in (*patients.train_real, *patients.val, *patients.test) if c in real}}
     if run.arm != BASELINE_ARM:
         arm = config.arm(run.arm)
-        n = "all" if run.n_real_requested is None else run.n_real
-        key = (f"procedural/{arm.name}/{run.dataset}-f{run.fold}-r{run.repeat}-n{n}" if arm.procedural is not None
+        key = (f"procedural/{arm.name}/{run.block_name}" if arm.procedural is not None
                else f"synthetic/{run.dataset}/{arm.name}")
         synthetic = data.fingerprints.get(key, {})
         out["synthetic"] = {c: synthetic[c] for c in patients.train_synthetic if c in synthetic}
@@ -462,17 +462,16 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
         train = _ordered_subset(train, run.n_real, [run.seed])
     synthetic: list[str] = []
     if run.arm != BASELINE_ARM:
-        arm_seed = [run.seed, name_code(run.arm)]
         control = config.arm(run.arm).control
         if config.arm(run.arm).procedural is not None:
             synthetic = [f"SYN_{j:04d}" for j in range(run.n_synthetic)]  # the block's own, nested in k
         elif control == "noise":
             synthetic = [f"noise_{j:04d}" for j in range(run.n_synthetic)]
         elif control == "shuffled":
-            synthetic = [f"{a}<labels:{b}" for a, b in shuffled_pairs(train, run.n_synthetic, arm_seed)]
+            synthetic = [f"{a}<labels:{b}" for a, b in shuffled_pairs(train, run.n_synthetic, arm_entropy(run))]
         else:
             source = data.synthetic[(run.dataset, run.arm)].dataset
-            synthetic = _ordered_subset(source.case_ids, run.n_synthetic, arm_seed)
+            synthetic = _ordered_subset(source.case_ids, run.n_synthetic, arm_entropy(run))
     val = {"fold": list(fold.val), "own": list(train), "none": []}[config.train.validation]
     return RunPatients(train, synthetic, val, list(real.splits.test))
 
@@ -481,16 +480,18 @@ def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: R
                      ) -> tuple[SyntheticData, dict[str, list[str]]]:
     """The procedural patients of ``run``'s block, made on first use (under a lock: shards share
     them) from the block's real training patients only, and checked to be made from nothing else;
-    with the recorded real source patients of each synthetic one."""
+    with the recorded real source patients of each synthetic one.  Every k of the block reuses what
+    the first of them made, read, checked and recorded (kept in ``data``)."""
+    key = f"procedural/{run.arm}/{run.block_name}"
+    if key in data.procedural_blocks:
+        return data.procedural_blocks[key]
     arm, real = config.arm(run.arm), data.real[run.dataset]
-    n = "all" if run.n_real_requested is None else run.n_real
-    folder = results / "synthetic" / "procedural" / arm.name / f"{run.dataset}-f{run.fold}-r{run.repeat}-n{n}"
+    folder = results / "synthetic" / "procedural" / arm.name / run.block_name
     count = data.procedural_patients[(run.dataset, arm.name, run.n_real_requested)]
-    seed = int(np.random.SeedSequence([run.seed, name_code(arm.name)]).generate_state(1)[0])
     with file_lock(folder.parent / f".{folder.name}.lock"):
         try:
             report = synthesise_to_directory(real.dataset, patients.train_real, arm.procedural, arm.config, count,
-                                             seed, folder, progress=False)
+                                             arm_seed(run), folder, progress=False)
         except (ProceduralError, ValueError) as exc:
             raise StudyDataError(f"arm {arm.name!r} ({arm.procedural} into {folder}): {exc}") from exc
     leaked = sorted({s for sources in report.sources.values() for s in sources} - set(patients.train_real))
@@ -498,9 +499,10 @@ def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: R
         raise StudyDataError(f"{folder}: procedural patients were made from {leaked}, which are not this block's "
                              f"real training patients (validation or test patients must never reach a synthesiser); "
                              f"delete the folder to make it again")
-    block = load_synthetic(arm, folder, real, run.n_synthetic, results / "synthetic" / ".slice_cache")
-    _record_data(results, {f"procedural/{arm.name}/{folder.name}": cache_fingerprints(block.cache)}, data)
-    return block, report.sources
+    block = load_synthetic(arm, folder, real, count, results / "synthetic" / ".slice_cache")
+    _record_data(results, {key: cache_fingerprints(block.cache)}, data)
+    data.procedural_blocks[key] = block, report.sources
+    return data.procedural_blocks[key]
 
 
 def synthetic_slices(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients, results: Path
@@ -517,7 +519,7 @@ def synthetic_slices(run: Run, config: StudyConfig, data: StudyData, patients: R
         per_patient = max(1, round(len(real.cache) / len(real.dataset.case_ids)))
         return NoiseSlices(run.n_synthetic, per_patient, len(real.dataset.modalities),
                            real.spec.preprocess.resolution, len(real.dataset.label_values),
-                           seed=int(np.random.SeedSequence([run.seed, name_code(run.arm)]).generate_state(1)[0])), {}
+                           seed=arm_seed(run)), {}
     if control == "shuffled":
         pairs = [tuple(name.split("<labels:")) for name in patients.train_synthetic]
         return ShuffledLabelSlices(real.cache, pairs), {name: list(pair) for name, pair in  # type: ignore[arg-type]
