@@ -82,3 +82,9 @@ def require(condition: bool, where: str, key: str, problem: str) -> None:
     """`ProceduralError` "WHERE: KEY: PROBLEM" unless ``condition``."""
     if not condition:
         raise ProceduralError(f"{where}: {key}: {problem}")
+
+
+def require_count_range(value: tuple[float, float], where: str, key: str) -> None:
+    """`ProceduralError` unless ``value`` is a [low, high] range of whole numbers >= 0 (a count)."""
+    require(value[0] >= 0 and float(value[0]).is_integer() and float(value[1]).is_integer(), where, key,
+            "a range of whole numbers >= 0")

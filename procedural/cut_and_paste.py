@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from procedural.base import LabelSet, ProceduralError, VolumePatient, body_mask
-from procedural.config import require
+from procedural.config import require, require_count_range
 from procedural.geometry import random_voxel, soft_mask
 
 PLACEMENT_TRIES = 50
@@ -49,8 +49,7 @@ class CutAndPasteConfig:
     def check(self, where: str) -> None:
         require(len(self.objects) > 0, where, "objects", "name the labels to copy, e.g. [oedema, core]")
         require(len(self.into) > 0, where, "into", "name the labels objects may be pasted into")
-        require(self.count[0] >= 0 and float(self.count[0]).is_integer() and float(self.count[1]).is_integer(),
-                where, "count", "a range of whole numbers >= 0")
+        require_count_range(self.count, where, "count")
         require(0.25 <= self.scale[0] and self.scale[1] <= 4, where, "scale", "must lie within [0.25, 4]")
         require(0 <= self.rotate_deg <= 180, where, "rotate_deg", "must lie in [0, 180]")
         require(0 < self.min_inside <= 1, where, "min_inside", "must lie in (0, 1]")

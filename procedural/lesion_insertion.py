@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from procedural.base import LabelSet, ProceduralError, VolumePatient, body_mask
-from procedural.config import require
+from procedural.config import require, require_count_range
 from procedural.geometry import (elastic_displacement, ellipsoid, filtered_noise, fits, random_rotation,
                                  random_voxel, soft_mask, warp)
 
@@ -72,8 +72,7 @@ class LesionInsertionConfig:
             require(isinstance(scale, (int, float)) and 0 < scale <= 1, where, f"layers[{i}].scale",
                     f"must lie in (0, 1], got {scale!r}")
         require(float(self.layers[0].get("scale", 1.0)) == 1.0, where, "layers[0].scale", "the outer layer has scale 1")
-        require(self.lesions[0] >= 0 and float(self.lesions[0]).is_integer() and float(self.lesions[1]).is_integer(),
-                where, "lesions", "a range of whole numbers >= 0")
+        require_count_range(self.lesions, where, "lesions")
         require(self.radius_mm[0] > 0, where, "radius_mm", "must be > 0")
         require(0 <= self.elastic <= 1, where, "elastic", "must lie in [0, 1]")
         require(0 <= self.texture <= 0.5, where, "texture", "must lie in [0, 0.5]")

@@ -31,7 +31,6 @@ import dataclasses
 import io
 import json
 import math
-import re
 import shutil
 import sys
 import time
@@ -57,8 +56,7 @@ from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import (Dataset, SliceCache, SliceDataset, Splits, default_phantom_dataset, load_dataset,
                            load_or_make_splits, make_splits, open_slice_cache)
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
-from training.data.phantoms import GENERATOR_VERSION as PHANTOM_GENERATOR_VERSION
-from training.data.phantoms import SHIFTED, STANDARD
+from training.data.phantoms import SHIFTED, STANDARD, default_phantom_spec
 from procedural import ProceduralError
 from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
@@ -365,20 +363,14 @@ def _refuse_gan_trained_on_test(run: Path, real: RealData, arm: str) -> None:
                              f"{real.spec.name}.json`")
 
 
-_PHANTOM_FOLDER = re.compile(r"^(msd|nnunet|folder)_n(\d+)_s(\d+)_(\d+)x(\d+)x(\d+)_v(\d+)$")
-
-
 def _embedded_phantom_hashes(root: str, case_ids: list) -> dict[str, str] | None:
-    """Label-file hashes of the embedded phantom patients a run trained on (`default_phantom_dataset`
-    names its folder after layout, count, seed, shape and generator version): they are regenerated
-    here, bit for bit, so that runs trained before hashes were recorded are checked by content too.
-    None for any other dataset, or phantoms of another generator version."""
-    match = _PHANTOM_FOLDER.match(Path(root).name)
-    if match is None or int(match.group(7)) != PHANTOM_GENERATOR_VERSION:
+    """Label-file hashes of the embedded phantom patients a run trained on (its root is a
+    `default_phantom_dataset` folder): they are regenerated here, bit for bit, so that runs trained
+    before hashes were recorded are checked by content too.  None for any other dataset."""
+    spec = default_phantom_spec(root)
+    if spec is None:
         return None
-    layout, n, seed, x, y, z = match.group(1), *map(int, match.groups()[1:6])
-    folder = default_phantom_dataset(n_patients=n, shape=(x, y, z), seed=seed, layout=layout)
-    dataset = load_dataset(folder, check_voxels=False)
+    dataset = load_dataset(default_phantom_dataset(**spec), check_voxels=False)
     return {c: ckpt.sha256_of(dataset.patient(c).label_file) for c in case_ids if c in dataset.case_ids}
 
 

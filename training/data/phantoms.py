@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,31 @@ def write_phantom_dataset(out_dir: str | Path, n_patients: int = 20, shape: tupl
     return out
 
 
+_DEFAULT_NAME = re.compile(r"^(msd|nnunet|folder)_n(\d+)_s(\d+)_(\d+)x(\d+)x(\d+)_v(\d+)(?:_(\w+))?$")
+
+
+def default_phantom_name(n_patients: int, shape: tuple[int, int, int], seed: int, layout: str = "msd",
+                         acquisition: Acquisition = STANDARD) -> str:
+    """The folder name `default_phantom_dataset` gives these phantoms (read back by
+    `default_phantom_spec`)."""
+    name = f"{layout}_n{n_patients}_s{seed}_{'x'.join(str(s) for s in shape)}_v{GENERATOR_VERSION}"
+    return name if acquisition == STANDARD else f"{name}_{acquisition.name}"
+
+
+def default_phantom_spec(folder: str | Path) -> dict | None:
+    """The `default_phantom_dataset` arguments that made ``folder`` (by its name), so the same patients
+    can be regenerated bit for bit; None for any other folder or another generator version."""
+    match = _DEFAULT_NAME.match(Path(folder).name)
+    if match is None or int(match.group(7)) != GENERATOR_VERSION:
+        return None
+    acquisitions = {a.name: a for a in (STANDARD, SHIFTED)}
+    if (match.group(8) or STANDARD.name) not in acquisitions:
+        return None
+    n, seed, x, y, z = map(int, match.groups()[1:6])
+    return {"n_patients": n, "shape": (x, y, z), "seed": seed, "layout": match.group(1),
+            "acquisition": acquisitions[match.group(8) or STANDARD.name]}
+
+
 def default_phantom_dataset(n_patients: int = 20, shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0,
                             layout: str = "msd", cache_dir: str | Path | None = None,
                             acquisition: Acquisition = STANDARD) -> Path:
@@ -271,9 +297,7 @@ def default_phantom_dataset(n_patients: int = 20, shape: tuple[int, int, int] = 
     Safe when several processes ask at once (file lock).  Returns the dataset folder.
     """
     root = Path(cache_dir) if cache_dir is not None else user_cache_root()
-    name = f"{layout}_n{n_patients}_s{seed}_{'x'.join(str(s) for s in shape)}_v{GENERATOR_VERSION}"
-    if acquisition != STANDARD:
-        name += f"_{acquisition.name}"
+    name = default_phantom_name(n_patients, shape, seed, layout, acquisition)
     out = root / "phantoms" / name
     marker = out / "dataset.json"
     if marker.is_file():
