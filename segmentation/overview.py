@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segmentation import plots
 from segmentation.html import markdown_to_html, md_escape
 from segmentation.report import ReportConfig, make_report
-from segmentation.scaling import annotation_efficiency, crossover, describe_n, scaling_data
+from segmentation.scaling import advantages, annotation_efficiency, crossover, describe_n, scaling_data
 from segmentation.score_table import RowFilter, ScoreTableConfig, build_score_table, natural_key
 
 GROUP_COLUMNS = ("test_set", "n_real")
@@ -132,10 +131,7 @@ def _scaling_section(columns, rows, config: ScoreTableConfig, report_config: Rep
     lines += ["", "Crossover (the n beyond which an arm no longer beats real-only at the same n):", ""]
     for arm, k in data.conditions:
         n = crossover(data, arm, k)
-        real = data.curve(data.baseline, 0)
-        curve = data.curve(arm, k)
-        helps = [c > r if config.direction() else c < r for c, r, m in zip(curve, real, data.n_values)
-                 if m > 0 and math.isfinite(c) and math.isfinite(r)]
+        helps = [advantage > 0 for _, advantage in advantages(data, arm, k)]
         if n is not None:
             text = f"stops helping at n ≈ {n:.1f}"
         elif helps and all(helps):

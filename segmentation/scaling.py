@@ -157,12 +157,18 @@ def annotation_efficiency(data: ScalingData, confidence: float = 0.95, seed: int
     return out
 
 
-def crossover(data: ScalingData, arm: str, k: int) -> float | None:
-    """The n beyond which (arm, k) stops helping (see the module docstring), or None."""
+def advantages(data: ScalingData, arm: str, k: int) -> list[tuple[int, float]]:
+    """(n, how much better (arm, k) scores than real-only at n) for every studied n > 0 both have;
+    positive = better, whatever the score's direction."""
     real, curve = data.curve(data.baseline, 0), data.curve(arm, k)
     sign = 1.0 if data.higher_is_better else -1.0
-    points = [(n, sign * (c - r)) for n, c, r in zip(data.n_values, curve, real)
-              if n > 0 and math.isfinite(c) and math.isfinite(r)]
+    return [(n, sign * (c - r)) for n, c, r in zip(data.n_values, curve, real)
+            if n > 0 and math.isfinite(c) and math.isfinite(r)]
+
+
+def crossover(data: ScalingData, arm: str, k: int) -> float | None:
+    """The n beyond which (arm, k) stops helping (see the module docstring), or None."""
+    points = advantages(data, arm, k)
     if len(points) < 2 or points[0][1] <= 0:
         return None
     for (n0, a0), (n1, a1) in zip(points[:-1], points[1:]):
