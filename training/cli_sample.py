@@ -7,16 +7,15 @@ import ctypes
 import math
 import sys
 
-from pathlib import Path
-
 from procedural import SYNTHESISERS, ProceduralError
 from training.checkpoint import CheckpointError
 from training.data import DataError, load_dataset
+from training.data.errors import one_line_errors
+from training.data.splits import read_case_ids
 from training.procedural_sampling import synthesise_to_directory
 from training.sampling import (MAX_REJECTIONS_PER_PATIENT, QualityGateError, load_source, resolve_device,
                                sample_to_directory)
 from training.synthetic_dataset import OutputDirError, QualityGate, SamplingSettings
-from training.data.errors import one_line_errors
 
 DESCRIPTION = """\
 Sample synthetic patients (stacks of axial slices with their masks) from trained generators, or make
@@ -172,11 +171,7 @@ def _case_ids(path: str | None, dataset) -> list[str]:
     """The case ids of --cases (one per line, '#' comments), checked against the dataset; all without it."""
     if path is None:
         return dataset.case_ids
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"--cases {path}: {exc.strerror}") from None
-    ids = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    ids = read_case_ids(path, "--cases")
     unknown = [c for c in ids if c not in dataset.case_ids]
     if unknown or not ids:
         raise ValueError(f"--cases {path}: {'no case ids' if not ids else f'unknown case ids {unknown[:5]}'} "

@@ -141,7 +141,7 @@ def build_config(args: argparse.Namespace, num_processes: int,
 
 def _excluded_cases(args: argparse.Namespace) -> list[str]:
     """Case ids from --exclude-cases (one per line, '#' comments) or the test set of --splits."""
-    from training.data import Splits
+    from training.data.splits import Splits, read_case_ids
 
     if args.splits is not None:
         try:
@@ -149,10 +149,9 @@ def _excluded_cases(args: argparse.Namespace) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"--splits {args.splits}: not a splits file ({err})") from None
     try:
-        lines = args.exclude_cases.read_text().splitlines()
-    except OSError as err:
-        raise ConfigError(f"--exclude-cases {args.exclude_cases}: {err.strerror}") from None
-    return sorted({line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()})
+        return sorted(read_case_ids(args.exclude_cases, "--exclude-cases"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def build_metrics(cfg: TrainConfig, data, device: torch.device):

@@ -12,6 +12,9 @@ Every message starts with the offending file (or folder) followed by the problem
 """
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from pathlib import Path
 
 
@@ -62,10 +65,6 @@ def one_line_errors(prog: str, interrupted: str = "finished work is kept; rerun 
     leaves), an operating-system error such as a full disk or a read-only folder (exit 1, naming
     the file), anything else (exit 1, with the hint to set ``STYLEPAIR_DEBUG=1`` for the
     traceback).  argparse's own exits pass through."""
-    import functools
-    import os
-    import sys
-
     def decorate(main):
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:

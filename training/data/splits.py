@@ -128,3 +128,13 @@ def load_or_make_splits(path: str | Path, case_ids: list[str], n_folds: int = 5,
         raise ValueError(f"{path}: splits were made for other patients (only in the file: {extra[:5]}, "
                          f"only in the dataset: {missing[:5]}); delete the file to make new splits")
     return splits
+
+
+def read_case_ids(path: str | Path, flag: str) -> list[str]:
+    """The case ids of a text file, one per line, ``#`` starting a comment, in file order without
+    repeats; ValueError naming ``flag`` (the option that gave the file) when it cannot be read."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror}") from None
+    return list(dict.fromkeys(line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()))
