@@ -10,13 +10,13 @@ import numpy as np
 
 from segmentation.grid import Run, describe_grid, parse_shard, shard
 from segmentation.power import blocks_needed, describe_design
-from segmentation.runner import (StudyDataError, check_folder_arms, check_results_folder, mean_dice_table,
-                                 plan_runs, read_results, resolve_device, run_study, run_study_parallel,
-                                 torch_threads)
+from segmentation.runner import (check_results_folder, mean_dice_table, read_results, resolve_device, run_study,
+                                 run_study_parallel, torch_threads)
 from segmentation.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.stats import compare_paired_to_control
 from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
                                        with_synthetic_folders)
+from segmentation.study_data import StudyDataError, check_folder_arms, plan_runs
 from segmentation.unet import budget_rule, measure_step_seconds
 from training.data import DataError
 from training.data.errors import one_line_errors

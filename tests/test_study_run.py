@@ -8,10 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segmentation import runner
+from segmentation import runner, study_data
 from segmentation.controls import oracle_seed
 from segmentation.grid import SEED_SCHEME, block_seed
-from segmentation.runner import CASE_COLUMNS, StudyDataError, prepare_data, run_study
+from segmentation.runner import CASE_COLUMNS, run_study
+from segmentation.study_data import StudyDataError, prepare_data
 from segmentation.study_config import StudyConfigError, load_study_config
 from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_dataset
 from training.data.fsutils import atomic_write_json
@@ -124,7 +125,7 @@ def test_changed_splits_in_a_used_results_folder_are_refused(micro_study, source
 
     _, results, _ = micro_study
     with pytest.raises(StudyDataError, match="stored splits differ from those of the config"):
-        runner.plan_runs(micro_config(sources, override), results)
+        study_data.plan_runs(micro_config(sources, override), results)
     arms = json.dumps([{"name": name, "folder": str(folder)} for name, folder in sources.items()])
     with pytest.raises(SystemExit) as exit_info:  # also a dry run: a clear error, no traceback
         main([str(MICRO), "--results", str(results), "--dry-run", "--set", f"arms={arms}", "--set", override])
@@ -181,7 +182,7 @@ def test_crashed_run_leaves_no_result_and_is_redone(sources, tmp_path, monkeypat
 def test_synthetic_folder_with_other_channels_is_refused(sources, tmp_path):
     bad = write_noise_dataset(tmp_path / "wrong_channels", n_patients=1, modalities=("A", "B", "C", "D"))
     config = micro_config({"wrong": bad})
-    runs = runner.plan_runs(config, tmp_path)[0]
+    runs = study_data.plan_runs(config, tmp_path)[0]
     with pytest.raises(StudyDataError, match=r"wrong_channels: synthetic channels \['A', 'B', 'C', 'D'\]"):
         prepare_data(config, runs, tmp_path)
 
@@ -192,14 +193,14 @@ def test_synthetic_folder_with_other_label_names_is_refused(sources, tmp_path):
     meta["labels"] = {("tumour" if name == "core" else name): value for name, value in meta["labels"].items()}
     atomic_write_json(bad / "dataset.json", meta)
     config = micro_config({"renamed": bad})
-    runs = runner.plan_runs(config, tmp_path)[0]
+    runs = study_data.plan_runs(config, tmp_path)[0]
     with pytest.raises(StudyDataError, match=r"renamed: synthetic label names \[.*'tumour'\] differ"):
         prepare_data(config, runs, tmp_path)
 
 
 def test_too_few_synthetic_patients_is_refused(sources, tmp_path):
     config = micro_config({"other": sources["other"]}, 'k=["2x"]')  # needs 6, the folder holds 4
-    runs = runner.plan_runs(config, tmp_path)[0]
+    runs = study_data.plan_runs(config, tmp_path)[0]
     with pytest.raises(StudyDataError, match="needs 6 synthetic patients, the folder holds 4"):
         prepare_data(config, runs, tmp_path)
 
@@ -329,7 +330,7 @@ def test_shuffled_control_pairs_images_with_another_patient_s_labels(control_stu
     from segmentation.controls import ShuffledLabelSlices, shuffled_pairs
 
     config, results, _, _ = control_study
-    data = prepare_data(config, runner.plan_runs(config, results)[0], results)
+    data = prepare_data(config, study_data.plan_runs(config, results)[0], results)
     real = data.real["phantom"]
     ids = list(real.splits.fold(0).train)
     pairs = shuffled_pairs(ids, 2 * len(ids), seed=[1, 2])
@@ -475,7 +476,7 @@ def test_changed_patients_between_invocations_are_refused_naming_the_case(source
 
 
 def test_a_real_dataset_given_as_a_synthetic_arm_is_refused_for_holding_test_patients(tmp_path):
-    real_folder = runner.dataset_root(load_study_config(MICRO).datasets[0])
+    real_folder = study_data.dataset_root(load_study_config(MICRO).datasets[0])
     config = micro_config({"copy": real_folder}, "k=[2]", "splits.folds=[0]", "train.iterations=2")
     with pytest.raises(StudyDataError, match=r"arm 'copy' holds 2 test patient\(s\) of the study \(phantom_0\d\d = "
                                              r"phantom_0\d\d.*would train on the patients they are tested on"):
@@ -512,7 +513,7 @@ def test_a_gan_arm_trained_on_the_study_s_test_patients_is_refused(tmp_path, cap
 
     config = load_study_config(MICRO, ["k=[2]", "splits.folds=[0]", "train.iterations=2", "train.val_every=2"])
     spec = config.datasets[0]
-    data = runner.dataset_root(spec)
+    data = study_data.dataset_root(spec)
     copy = tmp_path / "copy"  # the same patients in another folder: found by content, not by path
     import shutil
     shutil.copytree(data, copy)
@@ -569,7 +570,7 @@ def test_a_missed_structure_has_a_usable_hd95(sources, tmp_path, convention):
             return logits
 
     config = micro_config(sources, "arms=[]", f"hd95_missed={convention}")
-    real = runner.load_real(config.datasets[0], config, tmp_path)
+    real = study_data.load_real(config.datasets[0], config, tmp_path)
     case = real.splits.test[0]
     rows = runner.score_test_patients(Background(), real, [case], config, torch.device("cpu"))
     missed = [r for r in rows if r["in_reference"]]
