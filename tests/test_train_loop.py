@@ -327,3 +327,70 @@ def test_a_training_in_a_log_file_writes_a_line_per_tick(tmp_path, phantoms, cap
     ticks = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tick: ")]
     assert len(ticks) >= 2 and ticks[-1].startswith("tick: 0.008/0.008 kimg, ")
     assert "sec_per_kimg" in ticks[-1] and "ETA 0.0 min" in ticks[-1]
+
+
+def test_a_signal_after_a_step_has_updated_drops_the_step_and_keeps_the_last_snapshot(tmp_path, phantoms,
+                                                                                       monkeypatch, capsys):
+    from training.loop import GanTrainer
+
+    original = GanTrainer.sync_and_step
+
+    def update_then_signal(self, network):
+        original(self, network)
+        if self.progress.batch_idx == 3 and network == "G":
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(GanTrainer, "sync_and_step", update_then_signal)
+    run = tmp_path / "run"
+    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "1",
+                        "--snap", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT: stopping at the next micro-batch" in err
+    assert "the step in progress was dropped" in err and "snapshot-000000012" in err
+    _, content = _weights(run)
+    assert content.documents["progress"]["nimg"] == 12        # the end of step 3, not the half of step 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_signal_stops_at_once(tmp_path, phantoms):
+    from training.cli_train import build_config, build_parser
+    from training.loop import GanTrainer, open_training_data
+
+    cfg = build_config(build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms]), 1)
+    trainer = GanTrainer(cfg, tmp_path / "run", open_training_data(cfg), tensorboard=False)
+    previous = trainer._install_signal_handlers()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert trainer.stop_requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_sigint_inside_a_long_step_stops_within_seconds(tmp_path, phantoms):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    # one step = 1024 images in micro-batches of 4: many seconds; the signal arrives inside the first one
+    argv = [sys.executable, "train_gan.py", *TINY, "--variant", "mask", "--data", phantoms, "--out", str(run),
+            "--batch", "1024", "--batch-gpu", "4", "--kimg", "10"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen(argv, cwd=root, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "stats.jsonl").exists() and not list(run.glob("**/*.png")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)
+    assert process.poll() is None, process.stderr.read()
+    sent = time.time()
+    process.send_signal(signal.SIGINT)
+    status = process.wait(timeout=60)
+    took = time.time() - sent
+    err = process.stderr.read()
+    assert status == 130, err
+    assert took < 5.0, f"{took:.1f} s from SIGINT to exit"
+    assert "stopped" in err and "Traceback" not in err

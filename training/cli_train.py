@@ -21,6 +21,7 @@ from training import checkpoint as ckpt
 from training.config import (AUGMENT_MODES, CONDITIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
+from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
 from training.data.errors import one_line_errors
 
 # Allowed values of the flags with a fixed set of choices.
@@ -190,6 +191,15 @@ def build_metrics(cfg: TrainConfig, data, device: torch.device):
     return metrics, floor
 
 
+def _cpu_auto(args: argparse.Namespace, ctx) -> bool:
+    """Whether 'auto' may choose the network for a CPU: a new run of the 'auto' preset on a CPU whose
+    network width and micro-batch the user did not pin."""
+    pinned = any(text.split("=", 1)[0].strip().startswith(("network.channel", "batch_gpu"))
+                 for text in args.overrides) or args.batch_gpu is not None
+    return (ctx.device.type == "cpu" and args.resume is None and args.cfg in (None, "auto")
+            and not pinned)
+
+
 def _resolve_run_dir(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return args.out
@@ -224,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             if ctx.is_main:
                 print(config_to_yaml(cfg), end="")
+                if _cpu_auto(args, ctx):
+                    print(f"# on this CPU 'auto' narrows the network (channel_max) to the widest that trains within "
+                          f"{CPU_AUTO_S_PER_KIMG:.0f} s/kimg once the data is read; the run prints its choice")
             return 0
         if (args.resume is None and ckpt.list_snapshots(run_dir)):
             parser.error(f"{run_dir}: already holds snapshots; use --resume {run_dir} to continue "
@@ -236,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             # one training per run directory: a second one would replace the first one's snapshots
             with exclusive_output(run_dir, "training") if ctx.is_main else contextlib.nullcontext():
                 return _train(cfg, run_dir, args, ctx)
-        except (DataError, ckpt.CheckpointError, OutputDirError) as err:
+        except (DataError, ckpt.CheckpointError, OutputDirError, ConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     finally:
@@ -249,6 +262,18 @@ def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> in
     if ctx.is_main:
         ckpt.remove_snapshot_debris(run_dir)  # of a snapshot write that was killed (we hold run_dir now)
     data = open_training_data(cfg)
+    if _cpu_auto(args, ctx):
+        try:
+            cfg, cost = fit_auto_to_cpu(cfg, data.image_channels, data.label_channels, ctx.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if ctx.is_main:
+            print(f"'auto' on this CPU: channel_max {cfg.network.channel_max}, channel_base "
+                  f"{cfg.network.channel_base}, micro-batch {cfg.batch_gpu}", file=sys.stderr)
+    else:
+        cost = estimate_training_cost(cfg, data.image_channels, data.label_channels, ctx.device)
+    if ctx.is_main:
+        print(cost.describe(), file=sys.stderr)
     metrics, floor = build_metrics(cfg, data, ctx.device) if ctx.is_main else (None, {})
     trainer = GanTrainer(cfg, run_dir, data, ctx, metrics=metrics,
                          tensorboard=not args.no_tensorboard)
@@ -267,6 +292,9 @@ def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> in
     result = trainer.train()
     if ctx.is_main:
         where = f"; snapshot {result.snapshot}" if result.snapshot is not None else " (nothing left to train)"
+        if result.dropped_step:
+            where = (f"; the step in progress was dropped (part of its updates had run), resume continues exactly "
+                     f"from {result.snapshot or 'the start: no snapshot yet'}")
         print(f"{'stopped' if result.interrupted else 'finished'} at {result.nimg / 1000:.3f} kimg{where}",
               file=sys.stderr)
     return 130 if result.interrupted else 0

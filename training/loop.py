@@ -6,6 +6,12 @@ over this process's micro-batches -> `sync_and_step` (average over processes, ze
 entries, Adam step); then `update_ema` (EMA generator with ramp-up) and `adjust_ada`.  Every
 ``tick_kimg`` `end_tick` logs; every ``snap`` ticks, at the end and on SIGINT/SIGTERM `snapshot`.
 
+Stopping: a first SIGINT/SIGTERM is honoured at the next micro-batch, phase or metric batch (one
+process; with several, at the end of the step they all reach).  Stopped before the step's first
+optimizer update, nothing has changed since the last step and that state is saved (without the
+metrics, which take long); stopped later, the step is dropped and the newest snapshot stays the
+exact place to resume.  A second signal stops at once.
+
 Exact resumption: every random draw of an iteration comes from generators seeded by (seed,
 iteration, phase, global micro-batch index) -- the real and generated rows, the latents, and the
 global torch RNG (noise inputs, style mixing, augmentation) is re-seeded before every micro-batch.
@@ -21,6 +27,7 @@ import hashlib
 import json
 import math
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,6 +55,10 @@ STREAM_REAL, STREAM_PHASE, STREAM_ROUND, STREAM_GRID, STREAM_METRICS = range(5)
 
 class ResumeError(RuntimeError):
     """Resuming would not continue the same training (different config or data)."""
+
+
+class StopRequested(Exception):
+    """A signal asked the training to stop; raised between micro-batches, phases and metric batches."""
 
 
 def derived_seed(*keys: int) -> int:
@@ -206,6 +217,8 @@ class TrainResult:
 
     snapshot: Path | None
     interrupted: bool = False
+    dropped_step: bool = False     # stopped after part of a step's updates: not saved
+    snapshot_nimg: int = -1        # progress at ``snapshot`` when this run wrote it
     nimg: int = 0
     stats: list[dict] = field(default_factory=list)
 
@@ -234,6 +247,7 @@ class GanTrainer:
         self.rounds = cfg.batch // (cfg.batch_gpu * self.ctx.world_size)
         self.progress = Progress()
         self.stop_requested = False
+        self.step_updated = False     # an optimizer step of the current iteration has run
         self.tensorboard = tensorboard
         self._build_networks()
         self._build_training()
@@ -309,6 +323,7 @@ class GanTrainer:
         stats: dict[str, float] = {}
         bg = self.cfg.batch_gpu
         for r in range(self.rounds):
+            self.raise_if_stopping()
             part = slice(local.start + r * bg, local.start + (r + 1) * bg)
             global_round = part.start // bg
             torch.manual_seed(derived_seed(self.cfg.seed, STREAM_ROUND, self.progress.batch_idx,
@@ -328,6 +343,7 @@ class GanTrainer:
         """Average gradients over processes, zero non-finite entries, take the Adam step."""
         module = self.G if network == "G" else self.D
         self.ctx.sync_gradients(module.parameters())
+        self.step_updated = True
         self.opt[network].step()
 
     def run_phase(self, phase_index: int, phase: Phase, real_rows: torch.Tensor) -> dict:
@@ -362,7 +378,9 @@ class GanTrainer:
         """One iteration: every due phase, EMA, counters, ADA. Returns the iteration's stats."""
         real_rows = self.draw_real_rows()
         stats: dict[str, float] = {}
+        self.step_updated = False
         for index, phase in enumerate(self.phases):
+            self.raise_if_stopping()
             if self.progress.batch_idx % phase.interval == 0:
                 stats.update(self.run_phase(index, phase, real_rows))
         self.update_ema()
@@ -436,6 +454,7 @@ class GanTrainer:
     def metric_generate(self, batch_index: int, size: int
                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Samples for the metrics: batch ``batch_index`` is the same at every snapshot."""
+        self.raise_if_stopping()
         gen = seeded_generator(self.cfg.seed, STREAM_METRICS, batch_index)
         z = torch.randn(size, self.G.z_dim, generator=gen).to(self.device)
         index = torch.randint(len(self.data), (size,), generator=gen)
@@ -533,9 +552,20 @@ class GanTrainer:
 
     # ---- the loop --------------------------------------------------------------------------
 
+    def raise_if_stopping(self) -> None:
+        """StopRequested when a signal arrived (one process only: several must agree, which
+        `_stop_everywhere` does at the end of a step)."""
+        if self.stop_requested and self.ctx.world_size == 1:
+            raise StopRequested
+
     def _install_signal_handlers(self) -> dict:
         def request_stop(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt   # the second signal: at once, nothing more written
             self.stop_requested = True
+            if self.ctx.is_main:
+                print(f"{signal.Signals(signum).name}: stopping at the next micro-batch and saving what is "
+                      "exact; send it again to stop at once", file=sys.stderr, flush=True)
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -570,7 +600,15 @@ class GanTrainer:
                 self.save_grid(monitor)
             tick_start_nimg, tick_start_time = self.progress.nimg, time.time()
             while self.progress.nimg < total_nimg:
-                self.collect(self.train_step())
+                try:
+                    self.collect(self.train_step())
+                except StopRequested:
+                    # nothing updated and not saved yet: this state is exact, saved below as the stop
+                    if self.step_updated or result.snapshot_nimg == self.progress.nimg:
+                        newest = ckpt.list_snapshots(self.run_dir) if self.ctx.is_main else []
+                        result.snapshot = newest[-1] if newest else None
+                        result.interrupted, result.dropped_step = True, self.step_updated
+                        break
                 monitor.advance(self.progress.nimg / 1000.0)
                 stop = self._stop_everywhere()
                 done = self.progress.nimg >= total_nimg
@@ -580,12 +618,18 @@ class GanTrainer:
                 summary = self.tick_summary(time.time() - tick_start_time,
                                             self.progress.nimg - tick_start_nimg)
                 if done or stop or self.progress.tick % cfg.snap == 0:
-                    self.save_grid(monitor)
-                    metrics = self.evaluate_metrics() if self.ctx.is_main else {}
+                    metrics = {}
+                    try:
+                        self.raise_if_stopping()
+                        self.save_grid(monitor)
+                        metrics = self.evaluate_metrics() if self.ctx.is_main else {}
+                    except StopRequested:
+                        stop = True
                     summary.update({f"metrics/{k}": v for k, v in metrics.items()})
-                    result.snapshot = self.snapshot(metrics)
-                monitor.log_tick(summary, self.progress.nimg)
-                result.stats.append(summary)
+                    result.snapshot, result.snapshot_nimg = self.snapshot(metrics), self.progress.nimg
+                if self.progress.nimg > tick_start_nimg:     # not the empty tick of a stop before any step
+                    monitor.log_tick(summary, self.progress.nimg)
+                    result.stats.append(summary)
                 if stop:
                     monitor.message(f"stopped by signal at {self.progress.nimg / 1000:.2f} kimg; "
                                     f"snapshot {result.snapshot}")
