@@ -25,7 +25,7 @@ from training.data import (Dataset, SliceCache, Splits, default_phantom_dataset,
 from training.data.fsutils import file_lock
 from training.data.phantoms import SHIFTED, STANDARD, default_phantom_spec
 from training.sampling import QualityGateError, load_source, sample_to_directory
-from training.synthetic_dataset import SamplingSettings
+from training.synthetic_dataset import SamplingSettings, SynthesisLog
 
 class StudyDataError(ValueError):
     """A dataset or synthetic source cannot be used in the study (the message names the folder)."""
@@ -187,16 +187,22 @@ def load_synthetic(arm: ArmSpec, folder: Path, real: RealData, needed: int, cach
 
 
 def resolution_warning(arm: str, synthetic: Dataset, resolution: int) -> str | None:
-    """A warning when a synthetic arm's patients are coarser in-plane than the study's slices (a 32-px
-    generator in a 256-px study): they are resampled up to the study's resolution, so they train the
-    U-Net on blurred anatomy.  None when they are as fine or finer."""
+    """A warning when a synthetic arm's patients hold less in-plane detail than the study's slices (a
+    32-px generator in a 256-px study): their pixels, or the generator frame they were sampled on
+    (synthesis.json; on the real grid they are upsampled already), are resampled up to the study's
+    resolution, so they train the U-Net on blurred anatomy.  None when they are as fine or finer."""
     in_plane = min(max(p.shape[:2]) for p in synthetic.patients)
-    if in_plane >= resolution:
+    try:
+        generated = SynthesisLog.load(synthetic.root / "synthesis.json").resolution
+    except (OSError, ValueError):    # not sampled from generators (procedural, or the user's own)
+        generated = in_plane
+    detail = min(in_plane, generated)
+    if detail >= resolution:
         return None
-    return (f"warning: arm {arm!r}: its patients are {in_plane} px in-plane and the study trains at {resolution} px: "
-            f"they are upsampled {resolution / in_plane:.1f}x (blurred); sample them on the real grid, or study at "
-            f"{in_plane} px")
-
+    made = f"were generated at {detail} px" if detail < in_plane else f"are {detail} px in-plane"
+    return (f"warning: arm {arm!r}: its patients {made} and the study trains at {resolution} px: they are "
+            f"upsampled {resolution / detail:.1f}x (blurred); train the generators at {resolution} px, or study at "
+            f"{detail} px")
 
 def sample_gan_arm(arm: ArmSpec, patients: int, out_dir: Path, seed: int, device: str, progress: bool) -> Path:
     """Sample ``patients`` patients from the GAN run(s) of ``arm`` (truncation ``arm.psi``) into

@@ -60,8 +60,9 @@ def test_cache_holds_every_slice_and_metadata(dataset):
     windows = [c.intensity_window["T2"] for c in cache.cases]
     assert min(w[0] for w in windows) <= scale.lo <= max(w[0] for w in windows)
     np.testing.assert_allclose(scale.to_intensity(np.array([-1.0, 1.0])), [scale.lo, scale.hi], rtol=1e-6)
-    affine, spacing = cache.typical_header()
-    assert affine.shape == (4, 4) and spacing == cache.cases[0].slice_spacing
+    typical = cache.typical_case()
+    assert np.asarray(typical.slice_affine).shape == (4, 4) and typical.slice_spacing == cache.cases[0].slice_spacing
+    assert cache.typical_case(["phantom_001"]).case_id == "phantom_001"
 
 
 def test_cache_reused_then_rebuilt_when_sources_or_config_change(dataset, monkeypatch, tmp_path):

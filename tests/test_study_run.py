@@ -601,3 +601,17 @@ def test_a_study_in_a_log_file_writes_a_progress_line_per_run(sources, tmp_path,
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study micro: ")]
     assert len(lines) == 2 and lines[-1].startswith("study micro: 2/2 runs, phantom-f0-r1-real-k0-nall done in ")
     assert "s/run, ETA 0.0 min" in lines[-1]
+
+
+def test_an_arm_sampled_on_the_real_grid_is_judged_by_its_generator_resolution(tmp_path):
+    from training.synthetic_dataset import SynthesisLog
+    from segmentation.study_data import resolution_warning
+    from training.data import load_dataset
+
+    folder = write_phantom_dataset(tmp_path / "syn", n_patients=1, shape=(32, 32, 4), seed=3, layout="nnunet")
+    dataset = load_dataset(folder)
+    assert resolution_warning("gan", dataset, 32) is None          # 32 px files, nothing says otherwise
+    SynthesisLog(dataset.modalities, dataset.label_values, dataset.label_names, 16).save(folder / "synthesis.json")
+    assert resolution_warning("gan", dataset, 32) == (
+        "warning: arm 'gan': its patients were generated at 16 px and the study trains at 32 px: they are upsampled "
+        "2.0x (blurred); train the generators at 32 px, or study at 16 px")

@@ -405,6 +405,7 @@ class DatasetInfo:
     num_slices: int = 0
     excluded_case_ids: list[str] = field(default_factory=list)
     case_label_sha256: dict = field(default_factory=dict)  # case -> SHA-256 of its label file's bytes
+    real_grid: dict = field(default_factory=dict)  # training.data.preprocess.RealGrid; {} before it was recorded
 
 
 MAX_SLICES_PER_PATIENT = 4096
@@ -422,6 +423,12 @@ def _dataset_info(raw: Any, path: Path) -> DatasetInfo:
              "case_ids", "excluded_case_ids")
     bad = [n for n in lists if not isinstance(getattr(info, n), list)]
     bad += [] if isinstance(info.case_label_sha256, dict) else ["case_label_sha256"]
+    if info.real_grid:
+        from training.data.preprocess import RealGrid
+        try:
+            RealGrid.from_dict(info.real_grid, str(path))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     slices = info.slices_per_patient if isinstance(info.slices_per_patient, list) else []
     if bad or not all(isinstance(z, int) and 1 <= z <= MAX_SLICES_PER_PATIENT for z in slices) \
             or not isinstance(info.resolution, int) or not 0 <= info.resolution <= 4096:
@@ -445,6 +452,7 @@ class RunInfo:
     affine: list[list[float]]
     spacing: list[float]
     slices_per_patient: list[int]
+    real_grid: dict                      # DatasetInfo.real_grid
     dataset_fingerprint: str
     kimg: float
     checkpoint: str                      # the weights file that was loaded
@@ -508,7 +516,7 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
                    modalities=data.modalities, label_values=data.label_values,
                    label_names=data.label_names, resolution=data.resolution,
                    intensity=data.intensity, affine=data.affine, spacing=data.spacing,
-                   slices_per_patient=data.slices_per_patient,
+                   slices_per_patient=data.slices_per_patient, real_grid=data.real_grid,
                    dataset_fingerprint=data.fingerprint, kimg=progress["nimg"] / 1000.0,
                    checkpoint=str(snapshot / weights_name),
                    sha256=manifest["files"][weights_name], config=config, metrics=metrics)

@@ -15,7 +15,7 @@ from training.data.splits import read_case_ids
 from training.procedural_sampling import synthesise_to_directory
 from training.sampling import (MAX_REJECTIONS_PER_PATIENT, QualityGateError, load_source, resolve_device,
                                sample_to_directory)
-from training.synthetic_dataset import OutputDirError, QualityGate, SamplingSettings
+from training.synthetic_dataset import GRIDS, OutputDirError, QualityGate, SamplingSettings
 
 DESCRIPTION = """\
 Sample synthetic patients (stacks of axial slices with their masks) from trained generators, or make
@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(only in a folder sample_patients.py wrote; other files are kept)")
     out.add_argument("--preview", action="store_true",
                      help="write DIR/preview.png: modalities and mask overlay of a few patients")
+    out.add_argument("--grid", choices=GRIDS, default="real",
+                     help="real: each patient resampled onto the real patients' in-plane grid and stored like their files "
+                          "(orientation, voxel types, qform/sform codes; from the training run's typical patient); "
+                          "generator: the generator's square slice frame, RAS, float32 (what stylepair wrote before)")
     out.add_argument("--preview-real", metavar="DATASET", default=None,
                      help="with the preview, show a few patients of this real dataset below the synthetic ones")
     sampling = parser.add_argument_group("sampling")
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         source = load_source(args.gan, args.mask_gan, args.image_gan, device=device)
         gate = QualityGate(args.min_label_fraction, args.max_label_fraction, args.keep_empty)
         settings = SamplingSettings(source.pipeline, source.generators, args.patients, args.seed, args.psi,
-                                    args.cutoff, args.slices, gate)
+                                    args.cutoff, args.slices, gate, grid=args.grid)
         report = sample_to_directory(source, settings, args.out, batch=args.batch, device=device,
                                      append=args.append, overwrite=args.overwrite, preview=args.preview,
                                      preview_real=args.preview_real, progress=not args.quiet)

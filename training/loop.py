@@ -115,6 +115,8 @@ class TrainingData:
 def open_training_data(cfg: TrainConfig) -> TrainingData:
     """Load the dataset (``phantoms``: the embedded default), build/open its slice cache."""
     from training.data import PreprocessConfig, default_phantom_dataset, load_dataset, open_slice_cache
+    from training.data.nifti import read_stored_style
+    from training.data.preprocess import RealGrid
 
     root = default_phantom_dataset() if cfg.data == "phantoms" else Path(cfg.data)
     dataset = load_dataset(root, layout=cfg.layout)
@@ -130,7 +132,10 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
     rows = cache.training_rows(case_ids=kept)
     if len(rows) == 0:
         raise ValueError(f"{root}: no training slices left after the slice selection")
-    affine, spacing = cache.typical_header()
+    typical = cache.typical_case(kept)
+    patient = dataset.patient(typical.case_id)
+    real_grid = RealGrid(typical.original_shape, np.asarray(typical.original_affine),
+                         read_stored_style(patient.image_files[0], patient.label_file, patient.case_id))
     row_digest = hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
     fingerprint = hashlib.sha256(json.dumps({
         "source": cache.fingerprint, "preprocess": preprocess.cache_key(cache.modalities),
@@ -141,7 +146,7 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
         label_names=list(cache.label_names), resolution=int(cache.resolution),
         intensity=[{"modality": m, "lo": cache.intensity_scale[m].lo, "hi": cache.intensity_scale[m].hi}
                    for m in cache.modalities],
-        affine=np.asarray(affine, dtype=float).tolist(), spacing=[float(s) for s in spacing],
+        affine=typical.slice_affine, spacing=[float(s) for s in typical.slice_spacing], real_grid=real_grid.to_dict(),
         slices_per_patient=[int(n) for n in cache.slices_per_case], case_ids=kept,
         num_slices=int(len(rows)), excluded_case_ids=sorted(cfg.exclude_cases),
         case_label_sha256={c: ckpt.sha256_of(dataset.patient(c).label_file) for c in kept})

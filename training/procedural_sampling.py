@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from procedural import LabelSet, VolumePatient, build_synthesiser, load_synthesiser_config
 from training.data import Dataset
+from training.data.nifti import read_stored_style
 from training.patient_preview import PreviewCase, read_case, write_preview
-from training.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError, _nifti_gz_bytes,
+from training.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
                                         atomic_write_json, exclusive_output, now_utc, software_versions)
 
 PROCEDURAL_FORMAT = "stylepair-procedural/1"
@@ -95,7 +96,10 @@ def synthesise_to_directory(dataset: Dataset, case_ids: list[str], name: str, co
     with exclusive_output(out_dir):
         log, action = _open_log(out_dir, identity, dataset)
         done = len(log["patients"])
-        writer = NnUNetRawWriter(out_dir, dataset.modalities, dataset.label_values, dataset.label_names)
+        first = dataset.patient(case_ids[0])   # stored like the real files (orientation, voxel types, codes)
+        writer = NnUNetRawWriter(out_dir, dataset.modalities, dataset.label_values, dataset.label_names,
+                                 style=read_stored_style(first.image_files[0], first.label_file, first.case_id),
+                                 descrip=f"stylepair synthetic {name}")
         writer.remove_partial_files()
         if done < patients:
             sources = [volume_patient(dataset, c) for c in case_ids]
@@ -125,7 +129,8 @@ def _write_patient(writer: NnUNetRawWriter, case_id: str, patient: VolumePatient
     if patient.instances is not None:
         folder = writer.root / "instancesTr"
         folder.mkdir(parents=True, exist_ok=True)
-        writer.write_file(folder / f"{case_id}{FILE_ENDING}", _nifti_gz_bytes(patient.instances, patient.affine))
+        writer.write_file(folder / f"{case_id}{FILE_ENDING}", writer.encode(patient.instances, patient.affine,
+                                                                              patient.instances.dtype.name))
     writer.write_case(case_id, patient.images, patient.labels, patient.affine)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from tqdm.auto import tqdm
 from gan import PairSampler, channels_to_labels
 from training.checkpoint import RunInfo, load_generator
 from training.data.cache import IntensityScale
+from training.data.nifti import StoredStyle
+from training.data.preprocess import RealGrid
 from training.data import load_dataset
 from training.patient_preview import PreviewCase, read_case, write_preview
 from training.synthetic_dataset import (OutputDirError, PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
@@ -70,6 +73,7 @@ class SourceDataset:
     affine: np.ndarray
     slices_per_patient: list[int]
     drop_end_slices: int = 0
+    real_grid: RealGrid | None = None   # None: a run trained before the real grid was recorded
 
     def __post_init__(self) -> None:
         if len(self.intensity) != len(self.modalities):
@@ -432,7 +436,8 @@ def source_dataset(info: RunInfo, where: str) -> SourceDataset:
     return SourceDataset(list(info.modalities), [int(v) for v in info.label_values], list(info.label_names),
                          int(info.resolution),
                          [intensity_scale(e, m, where) for e, m in zip(info.intensity, info.modalities)],
-                         affine, [int(n) for n in info.slices_per_patient], drop)
+                         affine, [int(n) for n in info.slices_per_patient], drop,
+                         RealGrid.from_dict(info.real_grid, where) if info.real_grid else None)
 
 
 def _record(role: str, run: str | Path, info: RunInfo) -> GeneratorRecord:
@@ -552,7 +557,14 @@ def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_
                              data.resolution)
         log, action = open_output(out_dir, settings, empty, append=append, overwrite=overwrite)
         session = log.sessions[-1]
-        writer = NnUNetRawWriter(out_dir, data.modalities, data.label_values, data.label_names)
+        on_real_grid = settings.grid == "real" and data.real_grid is not None
+        if settings.grid == "real" and not on_real_grid and action != "complete":
+            print(f"note: {', '.join(g.run for g in source.generators)}: trained before stylepair recorded the real "
+                  f"grid; patients are written on the generator's {data.resolution}-px frame (RAS, float32)",
+                  file=sys.stderr)
+        writer = NnUNetRawWriter(out_dir, data.modalities, data.label_values, data.label_names,
+                                 style=data.real_grid.style if on_real_grid else StoredStyle(),
+                                 descrip=_descrip(source))
         written = 0
         if action != "complete":
             _discard_unrecorded(writer, log)
@@ -566,6 +578,11 @@ def sample_to_directory(source: SamplingSource, settings: SamplingSettings, out_
             shown = (session.patients or log.patients)[:PREVIEW_PATIENTS]
             preview_path = _write_preview(out_dir, source, [p.case_id for p in shown], preview_real)
     return SamplingReport(out_dir, action, written, len(log.patients), dict(session.rejected), preview_path)
+
+
+def _descrip(source: SamplingSource) -> str:
+    """The NIfTI descrip of a sampled file: stylepair, the pipeline and its generators' checksums."""
+    return f"stylepair synthetic {source.pipeline} " + " ".join(f"{g.role}:{g.sha256[:12]}" for g in source.generators)
 
 
 def _write_preview(out_dir: Path, source: SamplingSource, case_ids: list[str], real_root: Path | None) -> Path:
@@ -629,7 +646,10 @@ def _run_session(sampler: PatientSampler, data: SourceDataset, log: SynthesisLog
                 continue
             case_id = f"{CASE_PREFIX}_{len(log.patients):04d}"
             images, labels = to_volumes(patient.images, patient.labels, data)
-            writer.write_case(case_id, images, labels, data.affine)
+            affine = data.affine
+            if settings.grid == "real" and data.real_grid is not None:
+                images, labels, affine = data.real_grid.restore(images, labels, data.drop_end_slices)
+            writer.write_case(case_id, images, labels, affine)
             session.patients.append(PatientRecord(
                 case_id, patient.plan.candidate, candidate_seed(settings.seed, patient.plan.candidate),
                 patient.plan.n_slices, float((patient.labels != 0).float().mean())))

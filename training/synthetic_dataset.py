@@ -36,7 +36,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from training.data.nifti import StoredStyle, stored_nifti
+
 SYNTHESIS_FORMAT = "stylepair-synthesis/1"
+GRIDS = ("real", "generator")
 FILE_ENDING = ".nii.gz"
 PARTIAL_SUFFIX = ".partial"
 PREVIEW_NAME = "preview.png"
@@ -111,12 +114,8 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """A gzipped single-file NIfTI-1 of array with affine; byte-identical for identical inputs."""
-    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-    image.header.set_xyzt_units("mm")
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
+def _nifti_gz_bytes(image: nib.Nifti1Image) -> bytes:
+    """A gzipped single-file NIfTI-1; byte-identical for identical inputs."""
     return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)  # nibabel's default level
 
 
@@ -126,11 +125,16 @@ class NnUNetRawWriter:
     file_ending)."""
 
     def __init__(self, root: Path, modalities: Sequence[str], label_values: Sequence[int],
-                 label_names: Sequence[str]):
+                 label_names: Sequence[str], style: StoredStyle = StoredStyle(), descrip: str = "stylepair"):
         self.root = Path(root)
         self.modalities = list(modalities)
         self.label_values = list(label_values)
         self.label_names = list(label_names)
+        self.style, self.descrip = style, descrip
+        fits = np.iinfo(np.dtype(style.label_dtype))
+        values = self.label_values or [0]
+        self.label_dtype = (style.label_dtype if fits.min <= min(values) and max(values) <= fits.max
+                            else "uint8" if max(values) <= 255 else "int16")
         if len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"nnU-Net needs unique label names, got {self.label_names}")
 
@@ -148,7 +152,8 @@ class NnUNetRawWriter:
         return images + [self.labels_dir / f"{case_id}{FILE_ENDING}"]
 
     def write_case(self, case_id: str, images: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> None:
-        """images [M, X, Y, Z] float32, labels [X, Y, Z] real label values, affine 4x4 voxel -> mm.
+        """images [M, X, Y, Z] float32, labels [X, Y, Z] real label values, both canonical (RAS+), affine
+        4x4 voxel -> mm; stored in the writer's `StoredStyle` (orientation, dtypes, codes) with its descrip.
 
         Each file is written to a temporary name and renamed, the label file last, so a case with
         a label file has all its images.
@@ -160,11 +165,15 @@ class NnUNetRawWriter:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.labels_dir.mkdir(parents=True, exist_ok=True)
         *image_paths, label_path = self.case_files(case_id)
-        contents = [(path, _nifti_gz_bytes(images[m], affine)) for m, path in enumerate(image_paths)]
-        contents.append((label_path, _nifti_gz_bytes(labels, affine)))
+        contents = [(path, self.encode(images[m], affine, self.style.image_dtype)) for m, path in enumerate(image_paths)]
+        contents.append((label_path, self.encode(labels, affine, self.label_dtype)))
         self._remember(contents)
         for path, data in contents:
             atomic_write_bytes(path, data)
+
+    def encode(self, volume: np.ndarray, affine: np.ndarray, dtype: str) -> bytes:
+        """The gzipped NIfTI bytes of a canonical volume [X, Y, Z] stored in this writer's style as ``dtype``."""
+        return _nifti_gz_bytes(stored_nifti(volume, affine, self.style, dtype, self.descrip))
 
     def _written(self) -> dict[str, str]:
         path = self.root / WRITES_RECORD
@@ -247,6 +256,7 @@ class SamplingSettings:
     slices: int | None = None  # fixed slice count; None: drawn from the training patients
     quality_gate: QualityGate = field(default_factory=QualityGate)
     noise_mode: str = "const"  # noise inputs fixed per layer: a patient depends on its latents only
+    grid: str = "real"         # real: the real patients' grid and header; generator: the slice frame, RAS float32
 
     def __post_init__(self) -> None:
         if self.patients < 1:
@@ -255,6 +265,8 @@ class SamplingSettings:
             raise ValueError(f"--slices must be >= 1, got {self.slices}")
         if self.truncation_cutoff is not None and self.truncation_cutoff < 0:
             raise ValueError(f"--cutoff must be >= 0, got {self.truncation_cutoff}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
 
     def identity(self) -> dict:
         """The settings as compared on resume: generators by content (sha256), not by path."""
@@ -327,7 +339,7 @@ class SynthesisLog:
 
 
 def _session_from_dict(raw: dict) -> SamplingSession:
-    settings = dict(raw["settings"])
+    settings = {"grid": "generator", **raw["settings"]}   # written before --grid: the generator's frame
     settings["generators"] = [GeneratorRecord(**g) for g in settings["generators"]]
     settings["quality_gate"] = QualityGate(**settings["quality_gate"])
     fields = {k: v for k, v in raw.items() if k != "settings"}

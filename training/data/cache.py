@@ -192,13 +192,13 @@ class SliceCache:
             keep &= self.label_fraction >= fraction
         return np.flatnonzero(keep).astype(np.int64)
 
-    def typical_header(self) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """(slice_affine 4x4, slice_spacing) of the case with the median slice spacing: a sensible
-        header for synthetic volumes built from slices of this cache."""
-        spacing = np.array([c.slice_spacing for c in self.cases])
+    def typical_case(self, case_ids: list[str] | None = None) -> CaseInfo:
+        """The case (among ``case_ids``, default all) with the median slice spacing: a sensible header
+        and grid for synthetic volumes built from slices of this cache."""
+        cases = [c for c in self.cases if case_ids is None or c.case_id in set(case_ids)]
+        spacing = np.array([c.slice_spacing for c in cases])
         distance = np.abs(spacing - np.median(spacing, axis=0)).sum(axis=1)
-        case = self.cases[int(np.argmin(distance))]
-        return np.array(case.slice_affine), case.slice_spacing
+        return cases[int(np.argmin(distance))]
 
 
 def cache_location(dataset: Dataset, cache_dir: str | Path | None = None) -> Path:

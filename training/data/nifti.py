@@ -184,6 +184,91 @@ def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
     return np.ascontiguousarray(orientations.apply_orientation(data, header.orientation))
 
 
+# ----------------------------------------------------------------------------------------------
+# Writing volumes the way a dataset stores its own
+
+CANONICAL_ORNT = ((0, 1), (1, 1), (2, 1))
+NIFTI_CODES = range(5)     # 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI
+DESCRIP_BYTES = 80         # the NIfTI-1 descrip field
+
+
+@dataclass(frozen=True)
+class StoredStyle:
+    """How a dataset stores its volumes, so that volumes written for it look like its own.
+
+    orientation: nibabel ornt [(axis, flip)] x 3 of the stored voxel axes in RAS+ (what
+    ``io_orientation`` of the stored affine says; CANONICAL_ORNT is RAS); image_dtype / label_dtype:
+    numpy names of the stored voxel types (images stored with a scale factor count as float32: their
+    values are not integers); qform_code / sform_code: the NIfTI codes of the stored header.
+    """
+
+    orientation: tuple[tuple[int, int], ...] = CANONICAL_ORNT
+    image_dtype: str = "float32"
+    label_dtype: str = "uint8"
+    qform_code: int = 1
+    sform_code: int = 1
+
+    def to_dict(self) -> dict:
+        return {"orientation": [list(a) for a in self.orientation], "image_dtype": self.image_dtype,
+                "label_dtype": self.label_dtype, "qform_code": self.qform_code, "sform_code": self.sform_code}
+
+    @staticmethod
+    def from_dict(raw: object, where: str) -> "StoredStyle":
+        """The style recorded by `to_dict`; ValueError naming ``where`` for anything else."""
+        try:
+            ornt = tuple((int(axis), int(flip)) for axis, flip in raw["orientation"])
+            style = StoredStyle(ornt, str(raw["image_dtype"]), str(raw["label_dtype"]),
+                                int(raw["qform_code"]), int(raw["sform_code"]))
+            ok = (sorted(a for a, _ in ornt) == [0, 1, 2] and all(f in (-1, 1) for _, f in ornt)
+                  and np.dtype(style.image_dtype).kind in "iuf" and np.dtype(style.label_dtype).kind in "iu"
+                  and style.qform_code in NIFTI_CODES and style.sform_code in NIFTI_CODES)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: not a stored-volume style ({type(exc).__name__}: {exc})") from None
+        if not ok:
+            raise ValueError(f"{where}: not a stored-volume style: {raw!r}")
+        return style
+
+
+def read_stored_style(image_file: Path, label_file: Path, case_id: str) -> StoredStyle:
+    """The `StoredStyle` of one patient's files (headers only)."""
+    image, label = _load(Path(image_file), case_id), _load(Path(label_file), case_id)
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    scaled = not (slope in (1.0, 0.0) or not np.isfinite(slope)) or (np.isfinite(inter) and inter != 0.0)
+    image_dtype = np.dtype(image.get_data_dtype())
+    label_dtype = np.dtype(label.get_data_dtype())
+    ornt = orientations.io_orientation(image.affine)
+    return StoredStyle(
+        orientation=tuple((int(axis), int(flip)) for axis, flip in ornt),
+        image_dtype="float32" if scaled or image_dtype.kind not in "iuf" else image_dtype.name,
+        label_dtype=label_dtype.name if label_dtype.kind in "iu" else "uint8",
+        qform_code=int(image.header["qform_code"]), sform_code=int(image.header["sform_code"]))
+
+
+def cast_voxels(array: np.ndarray, dtype: str) -> np.ndarray:
+    """``array`` as ``dtype``: integers rounded and clipped to the type's range (HU stays HU)."""
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        return np.clip(np.rint(array), info.min, info.max).astype(target)
+    return array.astype(target, copy=False)
+
+
+def stored_nifti(array: np.ndarray, affine: np.ndarray, style: StoredStyle, dtype: str,
+                 descrip: str = "") -> nib.Nifti1Image:
+    """A NIfTI-1 image of the canonical (RAS+) ``array`` [X, Y, Z] with canonical ``affine``, stored
+    the way ``style`` says: voxel axes reoriented back, voxels as ``dtype``, the qform/sform codes, and
+    ``descrip`` (ASCII, cut to 80 bytes)."""
+    to_stored = orientations.ornt_transform(np.array(CANONICAL_ORNT), np.array(style.orientation))
+    data = orientations.apply_orientation(array, to_stored)
+    stored_affine = np.asarray(affine, dtype=np.float64) @ orientations.inv_ornt_aff(to_stored, array.shape)
+    image = nib.Nifti1Image(cast_voxels(np.ascontiguousarray(data), dtype), stored_affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(stored_affine, code=style.qform_code)
+    image.set_sform(stored_affine, code=style.sform_code)
+    image.header["descrip"] = descrip.encode("ascii", "replace")[:DESCRIP_BYTES]
+    return image
+
+
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Write ``array`` ([X, Y, Z] or [X, Y, Z, C]) with ``affine`` to ``path`` atomically.
 

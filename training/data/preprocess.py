@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import yaml
 
 from training.data.errors import PatientError
+from training.data.nifti import StoredStyle
 from training.data.records import Patient
 
 MAX_RESOLUTION = 4096  # cached slices are resolution^2 floats per channel: 65536^2 would be 16 GiB
@@ -304,6 +305,20 @@ def preprocess_patient(patient: Patient, label_values: list[int], config: Prepro
     return PreprocessedCase(image_stack.numpy(), label_stack.round().to(torch.uint8).numpy(), info)
 
 
+def restore_frame(stack: np.ndarray, geometry: SliceGeometry, shape_xy: tuple[int, int], labels: bool) -> np.ndarray:
+    """Inverse of the in-plane resize and pad: [C, R, R, S] on the slice frame -> [C, X, Y, S] on the
+    original in-plane grid (bilinear for images, nearest neighbour for label indices or values)."""
+    C, R, _, S = stack.shape
+    (px, py), (nx, ny) = geometry.pad, geometry.resized
+    cropped = torch.from_numpy(np.ascontiguousarray(stack[:, px:px + nx, py:py + ny].transpose(3, 0, 1, 2)))
+    if labels:
+        restored = F.interpolate(cropped.float(), size=tuple(shape_xy), mode="nearest-exact").round()
+    else:
+        restored = _resize_images(cropped.float(), tuple(shape_xy), "bilinear")
+    assert restored.shape == (S, C, *shape_xy)
+    return restored.numpy().transpose(1, 2, 3, 0).astype(stack.dtype)
+
+
 def restore_labels(slices: np.ndarray, info: CaseInfo) -> np.ndarray:
     """Inverse of the resize for labels: [Z, R, R] label indices -> [X, Y, Z] on the original grid.
 
@@ -312,7 +327,51 @@ def restore_labels(slices: np.ndarray, info: CaseInfo) -> np.ndarray:
     """
     z, r, _ = slices.shape
     assert z == info.n_slices, f"expected {info.n_slices} slices, got {z}"
-    (px, py), (nx, ny) = info.pad, info.resized
-    cropped = torch.from_numpy(np.ascontiguousarray(slices[:, px:px + nx, py:py + ny]))[:, None].float()
-    restored = F.interpolate(cropped, size=tuple(info.original_shape[:2]), mode="nearest-exact")[:, 0]
-    return restored.round().to(torch.uint8).numpy().transpose(1, 2, 0)
+    geometry = SliceGeometry(info.resized, info.pad, 0.0)
+    return restore_frame(slices.transpose(1, 2, 0)[None], geometry, info.original_shape[:2], labels=True)[0]
+
+
+@dataclass(frozen=True)
+class RealGrid:
+    """The real patients' grid that generated slices are written back onto: the canonical shape
+    (X, Y, Z) and affine of the typical training patient and how its files are stored."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    style: StoredStyle
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "affine": np.asarray(self.affine).tolist(), "style": self.style.to_dict()}
+
+    @staticmethod
+    def from_dict(raw: object, where: str) -> "RealGrid":
+        """The grid recorded by `to_dict`; ValueError naming ``where`` for anything else."""
+        try:
+            shape = tuple(int(n) for n in raw["shape"])
+            affine = np.asarray(raw["affine"], dtype=np.float64)
+            style = StoredStyle.from_dict(raw["style"], where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: not a real-grid record ({exc})") from None
+        if len(shape) != 3 or not all(1 <= n <= MAX_GRID_SIDE for n in shape) or affine.shape != (4, 4) \
+                or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(f"{where}: not a real-grid record (shape {shape}, affine {affine.shape})")
+        return RealGrid(shape, affine, style)  # type: ignore[arg-type]
+
+    def restore(self, images: np.ndarray, labels: np.ndarray, first_slice: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Generated volumes on the slice frame -> the real in-plane grid.
+
+        images [M, R, R, S] intensities, labels [R, R, S] real values -> images [M, X, Y, S] (bilinear),
+        labels [X, Y, S] (nearest) and their canonical affine: the real one, its origin moved to slice
+        ``first_slice`` (the first one training kept).
+        """
+        R = images.shape[1]
+        spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
+        geometry = slice_geometry(self.shape[:2], (float(spacing[0]), float(spacing[1])), R)
+        affine = np.array(self.affine, dtype=np.float64)
+        affine[:3, 3] += first_slice * affine[:3, 2]
+        return (restore_frame(images, geometry, self.shape[:2], labels=False),
+                restore_frame(labels[None], geometry, self.shape[:2], labels=True)[0], affine)
+
+
+MAX_GRID_SIDE = 65536

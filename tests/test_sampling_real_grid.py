@@ -1,0 +1,86 @@
+"""Synthetic patients written like the real ones: the real in-plane grid, orientation, voxel types,
+qform/sform codes and a descrip naming stylepair (``--grid real``, the default), or the generator's
+frame (``--grid generator``)."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from training.cli_sample import main as sample_main
+from training.cli_train import main as train_main
+from training.data.phantoms import write_phantom_dataset
+
+TINY = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "4",
+        "--set", "network.channel_base=128", "--set", "network.channel_max=16",
+        "--set", "network.z_dim=16", "--set", "network.w_dim=16", "--set", "network.mbstd_group_size=2",
+        "--tick", "0.004", "--kimg", "0.004", "--metrics", "none", "--no-tensorboard", "--threads", "1"]
+LPS = np.array([[-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+
+
+def restored_as(real_root, out_root, kind: str):
+    """A copy of an nnU-Net phantom dataset stored as ``kind``: 'lps-int16' (voxel axes flipped to LPS,
+    images as int16 "HU", sform code 2 = aligned) or 'oblique-float' (the world rotated 20 degrees about
+    z, float32, codes 1)."""
+    out_root.mkdir()
+    (out_root / "dataset.json").write_bytes((real_root / "dataset.json").read_bytes())
+    for path in sorted(real_root.glob("*Tr/*.nii.gz")):
+        image = nib.load(path)
+        data, affine = np.asarray(image.dataobj), image.affine
+        is_label = path.parent.name == "labelsTr"
+        if kind == "lps-int16":
+            X, Y = data.shape[:2]
+            flip = LPS.copy()
+            flip[:2, 3] = [X - 1, Y - 1]
+            data, affine = data[::-1, ::-1], affine @ flip                       # same world, LPS voxel axes
+            data = data.astype(np.int16) if is_label else np.rint(data * 1000 - 1000).astype(np.int16)
+            codes = (1, 2)
+        else:
+            angle = np.deg2rad(20)
+            rotation = np.eye(4)
+            rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+            affine, data, codes = rotation @ affine, data.astype(np.uint8 if is_label else np.float32), (1, 1)
+        copy = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+        copy.set_qform(affine, code=codes[0])
+        copy.set_sform(affine, code=codes[1])
+        (out_root / path.parent.name).mkdir(exist_ok=True)
+        nib.save(copy, out_root / path.parent.name / path.name)
+    return out_root
+
+
+def header(path):
+    image = nib.load(path)
+    return {"shape": image.shape[:2], "spacing": tuple(round(float(z), 4) for z in image.header.get_zooms()[:2]),
+            "orientation": nib.aff2axcodes(image.affine), "dtype": image.get_data_dtype().name,
+            "codes": (int(image.header["qform_code"]), int(image.header["sform_code"])),
+            "in-plane axes": np.round(image.affine[:3, :2], 4).tolist()}
+
+
+@pytest.mark.parametrize("kind", ["lps-int16", "oblique-float"])
+def test_synthetic_patients_keep_the_real_grid_and_header(tmp_path, kind):
+    phantoms = write_phantom_dataset(tmp_path / "phantoms", n_patients=2, shape=(20, 14, 6), layout="nnunet")
+    real = restored_as(phantoms, tmp_path / kind, kind)
+    assert train_main(TINY + ["--variant", "baseline", "--data", str(real), "--out", str(tmp_path / "run")]) == 0
+    assert sample_main(["--gan", str(tmp_path / "run"), "--patients", "1", "--out", str(tmp_path / "syn"),
+                        "--keep-empty", "--quiet"]) == 0
+    real_image, real_label = header(real / "imagesTr" / "phantom_000_0000.nii.gz"), header(real / "labelsTr" / "phantom_000.nii.gz")
+    syn_image = header(tmp_path / "syn" / "imagesTr" / "SYN_0000_0000.nii.gz")
+    syn_label = header(tmp_path / "syn" / "labelsTr" / "SYN_0000.nii.gz")
+    assert syn_image == real_image and syn_label == real_label
+    descrip = bytes(nib.load(tmp_path / "syn" / "imagesTr" / "SYN_0000_0000.nii.gz").header["descrip"])
+    assert descrip.startswith(b"stylepair synthetic baseline baseline:")
+
+    assert sample_main(["--gan", str(tmp_path / "run"), "--patients", "1", "--out", str(tmp_path / "frame"),
+                        "--keep-empty", "--quiet", "--grid", "generator"]) == 0
+    frame = header(tmp_path / "frame" / "imagesTr" / "SYN_0000_0000.nii.gz")
+    assert (frame["shape"], frame["orientation"], frame["dtype"], frame["codes"]) == ((16, 16), ("R", "A", "S"),
+                                                                                      "float32", (1, 1))
+
+
+def test_integer_images_are_rounded_and_clipped_to_their_type():
+    from training.data.nifti import cast_voxels
+
+    values = np.array([-40000.4, -1.6, 2.5, 3.49, 70000.0])
+    assert cast_voxels(values, "int16").tolist() == [-32768, -2, 2, 3, 32767]
+    assert cast_voxels(values, "uint8").tolist() == [0, 0, 2, 3, 255]
+    assert cast_voxels(values, "float32").dtype == np.float32
