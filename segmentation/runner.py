@@ -32,7 +32,6 @@ import io
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +57,7 @@ from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import SliceCache, SliceDataset
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
 from training.procedural_sampling import synthesise_to_directory
+from training.progress import LogLines
 from training.sampling import resolve_device as resolve_sampling_device
 
 RESULT_FORMAT = 1
@@ -541,21 +541,17 @@ def _run_pending(config: StudyConfig, grid: list[Run], pending: list[Run], shard
                  device: torch.device, progress: bool, ran: list[str], accept_changed_data: bool) -> None:
     """Prepare the data, then train, test and write each pending run (its id appended to ``ran``)."""
     data = prepare_data(config, grid, results, str(device), progress, accept_changed_data)
-    last_rebuild = started = time.monotonic()
-    log_lines = progress and not sys.stderr.isatty()  # under nohup or a scheduler: a line per run, no bar
+    last_rebuild = time.monotonic()
+    lines = LogLines(f"study {config.name}", shard_size, "run", shard_size - len(pending), progress)
     with tqdm(total=shard_size, initial=shard_size - len(pending), desc=f"study {config.name}", unit="run",
               disable=None if progress else True) as bar:
-        for index, run in enumerate(pending, start=1):
+        for run in pending:
             bar.set_postfix_str(run.run_id)
             record = execute_run(run, config, data, results, device, progress)
             atomic_write_json(run_path(results, run), record)
             ran.append(run.run_id)
             bar.update(1)
-            if log_lines:
-                per_run = (time.monotonic() - started) / index
-                print(f"study {config.name}: {shard_size - len(pending) + index}/{shard_size} runs, {run.run_id} "
-                      f"done in {record['wall_seconds']:.1f} s, {per_run:.1f} s/run, ETA "
-                      f"{per_run * (len(pending) - index) / 60:.1f} min", file=sys.stderr, flush=True)
+            lines.step(f", {run.run_id} done in {record['wall_seconds']:.1f} s")
             if time.monotonic() - last_rebuild >= CSV_REBUILD_SECONDS:  # reading every JSON costs
                 rebuild_cases_csv(results)
                 last_rebuild = time.monotonic()

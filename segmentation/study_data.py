@@ -22,6 +22,7 @@ from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.data import (Dataset, SliceCache, Splits, default_phantom_dataset, load_dataset, load_or_make_splits,
                            make_splits, open_slice_cache)
+from training.data.splits import minimum_patients
 from training.data.fsutils import file_lock
 from training.data.phantoms import SHIFTED, STANDARD, default_phantom_spec
 from training.sampling import QualityGateError, load_source, sample_to_directory
@@ -118,21 +119,35 @@ def read_real(spec: DatasetSpec, config: StudyConfig, results: Path, full_check:
     modalities = list(spec.modalities) if spec.modalities is not None else None
     dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=modalities, check_voxels=full_check)
     s, path = config.splits, results / "splits" / f"{spec.name}.json"
+    check_patient_count(spec.name, len(dataset.case_ids), config)
     try:
         expected = make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
         splits = load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction) \
             if full_check or path.is_file() else expected
     except ValueError as exc:  # too few patients for the folds, or a stored file for other patients
         raise StudyDataError(f"dataset {spec.name!r}: {exc}") from None
-    if not splits.test:
-        raise StudyDataError(f"dataset {spec.name!r}: splits.test_fraction {s.test_fraction} of "
-                             f"{len(dataset.case_ids)} patients leaves no test patient")
     if splits != expected:
         # finished runs in this folder were tested on the stored splits: mixing them would be silent nonsense
         raise StudyDataError(f"{path}: stored splits differ from those of the config (splits: n_folds "
                              f"{s.n_folds}, seed {s.seed}, test_fraction {s.test_fraction}); use another "
                              f"--results folder, or restore the settings the folder was made with")
     return dataset, splits
+
+
+def check_patient_count(name: str, patients: int, config: StudyConfig) -> None:
+    """StudyDataError, before anything else fails on it, when dataset ``name`` has fewer patients than
+    the design needs: >= 1 test patient, and per fold >= 1 validation patient and as many training
+    patients as the largest n_real (2 for the shuffled control, which swaps labels between them)."""
+    s = config.splits
+    per_fold = max([1] + [n for n in config.n_real if n is not None]
+                   + [2 for arm in config.arms if arm.control == "shuffled"])
+    need = minimum_patients(s.n_folds, s.test_fraction, per_fold)
+    if patients < need:
+        raise StudyDataError(
+            f"dataset {name!r}: {patients} usable patients; this design needs at least {need} "
+            f"(a {s.test_fraction:g} share as test patients, then {s.n_folds} folds each with a validation "
+            f"patient and {per_fold} training patient{'s' if per_fold > 1 else ''}); add patients, or lower "
+            f"splits.n_folds (>= 2) / n_real")
 
 
 def load_real(spec: DatasetSpec, config: StudyConfig, results: Path) -> RealData:

@@ -697,3 +697,11 @@ def test_preview_wraps_a_long_legend_and_keeps_the_voxel_aspect(tmp_path):
     height, width = image.shape[:2]
     assert height > 2 * 130  # the legend wrapped into rows below the images instead of one cut-off line
     assert width < 2000
+
+
+def test_sampling_in_a_log_file_writes_a_progress_line_per_patient(baseline_source, tmp_path, capsys):
+    sample_to_directory(baseline_source, settings(baseline_source, patients=2), tmp_path / "syn", batch=4,
+                        progress=True)      # pytest's stderr is not a terminal: lines, no bar
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sampling: ")]
+    assert [line.split(",")[0] for line in lines] == ["sampling: 1/2 patients", "sampling: 2/2 patients"]
+    assert lines[-1].startswith("sampling: 2/2 patients, SYN_0001, ") and lines[-1].endswith("s/patient, ETA 0.0 min")

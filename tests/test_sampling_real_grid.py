@@ -33,7 +33,7 @@ def restored_as(real_root, out_root, kind: str):
             flip = LPS.copy()
             flip[:2, 3] = [X - 1, Y - 1]
             data, affine = data[::-1, ::-1], affine @ flip                       # same world, LPS voxel axes
-            data = data.astype(np.int16) if is_label else np.rint(data * 1000 - 1000).astype(np.int16)
+            data = data.astype(np.int16) if is_label else np.rint(data - 1000).astype(np.int16)   # 0 -> -1000 "HU"
             codes = (1, 2)
         else:
             angle = np.deg2rad(20)
@@ -84,3 +84,22 @@ def test_integer_images_are_rounded_and_clipped_to_their_type():
     assert cast_voxels(values, "int16").tolist() == [-32768, -2, 2, 3, 32767]
     assert cast_voxels(values, "uint8").tolist() == [0, 0, 2, 3, 255]
     assert cast_voxels(values, "float32").dtype == np.float32
+
+
+def test_inspect_suggests_a_preset_and_a_resolution_and_prints_the_stored_orientation(tmp_path, capsys):
+    from training.data.cli import main as data_main
+
+    phantoms = write_phantom_dataset(tmp_path / "phantoms", n_patients=3, shape=(40, 52, 4), layout="nnunet")
+    for kind, preset in (("lps-int16", "preset ct: T1, T1ce, T2, FLAIR reach -500 and below, Hounsfield units"),
+                         ("oblique-float", "preset brats (MR")):
+        assert data_main(["inspect", str(restored_as(phantoms, tmp_path / kind, kind))]) == 0
+        text = capsys.readouterr().out
+        assert preset in text and "--resolution 64 (median in-plane side 52 px" in text
+        assert f"stored      orientation {'LPS' if kind == 'lps-int16' else 'RAS'} (3)" in text
+        assert "a study with the default splits (20 % test, 5 folds) 6," in text and "this dataset has 3" in text
+
+
+def test_suggested_resolution_is_the_nearest_power_of_two_within_the_generators_range():
+    from training.data.summary import suggested_resolution
+
+    assert [suggested_resolution(s) for s in (5, 90, 109, 181, 200, 256, 4000)] == [16, 64, 128, 128, 256, 256, 512]

@@ -134,9 +134,26 @@ def test_changed_splits_in_a_used_results_folder_are_refused(micro_study, source
 
 def test_splits_without_test_patients_are_refused(sources, tmp_path):
     config = micro_config(sources, "splits.test_fraction=0.05")  # 0.05 x 8 patients rounds to none
-    with pytest.raises(StudyDataError, match="leaves no test patient"):
+    with pytest.raises(StudyDataError, match=r"8 usable patients; this design needs at least 11 \(a 0.05 share as test patients"):
         run_study(config, tmp_path, device="cpu", progress=False, threads=1)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_dataset_below_the_design_minimum_gets_one_message_up_front(sources, tmp_path, capsys):
+    import yaml
+
+    from segmentation.cli_study import main
+
+    small = write_phantom_dataset(tmp_path / "two", n_patients=2, shape=(16, 16, 4), seed=5)
+    config = dict(yaml.safe_load(MICRO.read_text()))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(MICRO), "--results", str(tmp_path / "r"), "--dry-run", "--set",
+              f"datasets=[{{name: two, path: {small}}}]", "--set", "n_real=[2]"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("error") == 1, err
+    folds = config.get("splits", {}).get("n_folds", 5)
+    assert "dataset 'two': 2 usable patients; this design needs at least" in err and f"then {folds} folds" in err
+    assert "2 training patients" in err and "lower splits.n_folds" in err
 
 
 def test_shards_reproduce_the_unsharded_study(micro_study, sources, tmp_path):

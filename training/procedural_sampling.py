@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from procedural import LabelSet, VolumePatient, build_synthesiser, load_synthesiser_config
 from training.data import Dataset
 from training.data.nifti import read_stored_style
+from training.progress import LogLines
 from training.patient_preview import PreviewCase, read_case, write_preview
 from training.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
                                         atomic_write_json, exclusive_output, now_utc, software_versions)
@@ -106,6 +107,7 @@ def synthesise_to_directory(dataset: Dataset, case_ids: list[str], name: str, co
             synthesiser = build_synthesiser(name, config, sources, LabelSet(tuple(dataset.label_names),
                                                                             tuple(dataset.label_values)),
                                             dataset.modalities)
+            lines = LogLines(name, patients, "patient", done, progress)
             for index in tqdm(range(done, patients), desc=name, unit="patient", disable=None if progress else True):
                 patient = synthesiser.make(index, np.random.default_rng([seed, index]))
                 case_id = f"SYN_{index:04d}"
@@ -116,6 +118,7 @@ def synthesise_to_directory(dataset: Dataset, case_ids: list[str], name: str, co
                            updated=now_utc())
                 atomic_write_json(out_dir / "synthesis.json", log)
                 writer.write_dataset_json(len(log["patients"]), f"stylepair {name} patients from {dataset.name}")
+                lines.step(f", {case_id}")
         else:
             action = "complete"
         preview_path = _preview(out_dir, dataset, log) if preview else None

@@ -42,6 +42,7 @@ from training.data.cache import IntensityScale
 from training.data.nifti import StoredStyle
 from training.data.preprocess import RealGrid
 from training.data import load_dataset
+from training.progress import LogLines
 from training.patient_preview import PreviewCase, read_case, write_preview
 from training.synthetic_dataset import (OutputDirError, PREVIEW_NAME, GeneratorRecord, NnUNetRawWriter, PatientRecord,
                                         SamplingSession, SamplingSettings, SynthesisLog, exclusive_output,
@@ -634,6 +635,7 @@ def _run_session(sampler: PatientSampler, data: SourceDataset, log: SynthesisLog
     written = 0
     bar = tqdm(total=settings.patients, initial=len(session.patients), unit="patient", desc="sampling",
                disable=None if progress else True)
+    lines = LogLines("sampling", settings.patients, "patient", len(session.patients), progress)
     with bar:
         candidates = sampler.candidates(first=session.next_candidate)
         while len(session.patients) < settings.patients:
@@ -656,6 +658,7 @@ def _run_session(sampler: PatientSampler, data: SourceDataset, log: SynthesisLog
             _save_state(log, writer, session)
             written += 1
             bar.update(1)
+            lines.step(f", {case_id}" + (f" ({session.rejected_total} rejected so far)" if session.rejected_total else ""))
         candidates.close()
     session.complete = True
     _save_state(log, writer, session)

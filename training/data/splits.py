@@ -109,6 +109,17 @@ def make_splits(case_ids: list[str], n_folds: int = 5, seed: int = 12345, test_f
     return Splits(seed=seed, test=test, folds=folds)
 
 
+def minimum_patients(n_folds: int = 5, test_fraction: float = 0.2, train_per_fold: int = 1) -> int:
+    """The fewest patients for which `make_splits` leaves >= 1 test patient and, in every fold, >= 1
+    validation and >= ``train_per_fold`` training patients."""
+    for n in range(2, 1_000_000):
+        n_test = int(round(test_fraction * n))
+        rest = n - n_test
+        if n_test >= 1 and rest >= n_folds and rest - -(-rest // n_folds) >= train_per_fold:
+            return n
+    raise ValueError(f"no dataset size satisfies n_folds {n_folds}, test_fraction {test_fraction}")
+
+
 def load_or_make_splits(path: str | Path, case_ids: list[str], n_folds: int = 5, seed: int = 12345,
                         test_fraction: float = 0.2) -> Splits:
     """The splits stored at ``path``, or new ones (`make_splits`) saved there if the file is absent.

@@ -5,7 +5,17 @@ from collections import Counter
 
 import numpy as np
 
+from nibabel.orientations import ornt2axcodes
+
+from training.data.nifti import read_stored_style
+from training.data.preprocess import CT_NAMES
 from training.data.records import Dataset
+from training.data.splits import minimum_patients
+
+# Minimum intensity below which a modality holds air in Hounsfield units (-1000): CT, not MR.
+HU_AIR_BELOW = -500.0
+ANISOTROPY = 3.0               # slice spacing / pixel size above which voxels are called anisotropic
+MAX_SUGGESTED_RESOLUTION = 512 # the generators' largest resolution
 
 
 def _table(rows: list[list[str]], text_columns: tuple[int, ...] = (0,), indent: str = "  ") -> list[str]:
@@ -71,7 +81,59 @@ def summarize(dataset: Dataset, problems: list[str] | None = None) -> str:
                          f"{np.median([v.median for v in values]):.4g}", f"{np.median([v.p_high for v in values]):.4g}",
                          f"{max(v.maximum for v in values):.4g}"])
         lines += _table(rows)
+    if patients:
+        lines += stored_lines(dataset) + advice_lines(dataset)
     issues = [f"skipped {case}: {reason}" for case, reason in dataset.skipped] + list(problems or [])
     lines.append(f"problems    {len(issues) if issues else 'none'}")
     lines += [f"  - {issue}" for issue in issues]
     return "\n".join(lines)
+
+
+def stored_lines(dataset: Dataset) -> list[str]:
+    """How the files store the volumes (read as RAS+ whatever they say): orientation codes, voxel
+    types and qform/sform codes, counted over the patients."""
+    styles = [read_stored_style(p.image_files[0], p.label_file, p.case_id) for p in dataset.patients]
+    orientation = Counter("".join(ornt2axcodes(st.orientation)) for st in styles)
+    types = Counter(f"images {st.image_dtype}, labels {st.label_dtype}" for st in styles)
+    codes = Counter(f"{st.qform_code}/{st.sform_code}" for st in styles)
+    return [f"stored      orientation {_counted(orientation, str)} (read as RAS; synthetic patients are written back "
+            f"like this); {_counted(types, str)}; qform/sform codes {_counted(codes, str)}"]
+
+
+def suggested_resolution(in_plane_px: float) -> int:
+    """The power of two nearest (in log scale) to a slice side in pixels, in 16..MAX_SUGGESTED_RESOLUTION."""
+    power = int(np.clip(np.round(np.log2(max(in_plane_px, 1.0))), 4, np.log2(MAX_SUGGESTED_RESOLUTION)))
+    return 2 ** power
+
+
+def advice_lines(dataset: Dataset) -> list[str]:
+    """What to start with, from what was measured: a preprocessing preset (CT from the modality names
+    or from Hounsfield-like intensities, else MR), a resolution, the voxels' anisotropy, and the
+    minimum patient counts of each stage."""
+    stats = [p.stats for p in dataset.patients if p.stats is not None]
+    named_ct = [m for m in dataset.modalities if m.lower() in CT_NAMES]
+    hu_like = [m for m in dataset.modalities if stats and min(s.intensity[m].minimum for s in stats) <= HU_AIR_BELOW]
+    if named_ct:
+        preset = f"ct (windows in HU for {', '.join(named_ct)}, MR percentiles for the rest)"
+    elif hu_like:
+        preset = (f"ct: {', '.join(hu_like)} reach{'es' if len(hu_like) == 1 else ''} {HU_AIR_BELOW:g} and below, "
+                  f"Hounsfield units; name the modality CT (dataset.json channel_names) so the CT window applies")
+    else:
+        preset = "brats (MR: percentiles 0.5-99.5 inside the foreground)"
+    side = float(np.median([max(p.shape[:2]) for p in dataset.patients]))
+    resolution = suggested_resolution(side)
+    pixel = float(np.median([min(p.spacing[:2]) for p in dataset.patients]))
+    slice_gap = float(np.median([p.spacing[2] for p in dataset.patients]))
+    lines = [f"suggest     preset {preset}; --resolution {resolution} (median in-plane side {side:g} px, "
+             f"{side * pixel:.0f} mm)"]
+    if slice_gap / pixel >= ANISOTROPY:
+        lines.append(f"            anisotropic voxels: slices {slice_gap:g} mm apart, pixels {pixel:g} mm; 2D slices are "
+                     f"the unit stylepair learns from (as here), volumes are stacks of them")
+    if resolution >= 128:
+        lines.append(f"            at {resolution} px a CPU trains only a narrowed GAN ('auto' picks it); --resolution "
+                     f"{resolution // 2} is ~4x cheaper")
+    default_study = minimum_patients(5, 0.2, 1)
+    lines.append(f"minimum     GAN training 1 patient (2 with --metrics: 20 % are held out as the real-vs-real floor); "
+                 f"a study with the default splits (20 % test, 5 folds) {default_study}, with n_real N per fold "
+                 f"more (N = 8: {minimum_patients(5, 0.2, 8)}); this dataset has {len(dataset.patients)}")
+    return lines
