@@ -60,6 +60,7 @@ import yaml
 
 from procedural import ProceduralError, load_synthesiser_config
 from training.data import PreprocessConfig, load_preprocess_config, preprocess_config_from_dict
+from training.data.preprocess import preprocess_preset_values
 
 PHANTOMS = "phantoms"
 METRICS = ("dice", "hd95", "nsd", "detection")
@@ -613,6 +614,12 @@ def _child(node: Any, part: str, key: str, where: str, create: bool) -> Any:
         if not create:
             raise StudyConfigError(f"{where}: override key {key!r} does not exist")
         node[part] = {}
+    if part == "preprocess" and isinstance(node[part], str):
+        # a preset named in the config: its fields become the mapping the override changes
+        try:
+            node[part] = preprocess_preset_values(node[part])
+        except (OSError, ValueError) as exc:
+            raise StudyConfigError(f"{where}: override key {key!r}: {exc}") from None
     return node[part]
 
 

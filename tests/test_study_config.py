@@ -93,6 +93,16 @@ def test_overrides_by_dotted_key_index_and_name():
         apply_overrides(values, ["train.iterations"])
 
 
+def test_an_override_inside_a_named_preprocessing_preset_changes_that_preset_only():
+    values = _minimal(datasets=[{"name": "ct", "path": "phantoms", "preprocess": "ct"}])
+    config = study_config_from_dict(apply_overrides(values, ["datasets.ct.preprocess.resolution=32"]))
+    preprocess = config.datasets[0].preprocess
+    assert preprocess.resolution == 32 and preprocess.ct_norm.lower == -1000.0 and preprocess.drop_end_slices == 10
+    with pytest.raises(StudyConfigError, match="no such preprocessing config"):
+        apply_overrides(_minimal(datasets=[{"name": "x", "path": "p", "preprocess": "nope"}]),
+                        ["datasets.x.preprocess.resolution=32"])
+
+
 def test_resolve_k():
     assert resolve_k(5, 12) == 5
     assert resolve_k("1x", 12) == 12 and resolve_k("0.5x", 12) == 6 and resolve_k("2x", 3) == 6

@@ -394,3 +394,18 @@ def test_sigint_inside_a_long_step_stops_within_seconds(tmp_path, phantoms):
     assert status == 130, err
     assert took < 5.0, f"{took:.1f} s from SIGINT to exit"
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_a_broken_patient_is_named_with_the_flag_that_leaves_it_out(tmp_path, capsys):
+    from training.data import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", n_patients=3, shape=(32, 32, 8), seed=4, layout="nnunet")
+    (data / "labelsTr" / "phantom_001.nii.gz").write_bytes(b"not a nifti file")
+    argv = TINY + ["--variant", "mask", "--data", str(data), "--out", str(tmp_path / "run"), "--kimg", "0.004"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "phantom_001" in err and "train_gan.py leave them out with --on-error skip" in err
+    with pytest.warns(UserWarning, match="phantom_001"):
+        assert main(argv + ["--on-error", "skip"]) == 0
+    _, content = _weights(tmp_path / "run")
+    assert content.documents["dataset"]["case_ids"] == ["phantom_000", "phantom_002"]

@@ -26,13 +26,14 @@ from training.data.errors import one_line_errors
 
 # Allowed values of the flags with a fixed set of choices.
 FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
-                "layout": ("auto", "msd", "nnunet", "folder")}
+                "layout": ("auto", "msd", "nnunet", "folder"), "on_error": ("fail", "skip")}
 # (flag, config key, type, help) of the flags that set one config field.
 CONFIG_FLAGS = (
     ("--variant", "variant", str, f"generator variant: {', '.join(VARIANTS)}"),
     ("--data", "data", str, "dataset folder (MSD, nnU-Net v2 raw or folder-per-patient), or "
                             "'phantoms' for the embedded phantom patients"),
     ("--layout", "layout", str, "dataset layout: auto, msd, nnunet, folder"),
+    ("--on-error", "on_error", str, "broken patients: fail (stop, listing them) or skip (train without them)"),
     ("--cond", "cond", str, f"label conditioning: {', '.join(CONDITIONS)}"),
     ("--resolution", "resolution", int, "slice resolution (power of two)"),
     ("--drop-end-slices", "drop_end_slices", int, "slices dropped at each end of every stack"),

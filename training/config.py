@@ -79,6 +79,7 @@ class TrainConfig:
     data: str = "phantoms"              # dataset folder, or "phantoms" for the embedded default
     exclude_cases: list[str] = field(default_factory=list)  # patients never shown (e.g. a study's test set)
     layout: str = "auto"                # auto | msd | nnunet | folder
+    on_error: str = "fail"              # fail | skip: broken patients stop the run, or are left out (listed)
     cond: str = "none"                  # none | slice-position
     resolution: int = 128               # slice resolution the data is resampled to
     drop_end_slices: int = 0            # slices dropped at each end of every stack
@@ -303,6 +304,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got '{cfg.variant}'")
     if cfg.cond not in CONDITIONS:
         raise ConfigError(f"cond must be one of {', '.join(CONDITIONS)}, got '{cfg.cond}'")
+    if cfg.on_error not in ("fail", "skip"):
+        raise ConfigError(f"on_error must be 'fail' or 'skip', got {cfg.on_error!r}")
     if cfg.augment.mode not in AUGMENT_MODES:
         raise ConfigError(f"augment.mode must be one of {', '.join(AUGMENT_MODES)}, "
                           f"got '{cfg.augment.mode}'")
@@ -346,7 +349,7 @@ MAX_METRIC_SAMPLES = 200_000  # generated samples per metric evaluation (FID use
 
 # Fields that may differ between a run and its resumption (how long, how often, what is logged).
 RESUMABLE_FIELDS = ("kimg", "tick_kimg", "snap", "keep_last", "metrics", "metric_samples",
-                    "feature_weights", "track_metric", "data")
+                    "feature_weights", "track_metric", "data", "on_error")  # data: compared by fingerprint
 
 
 def resume_incompatibilities(saved: dict, current: dict) -> list[str]:

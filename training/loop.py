@@ -119,7 +119,7 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
     from training.data.preprocess import RealGrid
 
     root = default_phantom_dataset() if cfg.data == "phantoms" else Path(cfg.data)
-    dataset = load_dataset(root, layout=cfg.layout)
+    dataset = load_dataset(root, layout=cfg.layout, on_error=cfg.on_error)
     preprocess = PreprocessConfig(resolution=cfg.resolution, drop_end_slices=cfg.drop_end_slices,
                                   drop_empty_slices=cfg.drop_empty_slices)
     cache = open_slice_cache(dataset, preprocess)

@@ -46,8 +46,9 @@ class PatientErrors(DataError):
 
     def __init__(self, errors: list[PatientError]):
         self.errors = list(errors)
-        lines = [f"{len(self.errors)} patient(s) failed validation "
-                 "(use on_error='skip' / --on-error skip to leave them out):"]
+        lines = [f"{len(self.errors)} patient(s) failed validation (stylepair-data and train_gan.py leave them out "
+                 "with --on-error skip; a study needs them fixed or moved out of the dataset folder, its splits "
+                 "cover every patient):"]
         lines += [f"  {err}" for err in self.errors]
         super().__init__("\n".join(lines))
 

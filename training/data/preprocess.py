@@ -133,6 +133,13 @@ def load_preprocess_config(name_or_path: str | Path, **overrides: object) -> Pre
 
     ``overrides`` replace fields after loading (e.g. ``resolution=128`` from a CLI flag).
     """
+    values = preprocess_preset_values(name_or_path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return preprocess_config_from_dict(values)
+
+
+def preprocess_preset_values(name_or_path: str | Path) -> dict:
+    """The mapping a preset file holds (a path, or a name in ``configs/data/``), not yet validated."""
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -142,8 +149,7 @@ def load_preprocess_config(name_or_path: str | Path, **overrides: object) -> Pre
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of preprocessing options")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return preprocess_config_from_dict(values)
+    return values
 
 
 @dataclass(frozen=True)
