@@ -22,6 +22,9 @@ from training.data import DataError
 from training.data.errors import one_line_errors
 
 ALPHA = 0.05  # the level the design is checked at (the report's default)
+# A run's training step costs this many times the network's own step: slice sampling, augmentation and
+# batching (measured ~1.85x on the demo's runs, see benchmarks/).
+DATA_PATH_FACTOR = 1.85
 
 EPILOG = """examples:
   python run_study.py configs/study/micro.yaml --dry-run
@@ -108,15 +111,24 @@ def estimate_cost(config: StudyConfig, runs: list[Run], datasets: dict, device: 
     seconds = 0.0
     for spec in config.datasets:
         dataset = datasets[spec.name]
-        step = measure_step_seconds(config.unet, len(dataset.modalities), len(dataset.label_values),
-                                    spec.preprocess.resolution, config.train.batch_size, torch_device)
+        step, per_slice = measure_step_seconds(config.unet, len(dataset.modalities), len(dataset.label_values),
+                                               spec.preprocess.resolution, config.train.batch_size, torch_device)
         n_runs = sum(r.dataset == spec.name for r in runs)
-        seconds += step * n_runs * config.train.iterations
+        slices = sum(p.shape[2] for p in dataset.patients)
+        test_slices = slices * config.splits.test_fraction * (1 + len(config.test_datasets))
+        validations = config.train.iterations // config.train.val_every if config.train.validation == "fold" else 0
+        val_slices = slices * (1 - config.splits.test_fraction) / config.splits.n_folds
+        run_seconds = (DATA_PATH_FACTOR * step * config.train.iterations
+                       + per_slice * (validations * val_slices + test_slices))
+        seconds += run_seconds * n_runs
         lines.append(f"{spec.name}: {len(dataset.modalities)} channels -> {len(dataset.label_values)} classes at "
-                     f"{spec.preprocess.resolution}px, {step:.3f} s/step measured on {torch_device}, {n_runs} runs")
+                     f"{spec.preprocess.resolution}px, {step:.3f} s/step and {1000 * per_slice:.2f} ms/slice to "
+                     f"segment, measured on {torch_device}; ~{run_seconds:.0f} s per run ({validations} validations "
+                     f"of ~{val_slices:.0f} slices, ~{test_slices:.0f} test slices), {n_runs} runs")
     side_by_side = f" with {jobs} runs side by side" if jobs > 1 else ""
-    lines.append(f"estimated training time: {format_duration(seconds / jobs)} on {torch_device}{side_by_side} "
-                 f"(+ validation every {config.train.val_every} steps and testing)")
+    lines.append(f"estimated time: {format_duration(seconds / jobs)} on {torch_device}{side_by_side} (training with "
+                 f"its data path ~{DATA_PATH_FACTOR:g}x the network's step, validation and testing; not the data "
+                 f"preparation)")
     return "\n".join(lines)
 
 

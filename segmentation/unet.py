@@ -300,20 +300,29 @@ def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequen
 
 
 def measure_step_seconds(unet: UNetConfig, in_channels: int, out_channels: int, resolution: int, batch_size: int,
-                         device: torch.device, steps: int = 3) -> float:
-    """Seconds per training step of this U-Net on random slices [batch_size, in_channels, R, R]
-    (mean of ``steps`` after one warm-up): the unit of `--dry-run`'s cost estimate."""
+                         device: torch.device, steps: int = 3) -> tuple[float, float]:
+    """(seconds per training step, seconds per slice of inference) of this U-Net on random slices
+    [batch_size, in_channels, R, R] (means of ``steps`` after one warm-up): the units of `--dry-run`'s
+    cost estimate (training, then validation and testing, which segment whole volumes)."""
     model = build_unet(unet, in_channels, out_channels).to(device)
     optimizer = torch.optim.Adam(model.parameters())
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     images = torch.rand(batch_size, in_channels, resolution, resolution, device=device) * 2 - 1
     labels = torch.randint(0, out_channels, (batch_size, 1, resolution, resolution), device=device)
-    train_step(model, optimizer, loss_fn, images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, loss_fn, images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / steps
+
+    def timed(work) -> float:
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / steps
+
+    step = timed(lambda: train_step(model, optimizer, loss_fn, images, labels))
+    model.eval()
+    with torch.no_grad():
+        inference = timed(lambda: model(images)) / batch_size
+    return step, inference

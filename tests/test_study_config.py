@@ -179,7 +179,7 @@ def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 blocks x 2 comparisons: can never reach p < 0.05 after Holm (needs >= 7 blocks)" in out
     assert "phantom-f0-r0-real-k0-nall" in out and "phantom-f1-r0-other-k3-nall" in out
-    assert "6 runs" in out and "s/step measured on cpu" in out and "estimated training time" in out
+    assert "6 runs" in out and "ms/slice to segment, measured on cpu" in out and "estimated time: " in out
     assert "5 steps x 8 slices" in out
     assert not results.exists()
 
