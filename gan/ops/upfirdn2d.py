@@ -99,26 +99,32 @@ def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[in
     N, C, H, W = x.shape
 
     # 1. Zero insertion: each pixel is followed by (up - 1) zeros.
-    x = x.reshape(N, C, H, 1, W, 1)
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-    x = x.reshape(N, C, H * upy, W * upx)
+    if upx > 1 or upy > 1:
+        x = x.reshape(N, C, H, 1, W, 1)
+        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape(N, C, H * upy, W * upx)
 
-    # 2. Pad with zeros, then crop where the padding is negative.
-    x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
-    x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
+    # 2. Pad with zeros, then crop where the padding is negative. Symmetric padding is left to the
+    #    convolution below (no padded copy of x).
+    if padx0 == padx1 >= 0 and pady0 == pady1 >= 0:
+        conv_padding = (pady0, padx0)
+    else:
+        conv_padding = (0, 0)
+        x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+        x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
-    # 3. FIR filter: conv2d correlates, so flip the taps to convolve.
+    # 3. + 4. FIR filter (conv2d correlates, so flip the taps to convolve), evaluated only at the kept
+    #    pixels: a stride of `down` computes exactly the decimated full-resolution result.
     f = (f * (gain ** (f.ndim / 2))).to(device=x.device, dtype=x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].expand(C, 1, *f.shape), groups=C)
-    else:
-        x = F.conv2d(x, f[None, None, None, :].expand(C, 1, 1, f.shape[0]), groups=C)
-        x = F.conv2d(x, f[None, None, :, None].expand(C, 1, f.shape[0], 1), groups=C)
-
-    # 4. Decimation.
-    return x[:, :, ::downy, ::downx]
+        return F.conv2d(x, f[None, None].expand(C, 1, *f.shape), groups=C, stride=(downy, downx),
+                        padding=conv_padding)
+    x = F.conv2d(x, f[None, None, None, :].expand(C, 1, 1, f.shape[0]), groups=C, stride=(1, downx),
+                 padding=(0, conv_padding[1]))
+    return F.conv2d(x, f[None, None, :, None].expand(C, 1, f.shape[0], 1), groups=C, stride=(downy, 1),
+                    padding=(conv_padding[0], 0))
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] = 1,
