@@ -9,7 +9,7 @@ convolutions are compute-bound per slice already, so batching gains little on a 
 glibc's default malloc settings batch 16 runs at about half the speed of batch 1, because large
 activation buffers are returned to the kernel and faulted in again on every call (SCIENCE.md §6).
 Like sample_patients.py on a CPU, the benchmark therefore keeps freed memory in the process
-(`training.cli_sample.keep_freed_memory`); --default-malloc measures without it.
+(`training.runtime.keep_freed_memory`); --default-malloc measures without it.
 slices/CPU-s counts this process's CPU time (all threads): steadier than wall-clock slices/s when
 other processes compete for the cores (with 2 threads on a busy machine, also try --threads 1).
 """
@@ -23,7 +23,7 @@ import torch
 
 from gan import build_generator
 from training.config import load_preset, resolve_config
-from training.cli_sample import keep_freed_memory
+from training.runtime import keep_freed_memory
 from training.sampling import BaselineSlices, PatientSampler
 
 MODALITIES, LABELS = 4, 6

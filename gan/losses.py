@@ -25,6 +25,7 @@ R1 is the gradient w.r.t. the augmented real input that D actually sees.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -52,7 +53,7 @@ class StyleGAN2Loss:
                  on_real_logits: Callable[[torch.Tensor], None] | None = None,
                  r1_gamma: float = 10.0, style_mixing_prob: float = 0.9, pl_weight: float = 2.0,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, label_channels: int = 0,
-                 mask_to_d: str = "raw"):
+                 mask_to_d: str = "raw", autocast_dtype: torch.dtype | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.G = G
@@ -71,6 +72,7 @@ class StyleGAN2Loss:
         self.pl_weight = pl_weight
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
+        self.autocast_dtype = autocast_dtype
         self.pl_mean = torch.zeros([], dtype=torch.float32)
         self._pl_sum = 0.0
         self._pl_count = 0
@@ -79,9 +81,22 @@ class StyleGAN2Loss:
     # forward passes
     # ----------------------------------------------------------------------------------------
 
+    def autocast(self, device: torch.device):
+        """The forward passes' mixed precision: autocast to ``autocast_dtype`` (None: fp32 throughout).
+        Backward passes run outside it, in the dtypes the forward chose; losses are taken in fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
     def run_G(self, z: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
               update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """G output [N,C_G,H,W] and the (style-mixed) ws [N,num_ws,w_dim] it was made from."""
+        """G output [N,C_G,H,W] (fp32) and the (style-mixed) ws [N,num_ws,w_dim] it was made from."""
+        with self.autocast(z.device):
+            img, ws = self._forward_G(z, c, mask, update_emas)
+        return img.float(), ws
+
+    def _forward_G(self, z: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+                   update_emas: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.G.mapping(z, c, update_emas=update_emas)
         if self.style_mixing_prob > 0:
             num_ws = ws.shape[1]
@@ -126,10 +141,15 @@ class StyleGAN2Loss:
         return torch.cat([img, mask], dim=1)
 
     def run_D(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Logits [N,1] of D on the augmented input."""
+        """Logits [N,1] (fp32) of D on the augmented input."""
         if self.augment is not None:
             x = self.augment(x)
-        return self.D(x, c)
+        return self.forward_D(x, c)
+
+    def forward_D(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Logits [N,1] (fp32) of D on ``x`` as given."""
+        with self.autocast(x.device):
+            return self.D(x, c).float()
 
     # ----------------------------------------------------------------------------------------
     # phases
@@ -166,7 +186,7 @@ class StyleGAN2Loss:
             h, w = gen_out.shape[2], gen_out.shape[3]
             pl_noise = torch.randn_like(gen_out) / (h * w) ** 0.5
             (pl_grads,) = torch.autograd.grad((gen_out * pl_noise).sum(), ws, create_graph=True)
-            pl_lengths = pl_grads.square().sum(2).mean(1).sqrt()          # [n]
+            pl_lengths = pl_grads.float().square().sum(2).mean(1).sqrt()  # [n]
             penalty = (pl_lengths - self.pl_mean.to(pl_lengths.device)).square()
             loss_pl = penalty * self.pl_weight
             (loss_pl.mean() * gain).backward()
@@ -189,7 +209,7 @@ class StyleGAN2Loss:
             if self.augment is not None:
                 real = self.augment(real)
             real = real.detach().requires_grad_(do_Dr1)
-            logits_real = self.D(real, real_c)
+            logits_real = self.forward_D(real, real_c)
             loss = torch.zeros_like(logits_real)
             if do_Dmain:
                 loss_Dreal = F.softplus(-logits_real)   # -log(sigmoid(D(x)))

@@ -79,7 +79,7 @@ class MappingNetwork(nn.Module):
         for layer in self.layers:
             x = layer(x)                                             # [N, w_dim]
         if update_emas and self.w_avg_beta is not None:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+            self.w_avg.copy_(x.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))  # fp32 under autocast too
         if self.num_ws is None:
             return x
         x = x.unsqueeze(1).repeat(1, self.num_ws, 1)                 # [N, num_ws, w_dim]
@@ -87,7 +87,7 @@ class MappingNetwork(nn.Module):
             if self.w_avg_beta is None:
                 raise ValueError("truncation needs w_avg tracking (w_avg_beta is None)")
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            x = torch.cat([self.w_avg.lerp(x[:, :cutoff], truncation_psi), x[:, cutoff:]], dim=1)
+            x = torch.cat([self.w_avg.lerp(x[:, :cutoff].float(), truncation_psi).to(x.dtype), x[:, cutoff:]], dim=1)
         return x
 
     def extra_repr(self) -> str:

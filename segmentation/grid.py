@@ -8,12 +8,14 @@ report's conditions (arm, k) line up across folds.  Duplicate (arm, k) pairs aft
 The order is deterministic (dataset, fold, repeat, n, arm, k as written in the config), and a
 run's id does not depend on the order or on which other runs exist, so shards and re-runs agree.
 
-Seeds (`SEED_SCHEME` 2): a *block* is one (dataset, fold, repeat); the statistics treat blocks as
+Seeds (`SEED_SCHEME` 3): a *block* is one (dataset, fold, repeat); the statistics treat blocks as
 independent and compare arms within a block.  So every block derives its own seed from (study
 seed, dataset, fold, repeat) -- its initial weights, slice order, augmentation and synthetic
 subsets differ from every other block's -- and every arm of a block shares it (paired runs).
 Scheme 1 (seed = study seed + repeat, the same in every fold) made the folds of a repeat
-correlated, and the tests on them invented effects; results made with it are refused.
+correlated, and the tests on them invented effects; scheme 2 drew the augmentation per slice
+through MONAI transforms (scheme 3: per batch, `segmentation.unet.BatchAugment`).  Results of
+another scheme are refused rather than mixed with new runs.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from segmentation.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, resolve_k
 
-SEED_SCHEME = 2
+SEED_SCHEME = 3
 
 
 def name_code(name: str) -> int:

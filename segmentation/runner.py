@@ -377,10 +377,12 @@ def finished_result(results: Path, run: Run, config: StudyConfig) -> dict | None
     except (OSError, json.JSONDecodeError) as exc:
         raise StudyDataError(f"{path}: unreadable run result ({exc}); delete it to run it again") from None
     if stored.get("seed_scheme") != SEED_SCHEME:
-        raise StudyDataError(f"{path}: this run was made with seed scheme {stored.get('seed_scheme', 1)} (one seed "
-                             f"shared by every fold of a repeat, so the folds were not independent blocks); this "
-                             f"version uses scheme {SEED_SCHEME} and will not mix the two in one results folder: use "
-                             f"another --results folder")
+        old = stored.get("seed_scheme", 1)
+        why = {1: "one seed shared by every fold of a repeat, so the folds were not independent blocks",
+               2: "augmentation drawn per slice through MONAI transforms, now per batch"}.get(old, "another version")
+        raise StudyDataError(f"{path}: this run was made with seed scheme {old} ({why}); this version uses scheme "
+                             f"{SEED_SCHEME} and will not mix the two in one results folder: use another --results "
+                             f"folder")
     if stored.get("fingerprint") != fingerprint(run_config(run, config)):
         raise StudyDataError(f"{path}: this run was made with a different study configuration; use another --results "
                          f"folder, or delete the file to run it again")

@@ -184,11 +184,13 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """MONAI dictionary transforms, applied per training slice.
+    """The training slices' augmentation (`segmentation.unet.BatchAugment`: whole batches, each slice
+    drawing its own; the transforms of MONAI's RandFlipd, RandRotate90d, RandGaussianNoised and
+    RandScaleIntensityd).
 
-    flip_prob: RandFlipd along each in-plane axis (image + label); rotate90_prob: RandRotate90d
-    (image + label); noise_prob / noise_std: RandGaussianNoised (image only, std in [-1, 1] units);
-    scale_prob / scale_factor: RandScaleIntensityd (image only, intensity x (1 + U(-f, f))).
+    flip_prob: a flip along each in-plane axis (image + label); rotate90_prob: a rotation by k x 90
+    degrees, k in 1..3 (image + label); noise_prob / noise_std: Gaussian noise (image only, std in
+    [-1, 1] units); scale_prob / scale_factor: intensity x (1 + U(-f, f)) (image only).
     """
 
     flip_prob: float = 0.5

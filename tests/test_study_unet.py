@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from segmentation.runner import torch_threads
 from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
-from segmentation.unet import AugmentedSlices, build_augmentation, build_unet, make_loader, train_unet
+from segmentation.unet import BatchAugment, build_unet, make_loader, train_unet
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -46,27 +46,47 @@ def test_budget_is_the_same_whatever_the_pool_size():
         assert batches == [(3, 2, 16, 16)] * 5
 
 
+def batch_of(data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels, _ = data.tensors
+    return images.clone(), labels[:, None].clone()
+
+
 def test_augmentation_moves_image_and_label_together():
-    config = AugmentConfig(flip_prob=1.0, rotate90_prob=1.0, noise_prob=0.0, scale_prob=0.0)
-    transform = build_augmentation(config)
-    transform.set_random_state(seed=3)
-    data = AugmentedSlices(squares(6), transform)
-    moved = 0
-    for i in range(6):
-        image, label = data[i]
-        assert image.shape == (2, 16, 16) and label.shape == (1, 16, 16) and label.dtype == torch.long
-        np.testing.assert_array_equal(label[0].numpy(), (image[0] > 0).numpy().astype(np.int64))
-        moved += not torch.equal(label[0], squares(6).tensors[1][i])
-    assert moved > 0
+    config = AugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=0.0, scale_prob=0.0)
+    source_images, source_labels = batch_of(squares(64))
+    images, labels = BatchAugment(config, torch.Generator().manual_seed(3))(source_images, source_labels)
+    assert images.shape == (64, 2, 16, 16) and labels.shape == (64, 1, 16, 16) and labels.dtype == torch.long
+    np.testing.assert_array_equal(labels[:, 0].numpy(), (images[:, 0] > 0).numpy().astype(np.int64))
+    # each slice draws its own: some moved, some not; every result is one of the 16 flip/rotation images
+    moved = [not torch.equal(labels[i], source_labels[i]) for i in range(64)]
+    assert 0 < sum(moved) < 64
+    for i in range(64):
+        variants = [torch.rot90(v, k, (1, 2)) for v in (source_labels[i], source_labels[i].flip(1),
+                                                       source_labels[i].flip(2), source_labels[i].flip(1).flip(2))
+                    for k in range(4)]
+        assert any(torch.equal(labels[i], v) for v in variants)
 
 
-def test_image_only_transforms_leave_the_label():
-    config = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=1.0, noise_std=0.3, scale_prob=1.0)
-    data = AugmentedSlices(squares(2), build_augmentation(config))
-    image, label = data[0]
-    source_image, source_label, _ = squares(2)[0]
-    assert not torch.allclose(image, source_image)
-    assert torch.equal(label[0], source_label)
+def test_image_only_transforms_leave_the_label_and_follow_their_settings():
+    config = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=1.0, noise_std=0.3, scale_prob=0.0)
+    source_images, source_labels = batch_of(squares(32))
+    images, labels = BatchAugment(config, torch.Generator().manual_seed(0))(source_images, source_labels)
+    assert torch.equal(labels, source_labels)
+    assert float((images - source_images).std()) == pytest.approx(0.3, rel=0.05)
+    scaling = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=1.0, scale_factor=0.1)
+    images, _ = BatchAugment(scaling, torch.Generator().manual_seed(0))(source_images, source_labels)
+    ratio = (images / source_images).flatten(1)
+    assert torch.allclose(ratio, ratio[:, :1], atol=1e-5)           # one factor per slice ...
+    assert 0.9 <= float(ratio.min()) and float(ratio.max()) <= 1.1 and float(ratio[:, 0].std()) > 0.02  # ... in 1 +- 0.1
+
+
+def test_augmentation_is_fixed_by_its_seed():
+    config = AugmentConfig()
+    first = BatchAugment(config, torch.Generator().manual_seed(5))(*batch_of(squares(8)))
+    again = BatchAugment(config, torch.Generator().manual_seed(5))(*batch_of(squares(8)))
+    other = BatchAugment(config, torch.Generator().manual_seed(6))(*batch_of(squares(8)))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
 
 
 def test_training_learns_and_keeps_the_best_validation_state():

@@ -409,3 +409,17 @@ def test_a_broken_patient_is_named_with_the_flag_that_leaves_it_out(tmp_path, ca
         assert main(argv + ["--on-error", "skip"]) == 0
     _, content = _weights(tmp_path / "run")
     assert content.documents["dataset"]["case_ids"] == ["phantom_000", "phantom_002"]
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_state(tmp_path, phantoms):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        assert main(TINY + ["--variant", "baseline", "--data", phantoms, "--out", str(tmp_path / precision),
+                            "--kimg", "0.008", "--precision", precision]) == 0
+        runs[precision] = _weights(tmp_path / precision)[1]
+    assert runs["bf16"].documents["config"]["precision"] == "bf16"
+    for name, weight in runs["bf16"].tensors["G"].items():
+        assert weight.dtype == runs["fp32"].tensors["G"][name].dtype      # weights, w_avg and Adam stay fp32
+    w_avg = {p: runs[p].tensors["G"]["mapping.w_avg"] for p in runs}
+    difference = (w_avg["bf16"] - w_avg["fp32"]).abs().max() / w_avg["fp32"].abs().max()
+    assert 0 < difference < 0.05                                           # bf16 rounding, not another training

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from training import checkpoint as ckpt
-from training.config import (AUGMENT_MODES, CONDITIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
+from training.config import (AUGMENT_MODES, CONDITIONS, PRECISIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
 from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
@@ -26,7 +26,7 @@ from training.data.errors import one_line_errors
 
 # Allowed values of the flags with a fixed set of choices.
 FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
-                "layout": ("auto", "msd", "nnunet", "folder"), "on_error": ("fail", "skip")}
+                "layout": ("auto", "msd", "nnunet", "folder"), "on_error": ("fail", "skip"), "precision": PRECISIONS}
 # (flag, config key, type, help) of the flags that set one config field.
 CONFIG_FLAGS = (
     ("--variant", "variant", str, f"generator variant: {', '.join(VARIANTS)}"),
@@ -45,6 +45,7 @@ CONFIG_FLAGS = (
     ("--snap", "snap", int, "snapshot (and grid, metrics) every this many ticks"),
     ("--keep", "keep_last", int, "snapshots kept besides the best by --track-metric"),
     ("--seed", "seed", int, "random seed"),
+    ("--precision", "precision", str, "fp32, or bf16: every forward pass autocast to bfloat16 (see README)"),
     ("--aug", "augment.mode", str, f"augmentation: {', '.join(AUGMENT_MODES)}"),
     ("--p", "augment.p", float, "augmentation probability (initial for ada, constant for fixed)"),
     ("--target", "augment.target", float, "ADA target for E[sign D(real)]"),

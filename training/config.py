@@ -21,6 +21,7 @@ from gan import NetworkConfig
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "gan"
 PRESETS = ("auto", "stylegan2", "paper256", "tiny")
+PRECISIONS = ("fp32", "bf16")
 VARIANTS = ("baseline", "mask", "conditional")
 CONDITIONS = ("none", "slice-position")
 AUGMENT_MODES = ("ada", "fixed", "none")
@@ -98,6 +99,7 @@ class TrainConfig:
     feature_weights: str | None = None  # Inception-v3 weights file for FID/KID
     track_metric: str | None = None     # None: the first of `metrics`
     deterministic: bool = False         # torch deterministic algorithms (slower on GPU)
+    precision: str = "fp32"             # fp32 | bf16 (autocast of every forward pass; CPU or CUDA)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -304,6 +306,9 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got '{cfg.variant}'")
     if cfg.cond not in CONDITIONS:
         raise ConfigError(f"cond must be one of {', '.join(CONDITIONS)}, got '{cfg.cond}'")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r} (fp16 on CUDA: "
+                          f"network.num_fp16_res, the reference's per-block fp16)")
     if cfg.on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be 'fail' or 'skip', got {cfg.on_error!r}")
     if cfg.augment.mode not in AUGMENT_MODES:

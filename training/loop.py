@@ -42,7 +42,7 @@ from gan import build_discriminator, build_generator, channels_to_labels, labels
 from gan.augment import AdaController, MaskAwareAugment
 from gan.losses import StyleGAN2Loss
 from training import checkpoint as ckpt
-from training.config import TrainConfig, config_to_dict, config_to_yaml, resume_incompatibilities
+from training.config import TrainConfig, config_from_dict, config_to_dict, config_to_yaml, resume_incompatibilities
 from training.distributed import DistContext
 from training.monitor import TrainingMonitor, peak_memory_gb
 
@@ -298,7 +298,8 @@ class GanTrainer:
                                   pl_batch_shrink=cfg.loss.pl_batch_shrink,
                                   pl_decay=cfg.loss.pl_decay,
                                   label_channels=self.data.label_channels,
-                                  mask_to_d=cfg.loss.mask_to_d)
+                                  mask_to_d=cfg.loss.mask_to_d,
+                                  autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, "G_ema": self.G_ema, "D": self.D}
@@ -511,7 +512,8 @@ class GanTrainer:
 
     def check_resume(self, snapshot: Path, force: bool) -> list[str]:
         """Problems that make ``snapshot`` a different training; ResumeError unless ``force``."""
-        saved_config = ckpt.read_json(snapshot / "config.json")
+        # through the config type: fields added since the snapshot was written compare as their defaults
+        saved_config = config_to_dict(config_from_dict(ckpt.read_json(snapshot / "config.json")))
         saved_data = ckpt.read_json(snapshot / "dataset.json")
         problems = resume_incompatibilities(saved_config, config_to_dict(self.cfg))
         if saved_data.get("fingerprint") != self.data.info.fingerprint:
