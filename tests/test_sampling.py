@@ -705,3 +705,15 @@ def test_sampling_in_a_log_file_writes_a_progress_line_per_patient(baseline_sour
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sampling: ")]
     assert [line.split(",")[0] for line in lines] == ["sampling: 1/2 patients", "sampling: 2/2 patients"]
     assert lines[-1].startswith("sampling: 2/2 patients, SYN_0001, ") and lines[-1].endswith("s/patient, ETA 0.0 min")
+
+
+def test_log_lines_are_the_first_the_last_and_one_per_interval_between(capsys, monkeypatch):
+    from training import progress
+
+    clock = iter([0.0, 1.0, 2.0, 7.0, 8.0, 9.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    lines = progress.LogLines("work", 5, "item")       # started at t = 0
+    for _ in range(5):                                 # items at t = 1, 2, 7, 8, 9
+        lines.step()
+    shown = [line.split(",")[0] for line in capsys.readouterr().err.splitlines()]
+    assert shown == ["work: 1/5 items", "work: 3/5 items", "work: 5/5 items"]
