@@ -423,3 +423,35 @@ def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_state(tmp_path, phant
     w_avg = {p: runs[p].tensors["G"]["mapping.w_avg"] for p in runs}
     difference = (w_avg["bf16"] - w_avg["fp32"]).abs().max() / w_avg["fp32"].abs().max()
     assert 0 < difference < 0.05                                           # bf16 rounding, not another training
+
+
+def test_preprocess_ct_trains_on_the_windowed_cache_that_stylepair_data_built(tmp_path, capsys, monkeypatch):
+    import json as json_module
+
+    from training.data import write_phantom_dataset
+    from training.data import cache as cache_module
+    from training.data.cli import main as data_main
+
+    data = write_phantom_dataset(tmp_path / "ct", n_patients=3, shape=(32, 32, 8), seed=6, layout="nnunet")
+    meta = json_module.loads((data / "dataset.json").read_text())
+    meta["channel_names"]["0"] = "CT"                   # the first channel is CT: the preset's HU window applies
+    (data / "dataset.json").write_text(json_module.dumps(meta))
+    assert data_main(["cache", str(data), "--config", "ct", "--resolution", "16"]) == 0
+    built = capsys.readouterr().out.split("cache       ")[1].split()[0]
+    builds = []
+    original = cache_module.build_slice_cache
+    monkeypatch.setattr(cache_module, "build_slice_cache", lambda *a, **k: builds.append(a) or original(*a, **k))
+    run = tmp_path / "run"
+    argv = TINY + ["--variant", "mask", "--data", str(data), "--out", str(run), "--kimg", "0.004",
+                   "--preprocess", "ct", "--drop-end-slices", "0"]
+    assert main(argv) == 0
+    assert not builds                                   # the cache stylepair-data built, opened as it is
+    _, content = _weights(run)
+    assert content.documents["config"]["preprocess"] == "ct" and content.documents["config"]["resolution"] == 16
+    windows = {e["modality"]: (e["lo"], e["hi"]) for e in content.documents["dataset"]["intensity"]}
+    assert windows["CT"] == (-1000.0, 2000.0) and windows["T2"] == (0.0, 1900.0)   # configs/data/ct.yaml's windows
+    assert built.startswith(str(data))
+    without = tmp_path / "default"       # without the preset: T2 is an MR percentile window, another cache
+    assert main(TINY + ["--variant", "mask", "--data", str(data), "--out", str(without), "--kimg", "0.004"]) == 0
+    default = {e["modality"]: (e["lo"], e["hi"]) for e in _weights(without)[1].documents["dataset"]["intensity"]}
+    assert default["T2"] != (0.0, 1900.0) and len(builds) == 1

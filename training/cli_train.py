@@ -35,6 +35,9 @@ CONFIG_FLAGS = (
     ("--layout", "layout", str, "dataset layout: auto, msd, nnunet, folder"),
     ("--on-error", "on_error", str, "broken patients: fail (stop, listing them) or skip (train without them)"),
     ("--cond", "cond", str, f"label conditioning: {', '.join(CONDITIONS)}"),
+    ("--preprocess", "preprocess", str, "preprocessing preset (phantom, brats, ct) or YAML file, as for "
+                                        "stylepair-data cache --config: CT windows, MR percentiles, slice selection; "
+                                        "its resolution and dropped slices unless given"),
     ("--resolution", "resolution", int, "slice resolution (power of two)"),
     ("--drop-end-slices", "drop_end_slices", int, "slices dropped at each end of every stack"),
     ("--batch", "batch", int, "global batch size (None: auto)"),
@@ -135,11 +138,34 @@ def build_config(args: argparse.Namespace, num_processes: int,
         if key == "metrics":
             value = [] if value.strip().lower() in ("", "none") else [v.strip() for v in value.split(",")]
         apply_override(cfg, key, value)
+    if cfg.preprocess is not None:
+        _take_preset_slices(cfg, args)
     if args.deterministic:
         cfg.deterministic = True
     if args.exclude_cases is not None or args.splits is not None:
         cfg.exclude_cases = _excluded_cases(args)
     return resolve_config(cfg, num_processes)
+
+
+# Fields of a training config that a preprocessing preset also sets: the preset's values apply unless
+# the user set the field (flag or --set).
+PRESET_SLICE_FIELDS = ("resolution", "drop_end_slices", "drop_empty_slices")
+
+
+def _take_preset_slices(cfg: TrainConfig, args: argparse.Namespace) -> None:
+    """Copy resolution and slice selection from the ``preprocess`` preset into ``cfg`` where the user
+    did not set them, so the GAN trains on the cache `stylepair-data cache --config PRESET` builds."""
+    from training.data.preprocess import load_preprocess_config
+
+    try:
+        preset = load_preprocess_config(cfg.preprocess)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--preprocess {cfg.preprocess}: {err}") from None
+    given = {parse_override(text)[0] for text in args.overrides}
+    given |= {key for _, key, _, _ in CONFIG_FLAGS if getattr(args, key.replace(".", "__")) is not None}
+    for key in PRESET_SLICE_FIELDS:
+        if key not in given:
+            setattr(cfg, key, getattr(preset, key))
 
 
 def _excluded_cases(args: argparse.Namespace) -> list[str]:

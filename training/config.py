@@ -82,6 +82,9 @@ class TrainConfig:
     layout: str = "auto"                # auto | msd | nnunet | folder
     on_error: str = "fail"              # fail | skip: broken patients stop the run, or are left out (listed)
     cond: str = "none"                  # none | slice-position
+    preprocess: str | None = None       # a preprocessing preset (configs/data: phantom, brats, ct) or YAML file:
+                                        # intensity normalisation and slice selection, the cache stylepair-data
+                                        # and the study use; None: MR percentiles / CT windows by modality name
     resolution: int = 128               # slice resolution the data is resampled to
     drop_end_slices: int = 0            # slices dropped at each end of every stack
     drop_empty_slices: bool = False     # leave out all-background slices

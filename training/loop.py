@@ -114,14 +114,16 @@ class TrainingData:
 
 def open_training_data(cfg: TrainConfig) -> TrainingData:
     """Load the dataset (``phantoms``: the embedded default), build/open its slice cache."""
-    from training.data import PreprocessConfig, default_phantom_dataset, load_dataset, open_slice_cache
+    from training.data import (PreprocessConfig, default_phantom_dataset, load_dataset, load_preprocess_config,
+                               open_slice_cache)
     from training.data.nifti import read_stored_style
     from training.data.preprocess import RealGrid
 
     root = default_phantom_dataset() if cfg.data == "phantoms" else Path(cfg.data)
     dataset = load_dataset(root, layout=cfg.layout, on_error=cfg.on_error)
-    preprocess = PreprocessConfig(resolution=cfg.resolution, drop_end_slices=cfg.drop_end_slices,
-                                  drop_empty_slices=cfg.drop_empty_slices)
+    slices = dict(resolution=cfg.resolution, drop_end_slices=cfg.drop_end_slices, drop_empty_slices=cfg.drop_empty_slices)
+    preprocess = (load_preprocess_config(cfg.preprocess, **slices) if cfg.preprocess is not None
+                  else PreprocessConfig(**slices))
     cache = open_slice_cache(dataset, preprocess)
     unknown = sorted(set(cfg.exclude_cases) - set(cache.case_ids))
     if unknown:
