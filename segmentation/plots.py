@@ -5,7 +5,6 @@ Figures are built on `matplotlib.figure.Figure` objects (no pyplot state) and sa
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from segmentation.score_table import DatasetSummary, natural_key
+from training.data.fsutils import atomic_write
 
 __all__ = [
     "CDDiagramStyle",
@@ -260,7 +260,4 @@ def scaling_figure(n_values: list[int], curves: dict[str, tuple[np.ndarray, np.n
 def save_figure(figure: Figure, path: str | Path, dpi: int = 150) -> Path:
     """Save `figure` atomically (temporary file in the same directory, then rename); format from the suffix."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format=path.suffix.lstrip("."), dpi=dpi)
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format=path.suffix.lstrip("."), dpi=dpi))

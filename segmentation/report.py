@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from segmentation.power import DesignPower, describe_design
 from segmentation.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
 from segmentation.stats import (Comparison, PairedComparison, bonferroni_dunn_q_alpha, compare_conditions,
                                 compare_paired_to_control, nemenyi_q_alpha)
+from training.data.fsutils import atomic_write_text
 
 __all__ = ["ReportConfig", "ReportFiles", "describe_condition", "findings", "make_report", "write_report"]
 
@@ -122,13 +122,13 @@ def write_report(table: ScoreTable, comparison: Comparison, baseline: int, out_d
     if config.plots:
         cd_png, cd_pdf = _draw_cd_diagram(context, out_dir)
         score_png = _draw_score_vs_k(context, out_dir)
-    ranks_csv = _atomic_write(out_dir / "ranks.csv", _ranks_csv(context))
-    pvalues_csv = _atomic_write(out_dir / "pvalues.csv", _pvalues_csv(context))
+    ranks_csv = atomic_write_text(out_dir / "ranks.csv", _ranks_csv(context))
+    pvalues_csv = atomic_write_text(out_dir / "pvalues.csv", _pvalues_csv(context))
     figures = {"cd": cd_png, "score_vs_k": score_png}
     text = _markdown(context, figures)
-    markdown = _atomic_write(out_dir / "report.md", text)
-    page = _atomic_write(out_dir / "report.html", markdown_to_html(text, out_dir, f"stylepair: {_metric_label(table)}"))
-    latex = _atomic_write(out_dir / "report.tex", _latex(context))
+    markdown = atomic_write_text(out_dir / "report.md", text)
+    page = atomic_write_text(out_dir / "report.html", markdown_to_html(text, out_dir, f"stylepair: {_metric_label(table)}"))
+    latex = atomic_write_text(out_dir / "report.tex", _latex(context))
     return ReportFiles(markdown=markdown, html=page, latex=latex, ranks_csv=ranks_csv, pvalues_csv=pvalues_csv,
                        cd_png=cd_png, cd_pdf=cd_pdf, score_vs_k_png=score_png)
 
@@ -635,10 +635,3 @@ def _latex(context: _Context) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    """Write text to path via a temporary file in the same directory and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-    return path

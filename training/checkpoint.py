@@ -117,15 +117,6 @@ def write_json(path: Path, data: Any) -> None:
         handle.write("\n")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder + os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # optimizer and RNG state <-> (tensors, JSON)
 # --------------------------------------------------------------------------------------------

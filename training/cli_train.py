@@ -21,6 +21,7 @@ from training import checkpoint as ckpt
 from training.config import (AUGMENT_MODES, CONDITIONS, PRECISIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
+from training.data.fsutils import atomic_write_json
 from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
 from training.data.errors import one_line_errors
 
@@ -315,8 +316,7 @@ def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> in
             print(f"resuming from {used} at {trainer.progress.nimg / 1000:.3f} kimg", file=sys.stderr)
     if ctx.is_main and floor:
         run_dir.mkdir(parents=True, exist_ok=True)
-        import json
-        ckpt.atomic_write_text(run_dir / "metrics_floor.json", json.dumps(floor, indent=1) + "\n")
+        atomic_write_json(run_dir / "metrics_floor.json", floor)
     result = trainer.train()
     if ctx.is_main:
         where = f"; snapshot {result.snapshot}" if result.snapshot is not None else " (nothing left to train)"

@@ -43,6 +43,7 @@ from gan.augment import AdaController, MaskAwareAugment
 from gan.losses import StyleGAN2Loss
 from training import checkpoint as ckpt
 from training.config import TrainConfig, config_from_dict, config_to_dict, config_to_yaml, resume_incompatibilities
+from training.data.fsutils import atomic_write_text
 from training.distributed import DistContext
 from training.monitor import TrainingMonitor, peak_memory_gb
 
@@ -591,7 +592,7 @@ class GanTrainer:
         """The resolved config as config.yaml in the run directory (main process)."""
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
+            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
 
     def train(self) -> TrainResult:
         """Run until ``kimg`` thousand real images have been shown, or a signal arrives."""

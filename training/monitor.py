@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import shutil
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from training.data.fsutils import atomic_write_text
 
 # Overlay colours of label indices 1.. (index 0, background, is not drawn).
 LABEL_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25],
@@ -126,9 +127,7 @@ class TrainingMonitor:
             return
         kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
                 if line.strip() and json.loads(line).get("kimg", 0.0) <= nimg / 1000.0 + 1e-9]
-        temporary = path.with_name(".stats.jsonl.tmp")
-        temporary.write_text("".join(kept), encoding="utf-8")
-        os.replace(temporary, path)
+        atomic_write_text(path, "".join(kept))
 
     def log_tick(self, stats: dict[str, float], nimg: int) -> None:
         """Write one tick's scalars (TensorBoard, stats.jsonl) and show the losses on the bar."""

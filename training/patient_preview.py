@@ -9,7 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from training.synthetic_dataset import FILE_ENDING, atomic_write_bytes
+from training.data.fsutils import atomic_write_bytes
+from training.synthetic_dataset import FILE_ENDING
 
 
 @dataclass

@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from training.data.fsutils import atomic_write_bytes, atomic_write_json
 from training.data.nifti import StoredStyle, stored_nifti
 
 SYNTHESIS_FORMAT = "stylepair-synthesis/1"
@@ -100,20 +101,6 @@ class QualityGate:
 # Writing the nnU-Net v2 raw layout
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary name in the same directory and os.replace."""
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def _nifti_gz_bytes(image: nib.Nifti1Image) -> bytes:
     """A gzipped single-file NIfTI-1; byte-identical for identical inputs."""
     return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)  # nibabel's default level
@@ -169,7 +156,7 @@ class NnUNetRawWriter:
         contents.append((label_path, self.encode(labels, affine, self.label_dtype)))
         self._remember(contents)
         for path, data in contents:
-            atomic_write_bytes(path, data)
+            self._write(path, data)
 
     def encode(self, volume: np.ndarray, affine: np.ndarray, dtype: str) -> bytes:
         """The gzipped NIfTI bytes of a canonical volume [X, Y, Z] stored in this writer's style as ``dtype``."""
@@ -192,7 +179,12 @@ class NnUNetRawWriter:
     def write_file(self, path: Path, data: bytes) -> None:
         """Record ``path``'s name and content hash, then write it atomically."""
         self._remember([(path, data)])
-        atomic_write_bytes(path, data)
+        self._write(path, data)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        # the temporary name ends in PARTIAL_SUFFIX: an interrupted write is found and removed on resume
+        atomic_write_bytes(path, data, temporary=path.with_name(path.name + PARTIAL_SUFFIX))
 
     def owns(self, path: Path) -> bool:
         """Whether this writer wrote ``path`` with its present content (name and SHA-256 recorded)."""

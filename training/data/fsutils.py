@@ -1,4 +1,6 @@
-"""File-system helpers: the user cache folder, an inter-process lock, atomic JSON writes."""
+"""File-system helpers: the user cache folder, an inter-process lock, and the project's one way of
+writing a file atomically (a temporary file in the same folder, flushed to disk, then renamed over the
+target: readers see the old file or the new one, never half of one)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 CACHE_ENV = "STYLEPAIR_CACHE_DIR"
 
@@ -60,23 +62,41 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write(path: Path, write: Callable[[Path], None], temporary: Path | None = None) -> Path:
+    """Make ``path`` with ``write(temporary_path)``, then fsync and rename it into place; returns ``path``.
+
+    temporary: the temporary file's name (default: a fresh hidden name in the same folder that keeps the
+    file ending, for writers that infer the format from it); removed if ``write`` fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if temporary is None:
+        ending = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{ending}")
+        os.close(fd)
+        temporary = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
+        write(temporary)
+        with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(temporary)
         raise
+    return path
 
 
-def atomic_write_json(path: Path, obj: object) -> None:
+def atomic_write_bytes(path: Path, data: bytes, temporary: Path | None = None) -> Path:
+    """`atomic_write` of ``data``."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), temporary)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """`atomic_write` of ``text`` (UTF-8, newlines as given)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: object) -> Path:
     """`atomic_write_text` of ``json.dumps(obj, indent=2)``."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

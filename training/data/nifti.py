@@ -18,6 +18,7 @@ import numpy as np
 from nibabel import orientations
 
 from training.data.errors import PatientError
+from training.data.fsutils import atomic_write
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 MAX_VOLUME_ENV = "STYLEPAIR_MAX_VOLUME_GB"  # the largest volume (as float32) a reader will load
@@ -275,16 +276,7 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     The temporary file sits next to the target and is renamed over it, so readers never see a
     half-written volume.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    ending = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{ending}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(Path(path), lambda temporary: nib.save(img, str(temporary)))
