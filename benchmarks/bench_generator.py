@@ -1,7 +1,7 @@
 """Generator forward throughput: our reference ops path against a naive implementation, and the
 fused (Triton) path against the reference where it can run.
 
-    python -m benchmarks.bench_generator                       # 64², SCIENCE.md §6 CPU config
+    python -m benchmarks.bench_generator                       # 64², the CPU configuration
     python -m benchmarks.bench_generator --resolution 128 --batch 8 --repeats 2
 
 Rows (untrained baseline G, 5 output channels, fp32, eval, const noise):

@@ -41,7 +41,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (gan.ops imports it lazily)
 
 from gan import ops  # noqa: E402
-from gan.ops.bias_act import resolve_bias_act_args  # noqa: E402
+from gan.ops.activations import resolve_bias_act_args  # noqa: E402
 from gan.ops.parity import ParityErrors, compare  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -7,7 +7,7 @@ slice-position conditioned) through `PatientSampler`, batched versus one slice p
 At `tiny` batching pays (per-call overhead dominates small convolutions: ~3x); at 128² the
 convolutions are compute-bound per slice already, so batching gains little on a CPU -- and with
 glibc's default malloc settings batch 16 runs at about half the speed of batch 1, because large
-activation buffers are returned to the kernel and faulted in again on every call (SCIENCE.md §6).
+activation buffers are returned to the kernel and faulted in again on every call.
 Like sample_patients.py on a CPU, the benchmark therefore keeps freed memory in the process
 (`training.runtime.keep_freed_memory`); --default-malloc measures without it.
 slices/CPU-s counts this process's CPU time (all threads): steadier than wall-clock slices/s when

@@ -1,6 +1,6 @@
 """NetworkConfig: the hyper-parameters that define a StyleGAN2 generator/discriminator pair.
 
-Defaults follow StyleGAN2-ADA's 'auto' configuration (SCIENCE.md §2).  Fields left ``None`` are
+Defaults follow StyleGAN2-ADA's 'auto' configuration (NVIDIA's train.py, cfg_specs).  Fields left ``None`` are
 derived from the resolution by `NetworkConfig.resolved()`, so a YAML preset only pins what it
 means to pin and `training.config` can fill the rest with its own rules first.
 """

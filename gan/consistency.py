@@ -23,7 +23,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from torch import nn
 
-from gan.feature_extractor import ArrayLike, take_images, take_labels
+from gan.image_batches import ArrayLike, take_images, take_labels
 
 
 @dataclass

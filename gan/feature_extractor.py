@@ -41,33 +41,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from gan.inception import InceptionConfig
-
-MIN_IMAGE_SIZE = 16
-
-ArrayLike = torch.Tensor | np.ndarray  # np.memmap included: slices are read batch by batch
-
-
-def take_images(images: ArrayLike, rows: slice | np.ndarray) -> torch.Tensor:
-    """Rows of images (tensor, array or memmap) as a float32 CPU tensor."""
-    if isinstance(images, torch.Tensor):
-        return images[rows].detach().float().cpu()
-    return torch.as_tensor(np.asarray(images[rows]), dtype=torch.float32)
-
-
-def take_labels(labels: ArrayLike, rows: slice | np.ndarray) -> torch.Tensor:
-    """Rows of label indices (tensor, array or memmap) as a long CPU tensor."""
-    if isinstance(labels, torch.Tensor):
-        return labels[rows].detach().long().cpu()
-    return torch.as_tensor(np.asarray(labels[rows])).long()
+from gan.image_batches import check_image_batch, take_images
+from gan.inception import InceptionConfig, InceptionFeatures
 
 
 @runtime_checkable
@@ -79,25 +61,6 @@ class FeatureExtractor(Protocol):
     feature_dim: int
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-def check_image_batch(images: torch.Tensor, in_channels: int, who: str) -> None:
-    """Raise a ValueError naming ``who`` unless ``images`` is ``[N, in_channels, H, W]`` with
-    H, W >= 16 and a floating dtype."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{who}: expected images [N, C, H, W], got {shape}")
-    if images.shape[1] != in_channels:
-        raise ValueError(
-            f"{who}: built for {in_channels} channels, got images with {images.shape[1]} channels"
-        )
-    if min(images.shape[2:]) < MIN_IMAGE_SIZE:
-        raise ValueError(
-            f"{who}: images must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got "
-            f"{images.shape[2]}x{images.shape[3]}"
-        )
-    if not images.is_floating_point():
-        raise ValueError(f"{who}: images must be floating point in [-1, 1], got {images.dtype}")
 
 
 @dataclass
@@ -278,7 +241,7 @@ def load_feature_extractor(
     weights_path: str | Path | None = None,
     in_channels: int = 1,
     device: str | torch.device = "cpu",
-    inception_config: "InceptionConfig | None" = None,
+    inception_config: InceptionConfig | None = None,
 ) -> nn.Module:
     """The feature extractor for FID/KID, in eval mode on ``device``.
 
@@ -295,7 +258,6 @@ def load_feature_extractor(
     if weights_path is None:
         extractor: nn.Module = SliceTextureFeatures(in_channels)
     else:
-        from gan.inception import InceptionFeatures  # gan.inception imports this module
 
         extractor = InceptionFeatures.from_weights_file(weights_path, in_channels, inception_config)
     return extractor.eval().to(device)

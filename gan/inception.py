@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.feature_extractor import check_image_batch
+from gan.image_batches import check_image_batch
 
 FEATURE_DIM = 2048
 IGNORED_PREFIXES = ("fc.", "AuxLogits.")

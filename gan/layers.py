@@ -1,4 +1,4 @@
-"""Equalised-learning-rate layers of StyleGAN2 (Karras et al. 2020, SCIENCE.md §2).
+"""Equalised-learning-rate layers of StyleGAN2 (Karras et al. 2020).
 
 Every weight is stored as N(0, 1) / lr_mult and scaled at run time by lr_mult / sqrt(fan_in), so
 that Adam's per-parameter step sizes act on the same scale for every layer ("equalised lr").

@@ -1,6 +1,6 @@
 """StyleGAN2 losses for the three variants: non-saturating logistic, lazy R1, path length.
 
-What G produces and what D sees (DESIGN.md):
+What G produces and what D sees:
 
 =============  ===============================  ==========================================
 variant        G output                         D input (real / fake)

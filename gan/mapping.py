@@ -1,6 +1,6 @@
 """MappingNetwork: z (and optional label c) -> intermediate latents w, with truncation.
 
-StyleGAN2 (SCIENCE.md §2): z is normalised by its second moment; with c_dim > 0, c is embedded by a
+StyleGAN2 (Karras et al. 2020): z is normalised by its second moment; with c_dim > 0, c is embedded by a
 linear layer, normalised the same way and concatenated; an MLP of leaky-ReLU layers (lr multiplier
 0.01) produces w.  A running mean w_avg (decay 0.995) is tracked for the truncation trick
 w' = w_avg + psi * (w - w_avg).

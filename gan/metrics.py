@@ -39,7 +39,8 @@ from gan.consistency import (
     mask_image_consistency,
     train_consistency_segmenter,
 )
-from gan.feature_extractor import load_feature_extractor, take_images, take_labels
+from gan.feature_extractor import load_feature_extractor
+from gan.image_batches import take_images, take_labels
 
 __all__ = [
     "frechet_distance",

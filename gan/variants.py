@@ -1,4 +1,4 @@
-"""The three generator variants of DESIGN.md behind one factory, and their discriminators.
+"""The three generator variants behind one factory, and their discriminators.
 
 ==============  ============================  ============================
 variant         G                             D input

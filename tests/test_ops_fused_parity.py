@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gan import ops
-from gan.ops.bias_act import resolve_bias_act_args
+from gan.ops.activations import resolve_bias_act_args
 from gan.ops.parity import compare
 
 triton = pytest.importorskip("triton")

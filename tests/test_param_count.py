@@ -1,4 +1,4 @@
-"""Parameter counts equal the reference StyleGAN2 architecture (layer inventory of SCIENCE.md §2).
+"""Parameter counts equal the reference StyleGAN2 architecture (the layer inventory of NVIDIA's training/networks.py).
 
 The expected counts are derived here, independently of the network code, from the inventory:
 mapping = [embed c_dim -> w_dim] + `layers` FC layers with bias; synthesis = 4x4 const + conv1 +

@@ -3,7 +3,7 @@
 Precedence (lowest first): dataclass defaults < preset ``configs/gan/NAME.yaml`` (``--cfg NAME``)
 < ``--set key=value`` overrides (dotted keys reach nested sections, e.g. ``network.channel_base``)
 < the explicit command-line flags.  Fields left ``None`` are then filled by `resolve_config` with
-the StyleGAN2-ADA 'auto' rules (SCIENCE.md §2), so that a preset only pins what it means to pin.
+the StyleGAN2-ADA 'auto' rules (NVIDIA's train.py, cfg_specs), so that a preset only pins what it means to pin.
 The resolved configuration is what is saved with the run and compared on resume.
 """
 from __future__ import annotations

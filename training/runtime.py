@@ -8,9 +8,9 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep large freed buffers in the process instead of returning them to the kernel
     and faulting them in again at the next network call (the same as MALLOC_MMAP_THRESHOLD_ /
     MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_). Measured on a 2-core CPU: batch-16 sampling at 128² 2.1x
-    faster for ~1 GB more resident memory (SCIENCE.md §6); a GAN training iteration 1.1-1.5x faster
-    (benchmarks/bench_training.py). Outputs are unchanged. Returns False where the C library has no
-    mallopt (not glibc)."""
+    faster for ~1 GB more resident memory (benchmarks/bench_sampling.py), so sampling applies it; a GAN
+    training iteration gains nothing measurable (0.94-1.00x, benchmarks/bench_training.py), so training
+    does not. Outputs are unchanged. Returns False where the C library has no mallopt (not glibc)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):

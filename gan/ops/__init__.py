@@ -4,7 +4,8 @@ TRITON_INTERPRET=1). `set_backend("auto"|"ref"|"fused")` or $STYLEPAIR_OPS choos
 imported only when a fused kernel first runs.
 """
 from gan.ops.backend import BACKENDS, get_backend, select_impl, set_backend, triton_available
-from gan.ops.bias_act import ACTIVATIONS, bias_act, bias_act_ref
+from gan.ops.activations import ACTIVATIONS
+from gan.ops.bias_act import bias_act, bias_act_ref
 from gan.ops.conv2d_resample import conv2d_resample
 from gan.ops.modulated_conv import demodulation_coefficients, modulated_conv2d
 from gan.ops.upfirdn2d import (downsample2d, filter2d, parse_padding, parse_scaling, setup_filter, upfirdn2d,

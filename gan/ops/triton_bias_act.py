@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gan.ops.bias_act import ACTIVATIONS
+from gan.ops.activations import ACTIVATIONS
 
 # Kernel code of each activation in gan.ops.bias_act.ACTIVATIONS (a test checks both tables agree).
 ACTIVATION_CODES: dict[str, int] = {
