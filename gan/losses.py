@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("baseline", "mask", "conditional")
+from gan.variants import variant_spec
+
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 MASK_TO_D = ("raw", "softmax", "onehot-st")
 
@@ -54,15 +55,14 @@ class StyleGAN2Loss:
                  r1_gamma: float = 10.0, style_mixing_prob: float = 0.9, pl_weight: float = 2.0,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, label_channels: int = 0,
                  mask_to_d: str = "raw", autocast_dtype: torch.dtype | None = None):
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.spec = variant_spec(variant)
         self.G = G
         self.D = D
         self.variant = variant
         self.label_channels = label_channels
         if mask_to_d not in MASK_TO_D:
             raise ValueError(f"mask_to_d must be one of {MASK_TO_D}, got {mask_to_d!r}")
-        if mask_to_d != "raw" and variant != "conditional" and label_channels < 2:
+        if mask_to_d != "raw" and self.spec.makes_masks and label_channels < 2:
             raise ValueError(f"mask_to_d={mask_to_d!r} needs label_channels >= 2")
         self.mask_to_d = mask_to_d
         self.augment = augment
@@ -106,7 +106,7 @@ class StyleGAN2Loss:
             if cutoff < num_ws:
                 mixed = self.G.mapping(torch.randn_like(z), c, update_emas=False)
                 ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
-        if self.variant == "conditional":
+        if self.spec.needs_mask:
             img = self.G.synthesis(ws, mask=mask, update_emas=update_emas)
         else:
             img = self.G.synthesis(ws, update_emas=update_emas)
@@ -123,7 +123,7 @@ class StyleGAN2Loss:
         mask, with the softmax's gradient in the backward pass).  The decoded mask (argmax) is
         the same in all three.
         """
-        if self.variant == "conditional":
+        if self.spec.needs_mask:
             return torch.cat([gen_out, gen_mask], dim=1)
         if self.mask_to_d == "raw":
             return gen_out
@@ -136,7 +136,7 @@ class StyleGAN2Loss:
 
     def real_pair(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """What D sees for a real: image ⊕ mask (baseline, conditional) or the mask (mask)."""
-        if self.variant == "mask":
+        if not self.spec.d_sees_image:
             return mask
         return torch.cat([img, mask], dim=1)
 

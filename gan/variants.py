@@ -20,6 +20,8 @@ field), which is what makes the generated image fit its mask.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -27,9 +29,64 @@ from gan.config import NetworkConfig, channels_at
 from gan.discriminator import Discriminator
 from gan.layers import Conv2dLayer
 from gan.mapping import MappingNetwork
+from gan.masks import channels_to_labels
 from gan.synthesis import SynthesisNetwork, block_resolutions
 
-VARIANTS = ("baseline", "mask", "conditional")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a variant is -- the one place the loss, the loop, sampling, the config and the CLI read.
+
+    makes_images / makes_masks: G outputs the M image channels / the L mask channels (images first);
+    needs_mask: G takes a mask (and D sees G's output with that mask); d_sees_image: D's input holds
+    the M image channels besides the L mask channels; default_pl_weight: the path-length weight of
+    'auto' (0 for masks only: measured to slow the mask generator down, checkpoints/README.md);
+    metrics: the snapshot metrics that apply (consistency needs images and the masks that go with them).
+    """
+
+    name: str
+    makes_images: bool
+    makes_masks: bool
+    needs_mask: bool
+    d_sees_image: bool
+    default_pl_weight: float
+    metrics: tuple[str, ...]
+
+    def out_channels(self, image_channels: int, label_channels: int) -> int:
+        """G's output channels: M if it makes images, + L if it makes masks."""
+        return image_channels * self.makes_images + label_channels * self.makes_masks
+
+    def d_channels(self, image_channels: int, label_channels: int) -> int:
+        """D's input channels: M if it sees images, + the L mask channels."""
+        return image_channels * self.d_sees_image + label_channels
+
+    def split(self, out: torch.Tensor, image_channels: int, given_labels: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """G output [N, out_channels, H, W] -> (images [N, M, H, W] clamped to [-1, 1], or None; labels
+        [N, H, W] long: decoded from the mask channels, or ``given_labels`` for a variant that takes a mask)."""
+        images = out[:, :image_channels].clamp(-1, 1) if self.makes_images else None
+        if not self.makes_masks:
+            return images, given_labels
+        return images, channels_to_labels(out[:, image_channels * self.makes_images:])
+
+
+VARIANT_TABLE = {
+    "baseline": Variant("baseline", makes_images=True, makes_masks=True, needs_mask=False, d_sees_image=True,
+                        default_pl_weight=2.0, metrics=("fid", "kid", "consistency")),
+    "mask": Variant("mask", makes_images=False, makes_masks=True, needs_mask=False, d_sees_image=False,
+                    default_pl_weight=0.0, metrics=("fid", "kid")),
+    "conditional": Variant("conditional", makes_images=True, makes_masks=False, needs_mask=True, d_sees_image=True,
+                           default_pl_weight=2.0, metrics=("fid", "kid", "consistency")),
+}
+VARIANTS = tuple(VARIANT_TABLE)
+
+
+def variant_spec(name: str) -> Variant:
+    """The `Variant` called ``name`` (ValueError naming the known ones otherwise)."""
+    if name not in VARIANT_TABLE:
+        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANT_TABLE[name]
 
 
 class MaskEncoder(nn.Module):
@@ -84,12 +141,12 @@ class Generator(nn.Module):
         self.label_channels = label_channels
         self.z_dim, self.c_dim, self.w_dim = cfg.z_dim, cfg.c_dim, cfg.w_dim
         self.img_resolution = cfg.resolution
-        self.out_channels = {"baseline": image_channels + label_channels, "mask": label_channels,
-                             "conditional": image_channels}[variant]
-        self.mask_channels = label_channels if variant == "conditional" else 0
+        spec = variant_spec(variant)
+        self.out_channels = spec.out_channels(image_channels, label_channels)
+        self.mask_channels = label_channels if spec.needs_mask else 0
         encoder = (MaskEncoder(label_channels, cfg.resolution, cfg.mask_channel_base, cfg.mask_channel_max,
                                conv_clamp=cfg.conv_clamp)
-                   if variant == "conditional" else None)
+                   if spec.needs_mask else None)
         self.synthesis = SynthesisNetwork(cfg.w_dim, cfg.resolution, self.out_channels, cfg.channel_base,
                                           cfg.channel_max, num_fp16_res=cfg.num_fp16_res,
                                           conv_clamp=cfg.conv_clamp, mask_encoder=encoder)
@@ -120,8 +177,7 @@ class Generator(nn.Module):
 
 def check_variant_inputs(variant: str, image_channels: int, label_channels: int) -> None:
     """Raise ValueError for an unknown variant, M < 1 or L < 2."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    variant_spec(variant)
     if not isinstance(image_channels, int) or image_channels < 1:
         raise ValueError(f"image_channels (M modalities) must be an integer >= 1, got {image_channels!r}")
     if not isinstance(label_channels, int) or label_channels < 2:
@@ -138,7 +194,7 @@ def build_generator(variant: str, cfg: NetworkConfig, image_channels: int, label
 def discriminator_channels(variant: str, image_channels: int, label_channels: int) -> int:
     """Channels D sees: baseline and conditional M + L (image ⊕ mask), mask L."""
     check_variant_inputs(variant, image_channels, label_channels)
-    return label_channels if variant == "mask" else image_channels + label_channels
+    return variant_spec(variant).d_channels(image_channels, label_channels)
 
 
 def build_discriminator(variant: str, cfg: NetworkConfig, image_channels: int,

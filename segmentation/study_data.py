@@ -312,7 +312,7 @@ def _refuse_gan_trained_on_test(run: Path, real: RealData, arm: str) -> None:
     case id when it trained on this very dataset folder.  A run that can no longer be read, or that
     recorded neither, is reported as unchecked on stderr."""
     try:
-        info = ckpt.read_json(ckpt.latest_good_snapshot(run) / "dataset.json")
+        info = ckpt.read_json(ckpt.latest_good_snapshot(run, files=["dataset.json"]) / "dataset.json")
     except CheckpointError:
         print(f"warning: arm {arm!r}: generator run {run} cannot be read; whether it saw the test patients is "
               f"unchecked", file=sys.stderr)

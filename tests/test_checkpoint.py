@@ -34,7 +34,7 @@ def test_snapshot_round_trip_and_manifest(tmp_path):
     content = _content()
     snap = ckpt.write_snapshot(tmp_path, 64, content)
     assert snap.name == "snapshot-000000064"
-    manifest = ckpt.verify_snapshot(snap)
+    manifest = ckpt.verify_snapshot(snap).manifest
     assert set(manifest["files"]) == {"G.safetensors", "optim_G.safetensors", "optim_G.json",
                                       "progress.json", "metrics.json"}
     back = ckpt.read_snapshot(snap)
@@ -69,9 +69,9 @@ def test_corrupted_snapshot_falls_back_to_previous_good_one(tmp_path):
         handle.seek(-4, os.SEEK_END)
         handle.write(b"\x00\x01\x02\x03")
     with pytest.warns(ckpt.SnapshotWarning, match="checksum mismatch"):
-        assert ckpt.latest_good_snapshot(tmp_path) == good
+        assert ckpt.latest_good_snapshot(tmp_path).path == good
     with pytest.warns(ckpt.SnapshotWarning):                 # naming the bad one falls back too
-        assert ckpt.latest_good_snapshot(bad) == good
+        assert ckpt.latest_good_snapshot(bad).path == good
 
 
 def test_partial_snapshot_is_skipped(tmp_path):
@@ -80,7 +80,7 @@ def test_partial_snapshot_is_skipped(tmp_path):
     (partial / "optim_G.json").unlink()                      # e.g. a copy that was cut short
     (tmp_path / ".snapshot-000000192.tmp-abc").mkdir()      # an interrupted write: ignored
     with pytest.warns(ckpt.SnapshotWarning, match="missing"):
-        assert ckpt.latest_good_snapshot(tmp_path) == good
+        assert ckpt.latest_good_snapshot(tmp_path).path == good
     (good / ckpt.MANIFEST).unlink()
     with pytest.warns(ckpt.SnapshotWarning), pytest.raises(ckpt.CheckpointError, match="no usable"):
         ckpt.latest_good_snapshot(tmp_path)

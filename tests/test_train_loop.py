@@ -302,7 +302,7 @@ def test_resume_cleans_debris_refuses_negative_counters_and_logs_each_tick_once(
     capsys.readouterr()
     assert main(["--resume", str(forged), "--kimg", "0.024", "--no-tensorboard"]) == 2
     assert "progress.json holds [-5" in capsys.readouterr().err
-    assert snapshot.is_dir()
+    assert snapshot.path.is_dir()
 
 
 def test_absurd_sizes_in_a_config_are_refused_before_any_allocation(capsys, tmp_path, phantoms):
@@ -455,3 +455,25 @@ def test_preprocess_ct_trains_on_the_windowed_cache_that_stylepair_data_built(tm
     assert main(TINY + ["--variant", "mask", "--data", str(data), "--out", str(without), "--kimg", "0.004"]) == 0
     default = {e["modality"]: (e["lo"], e["hi"]) for e in _weights(without)[1].documents["dataset"]["intensity"]}
     assert default["T2"] != (0.0, 1900.0) and len(builds) == 1
+
+
+def test_a_resume_hashes_each_snapshot_file_once_and_sampling_only_what_it_reads(tmp_path, phantoms, monkeypatch):
+    from collections import Counter
+
+    from training.checkpoint import load_generator
+
+    run = tmp_path / "run"
+    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004"]) == 0
+    snapshot = ckpt.latest_good_snapshot(run).path
+    hashed = Counter()
+    original = ckpt.sha256_of
+    monkeypatch.setattr(ckpt, "sha256_of", lambda path: hashed.update([path]) or original(path))
+    assert main(["--resume", str(run), "--kimg", "0.008", "--no-tensorboard", "--threads", "1"]) == 0
+    resumed_files = {path.name: n for path, n in hashed.items() if path.parent == snapshot}
+    assert set(resumed_files) == set(ckpt.read_json(snapshot / "manifest.json")["files"])
+    assert set(resumed_files.values()) == {1}            # every file of the resumed snapshot, hashed once
+    newest = ckpt.latest_good_snapshot(run).path
+    hashed.clear()
+    load_generator(run)
+    read = {path.name for path in hashed if path.parent == newest}
+    assert read == {"G_ema.safetensors", "config.json", "dataset.json", "progress.json", "metrics.json"}

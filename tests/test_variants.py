@@ -135,3 +135,26 @@ def test_pair_sampler_checks_its_generators():
         PairSampler(mask_G, build_generator("conditional", tiny_cfg(resolution=32), 2, 4))
     with pytest.raises(ValueError, match="c_dim differs"):
         PairSampler(mask_G, build_generator("conditional", tiny_cfg(c_dim=1), 2, 4))
+
+
+@pytest.mark.parametrize("name, out_channels, d_channels, takes_mask", [
+    ("baseline", 3 + 4, 3 + 4, False), ("mask", 4, 4, False), ("conditional", 3, 3 + 4, True)])
+def test_the_variant_table_is_what_the_networks_are(name, out_channels, d_channels, takes_mask):
+    from gan.variants import variant_spec
+
+    M, L = 3, 4       # the module docstring's table, for M modalities and L classes
+    spec = variant_spec(name)
+    cfg = NetworkConfig(resolution=16, z_dim=8, w_dim=8, channel_base=64, channel_max=8)
+    G, D = build_generator(name, cfg, M, L), build_discriminator(name, cfg, M, L)
+    assert spec.out_channels(M, L) == G.out_channels == out_channels
+    assert spec.d_channels(M, L) == d_channels and spec.needs_mask == takes_mask == (G.mask_channels == L)
+    D(torch.zeros(2, d_channels, 16, 16), torch.zeros(2, 0))
+    out = torch.randn(2, out_channels, 16, 16) * 2
+    given = torch.randint(0, L, (2, 16, 16))
+    images, labels = spec.split(out, M, given)
+    assert (images is None) == (not spec.makes_images) and (images is None or images.abs().max() <= 1)
+    expected = given if not spec.makes_masks else channels_to_labels(out[:, -L:])
+    assert torch.equal(labels, expected)
+    assert ("consistency" in spec.metrics) == spec.makes_images
+    with pytest.raises(ValueError, match="unknown variant 'pair'; choose one of baseline, mask, conditional"):
+        variant_spec("pair")

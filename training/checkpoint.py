@@ -255,22 +255,60 @@ def write_snapshot(run_dir: Path, nimg: int, content: SnapshotContent) -> Path:
     return final
 
 
-def verify_snapshot(snapshot: Path) -> dict:
-    """The manifest of ``snapshot`` after checking every listed file's sha256; else CheckpointError."""
-    snapshot = Path(snapshot)
-    manifest = read_json(snapshot / MANIFEST)
+@dataclass(frozen=True)
+class VerifiedSnapshot:
+    """A snapshot folder whose files named in ``verified`` matched its manifest's SHA-256 when this
+    object was made (`verify_snapshot`, `latest_good_snapshot`): reading them again does not re-hash
+    them. Path-like: ``snapshot / "config.json"``, ``os.fspath(snapshot)``, ``.name``, ``.parent``."""
+
+    path: Path
+    manifest: dict
+    verified: frozenset
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def parent(self) -> Path:
+        return self.path.parent
+
+
+def verify_snapshot(snapshot: Path | VerifiedSnapshot, files: Iterable[str] | None = None) -> VerifiedSnapshot:
+    """``snapshot`` after checking the SHA-256 of its manifest's files (``files``: only these of them, which
+    must be listed; None: all); CheckpointError naming the first problem. Files an already verified
+    snapshot checked are not hashed again."""
+    if isinstance(snapshot, VerifiedSnapshot):
+        manifest, done, snapshot = snapshot.manifest, snapshot.verified, snapshot.path
+    else:
+        snapshot, done = Path(snapshot), frozenset()
+        manifest = read_json(snapshot / MANIFEST)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{snapshot / MANIFEST}: not a stylepair snapshot manifest")
-    for name, expected in manifest["files"].items():
+    wanted = list(manifest["files"]) if files is None else list(files)
+    for name in wanted:
+        if name not in manifest["files"]:
+            raise CheckpointError(f"{snapshot}: has no {name} (files: {', '.join(sorted(manifest['files']))})")
         path = snapshot / name
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             # a snapshot's files sit directly in its folder: a path elsewhere is a forged manifest
             raise CheckpointError(f"{snapshot / MANIFEST}: lists {name!r}, which is not a file of the snapshot folder")
+        if name in done:
+            continue
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in the manifest but missing (partial snapshot)")
-        if sha256_of(path) != expected:
+        if sha256_of(path) != manifest["files"][name]:
             raise CheckpointError(f"{path}: checksum mismatch (corrupted snapshot)")
-    return manifest
+    return VerifiedSnapshot(snapshot, manifest, done | frozenset(wanted))
 
 
 def list_snapshots(run_dir: Path) -> list[Path]:
@@ -287,12 +325,15 @@ def is_snapshot_dir(path: Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def latest_good_snapshot(path: Path) -> Path:
-    """The newest snapshot under a run dir (or ``path`` itself) whose checksums verify.
+def latest_good_snapshot(path: Path | VerifiedSnapshot, files: Iterable[str] | None = None) -> VerifiedSnapshot:
+    """The newest snapshot under a run dir (or ``path`` itself) whose checksums verify (``files``: only
+    those a caller will read; None: all), as a `VerifiedSnapshot` that later reads do not re-hash.
 
     Corrupted or partial snapshots are skipped with a `SnapshotWarning`; CheckpointError if none
     is usable.
     """
+    if isinstance(path, VerifiedSnapshot):
+        return verify_snapshot(path, files)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such run or snapshot directory")
@@ -311,25 +352,23 @@ def latest_good_snapshot(path: Path) -> Path:
     problems = []
     for candidate in candidates:
         try:
-            verify_snapshot(candidate)
+            return verify_snapshot(candidate, files)
         except CheckpointError as err:
             problems.append(str(err))
             warnings.warn(f"skipping unusable snapshot {candidate}: {err}", SnapshotWarning,
                           stacklevel=2)
-            continue
-        return candidate
     raise CheckpointError(f"{path}: no usable snapshot:\n  " + "\n  ".join(problems))
 
 
-def read_snapshot(snapshot: Path, skip: Iterable[str] = ()) -> SnapshotContent:
-    """Every file of a verified snapshot (tensor files named in ``skip`` are not read)."""
-    snapshot = Path(snapshot)
-    manifest = verify_snapshot(snapshot)
+def read_snapshot(snapshot: Path | VerifiedSnapshot, skip: Iterable[str] = ()) -> SnapshotContent:
+    """Every file of a snapshot, verified (once: a `VerifiedSnapshot`'s checked files are not hashed
+    again; tensor files named in ``skip`` are neither checked nor read)."""
+    listed = verify_snapshot(snapshot, files=())            # the manifest, checked; nothing hashed yet
+    files = [name for name in listed.manifest["files"] if name.rsplit(".", 1)[0] not in set(skip)]
+    snapshot = verify_snapshot(listed, files).path
     content = SnapshotContent()
-    for name in manifest["files"]:
+    for name in files:
         stem, suffix = name.rsplit(".", 1)
-        if stem in skip:
-            continue
         if suffix == "safetensors":
             content.tensors[stem] = read_tensors(snapshot / name)
         elif suffix == "json":
@@ -469,16 +508,16 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
     """
     if which not in ("G_ema", "G"):
         raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
-    snapshot = latest_good_snapshot(Path(path))
     from gan import NetworkConfig, build_generator
     from gan.variants import VARIANTS
     from training.config import config_from_dict
 
-    manifest = read_json(snapshot / MANIFEST)
     weights_name = f"{which}.safetensors"
-    if weights_name not in manifest["files"]:
-        raise CheckpointError(f"{snapshot}: has no {weights_name} (files: "
-                              f"{', '.join(sorted(manifest['files']))})")
+    # only the files read here are hashed (not D, the optimizer, the RNG state)
+    snapshot = latest_good_snapshot(Path(path), files=[weights_name, "config.json", "dataset.json", "progress.json"])
+    manifest = snapshot.manifest
+    if "metrics.json" in manifest["files"]:
+        snapshot = verify_snapshot(snapshot, ["metrics.json"])
     config = read_json(snapshot / "config.json")
     data = _dataset_info(read_json(snapshot / "dataset.json"), snapshot / "dataset.json")
     progress = read_json(snapshot / "progress.json")

@@ -22,6 +22,7 @@ from training.config import (AUGMENT_MODES, CONDITIONS, PRECISIONS, PRESETS, VAR
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
 from training.data.fsutils import atomic_write_json
+from gan.variants import variant_spec
 from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
 from training.data.errors import one_line_errors
 
@@ -197,8 +198,9 @@ def build_metrics(cfg: TrainConfig, data, device: torch.device):
     from gan.feature_extractor import load_feature_extractor
     from gan.metrics import GanMetrics, MetricsConfig, validate_metrics
 
-    inputs = "masks" if cfg.variant == "mask" else "images"
-    names = validate_metrics(cfg.metrics, produces_images=cfg.variant != "mask",
+    makes_images = variant_spec(cfg.variant).makes_images
+    inputs = "images" if makes_images else "masks"
+    names = validate_metrics(cfg.metrics, produces_images=makes_images,
                              produces_labels=True, inputs=inputs)
     cases = data.cache.case_index[data.rows]
     unique = np.unique(cases)
@@ -229,12 +231,11 @@ def _cpu_auto(args: argparse.Namespace, ctx) -> bool:
             and not pinned)
 
 
-def _resolve_run_dir(args: argparse.Namespace) -> Path:
+def _resolve_run_dir(args: argparse.Namespace, resumed: ckpt.VerifiedSnapshot | None) -> Path:
     if args.out is not None:
         return args.out
-    if args.resume is not None:
-        snapshot = ckpt.latest_good_snapshot(args.resume)
-        return snapshot.parent if ckpt.SNAPSHOT_PATTERN.match(snapshot.name) else snapshot
+    if resumed is not None:
+        return resumed.parent if ckpt.SNAPSHOT_PATTERN.match(resumed.name) else resumed.path
     raise ConfigError("--out RUN_DIR is required (or --resume RUN)")
 
 
@@ -252,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         parser.error(str(err))
     try:
-        saved = None
+        saved, resumed = None, None
         try:
-            if args.resume is not None:
-                saved = ckpt.read_json(ckpt.latest_good_snapshot(args.resume) / "config.json")
+            if args.resume is not None:  # resolved and verified once: reading it later hashes nothing again
+                resumed = ckpt.latest_good_snapshot(args.resume)
+                saved = ckpt.read_json(resumed / "config.json")
             cfg = build_config(args, ctx.world_size, saved)
-            run_dir = _resolve_run_dir(args)
+            run_dir = _resolve_run_dir(args, resumed)
         except (ConfigError, ckpt.CheckpointError) as err:
             parser.error(str(err))
         if args.dry_run:
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # one training per run directory: a second one would replace the first one's snapshots
             with exclusive_output(run_dir, "training") if ctx.is_main else contextlib.nullcontext():
-                return _train(cfg, run_dir, args, ctx)
+                return _train(cfg, run_dir, args, ctx, resumed)
         except (DataError, ckpt.CheckpointError, OutputDirError, ConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed(ctx)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> int:
+def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx,
+           resumed: ckpt.VerifiedSnapshot | None) -> int:
     from training.loop import GanTrainer, ResumeError, open_training_data
 
     if ctx.is_main:
@@ -306,9 +309,9 @@ def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx) -> in
     metrics, floor = build_metrics(cfg, data, ctx.device) if ctx.is_main else (None, {})
     trainer = GanTrainer(cfg, run_dir, data, ctx, metrics=metrics,
                          tensorboard=not args.no_tensorboard)
-    if args.resume is not None:
+    if resumed is not None:
         try:
-            used = trainer.resume(args.resume, force=args.force_resume)
+            used = trainer.resume(resumed, force=args.force_resume)
         except ResumeError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -18,11 +18,11 @@ from typing import Any, Union
 import yaml
 
 from gan import NetworkConfig
+from gan.variants import VARIANTS, variant_spec
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "gan"
 PRESETS = ("auto", "stylegan2", "paper256", "tiny")
 PRECISIONS = ("fp32", "bf16")
-VARIANTS = ("baseline", "mask", "conditional")
 CONDITIONS = ("none", "slice-position")
 AUGMENT_MODES = ("ada", "fixed", "none")
 # Geometric and intensity ops of the mask-aware augmentation pipeline ('bgc' of StyleGAN2-ADA
@@ -273,6 +273,8 @@ def resolve_config(cfg: TrainConfig, num_processes: int = 1) -> TrainConfig:
     path-length weight 2, except 0 for the mask variant (measured, see checkpoints/README.md).
     """
     out = config_from_dict(config_to_dict(cfg))
+    if out.variant not in VARIANTS:
+        raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got '{out.variant}'")
     r, g = out.resolution, num_processes
     if r < 4 or r & (r - 1):
         raise ConfigError(f"resolution must be a power of two >= 4, got {r}")
@@ -292,7 +294,7 @@ def resolve_config(cfg: TrainConfig, num_processes: int = 1) -> TrainConfig:
     if out.loss.pl_weight is None:
         # measured on the tiny phantom runs: path length slows the mask generator down (FID 2.3 vs 1.0
         # at 20 kimg, checkpoints/README.md), so it is off for the variant that makes masks only
-        out.loss.pl_weight = 0.0 if out.variant == "mask" else 2.0
+        out.loss.pl_weight = variant_spec(out.variant).default_pl_weight
     if out.ema_kimg is None:
         out.ema_kimg = out.batch * 10 / 32
     if out.track_metric is None and out.metrics:
@@ -342,9 +344,10 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     for name in cfg.metrics:
         if name not in known_metrics:
             raise ConfigError(f"unknown metric '{name}' (known: {', '.join(known_metrics)})")
-    if "consistency" in cfg.metrics and cfg.variant == "mask":
-        raise ConfigError("metric 'consistency' needs images and masks; the mask variant makes "
-                          "masks only (use fid,kid, which compare masks)")
+    inapplicable = [name for name in cfg.metrics if name not in variant_spec(cfg.variant).metrics]
+    if inapplicable:
+        raise ConfigError(f"metric '{inapplicable[0]}' needs images and masks; the {cfg.variant} variant makes "
+                          f"masks only (use fid,kid, which compare masks)")
     if cfg.track_metric is not None and cfg.track_metric not in cfg.metrics:
         raise ConfigError(f"track_metric '{cfg.track_metric}' is not among metrics {cfg.metrics}")
     if cfg.kimg <= 0 or cfg.tick_kimg <= 0 or cfg.snap < 1 or cfg.keep_last < 1:

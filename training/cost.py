@@ -97,7 +97,7 @@ def forward_counts(variant: str, network, image_channels: int, label_channels: i
                    ) -> dict[str, tuple[int, float, int]]:
     """Per network ("G", "D"): (parameters, FLOPs of one image's forward, activation elements)."""
     from gan import build_discriminator, build_generator
-    from gan.variants import discriminator_channels
+    from gan.variants import discriminator_channels, variant_spec
 
     r = network.resolution
     with torch.device("meta"):
@@ -105,7 +105,7 @@ def forward_counts(variant: str, network, image_channels: int, label_channels: i
         D = build_discriminator(variant, network, image_channels=image_channels, label_channels=label_channels)
         z = torch.zeros(1, G.z_dim)
         c = torch.zeros(1, network.c_dim)
-        mask = torch.zeros(1, label_channels, r, r) if variant == "conditional" else None
+        mask = torch.zeros(1, label_channels, r, r) if variant_spec(variant).needs_mask else None
         x = torch.zeros(1, discriminator_channels(variant, image_channels, label_channels), r, r)
     counts = {}
     for name, run in (("G", lambda: G(z, c, mask=mask)), ("D", lambda: D(x, c))):

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan import build_discriminator, build_generator, channels_to_labels, labels_to_channels
+from gan import build_discriminator, build_generator, labels_to_channels
 from gan.augment import AdaController, MaskAwareAugment
 from gan.losses import StyleGAN2Loss
+from gan.variants import variant_spec
 from training import checkpoint as ckpt
 from training.config import TrainConfig, config_from_dict, config_to_dict, config_to_yaml, resume_incompatibilities
 from training.data.fsutils import atomic_write_text
@@ -192,20 +193,6 @@ def build_optimizer(params, lr: float, cfg: TrainConfig, reg_interval: int) -> t
                             eps=cfg.optim.eps)
 
 
-def split_output(variant: str, out: torch.Tensor, image_channels: int,
-                 given_labels: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(images [N,M,H,W] in [-1,1] or None, labels [N,H,W] long or None) of a generator output.
-
-    baseline: image and mask channels; mask: mask only; conditional: image, labels = the given mask.
-    """
-    if variant == "baseline":
-        return out[:, :image_channels].clamp(-1, 1), channels_to_labels(out[:, image_channels:])
-    if variant == "mask":
-        return None, channels_to_labels(out)
-    return out.clamp(-1, 1), given_labels
-
-
 # --------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------
@@ -284,7 +271,7 @@ class GanTrainer:
         d_reg = cfg.loss.r1_interval if cfg.loss.r1_gamma > 0 else 0
         self.opt = {"G": build_optimizer(self.G.parameters(), cfg.optim.g_lr, cfg, g_reg),
                     "D": build_optimizer(self.D.parameters(), cfg.optim.d_lr, cfg, d_reg)}
-        d_image = 0 if cfg.variant == "mask" else self.data.image_channels
+        d_image = self.data.image_channels if variant_spec(cfg.variant).d_sees_image else 0
         self.augment = None
         self.ada = None
         if cfg.augment.mode != "none":
@@ -438,9 +425,9 @@ class GanTrainer:
         images_out, labels_out = [], []
         for start in range(0, len(z), self.cfg.batch_gpu):
             part = slice(start, start + self.cfg.batch_gpu)
-            mask = masks[part] if self.cfg.variant == "conditional" else None
+            mask = masks[part] if variant_spec(self.cfg.variant).needs_mask else None
             out = generator(z[part], c[part], mask=mask, noise_mode="const")
-            images, lab = split_output(self.cfg.variant, out, self.data.image_channels, labels[part])
+            images, lab = variant_spec(self.cfg.variant).split(out, self.data.image_channels, labels[part])
             images_out.append(images)
             labels_out.append(lab)
         images = None if images_out[0] is None else torch.cat(images_out)
@@ -529,9 +516,10 @@ class GanTrainer:
                               + "\nUse --force-resume to continue anyway (no longer exact).")
         return problems
 
-    def resume(self, path: Path, force: bool = False) -> Path:
-        """Load the newest good snapshot under ``path``; returns the snapshot used."""
-        snapshot = ckpt.latest_good_snapshot(Path(path))
+    def resume(self, path: Path | ckpt.VerifiedSnapshot, force: bool = False) -> ckpt.VerifiedSnapshot:
+        """Load the newest good snapshot under ``path`` (a `VerifiedSnapshot` as it is: not hashed again);
+        returns the snapshot used."""
+        snapshot = ckpt.latest_good_snapshot(path)
         problems = self.check_resume(snapshot, force)
         for problem in problems:
             warnings.warn(f"--force-resume: {problem}", stacklevel=2)

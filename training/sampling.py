@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gan import PairSampler, channels_to_labels
+from gan import PairSampler
+from gan.variants import variant_spec
 from training.checkpoint import RunInfo, load_generator
 from training.data.cache import IntensityScale
 from training.data.nifti import StoredStyle
@@ -140,7 +141,7 @@ class BaselineSlices:
                              noise_mode=noise_mode)
         M = self.image_channels
         assert out.shape == (z.shape[0], M + self.label_channels, self.resolution, self.resolution)
-        return out[:, :M], channels_to_labels(out[:, M:])
+        return variant_spec("baseline").split(out, M)
 
 
 class PairSlices:
