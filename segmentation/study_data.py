@@ -22,6 +22,7 @@ from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.data import (Dataset, SliceCache, Splits, default_phantom_dataset, load_dataset, load_or_make_splits,
                            make_splits, open_slice_cache)
+from training.data.records import meaning_differences
 from training.data.splits import minimum_patients
 from training.data.fsutils import file_lock
 from training.data.phantoms import SHIFTED, STANDARD, default_phantom_spec
@@ -157,17 +158,13 @@ def load_real(spec: DatasetSpec, config: StudyConfig, results: Path) -> RealData
 
 
 def check_compatible(real: Dataset, synthetic: Dataset, folder: Path) -> None:
-    """StudyDataError naming ``folder`` when its channels, label values or label names differ from the real data."""
-    if list(synthetic.modalities) != list(real.modalities):
-        raise StudyDataError(f"{folder}: synthetic channels {synthetic.modalities} differ from the real dataset "
-                             f"{real.name!r} channels {real.modalities} (names and order must match)")
-    if list(synthetic.label_values) != list(real.label_values):
-        raise StudyDataError(f"{folder}: synthetic label values {synthetic.label_values} differ from the real "
-                             f"dataset {real.name!r} label values {real.label_values}")
-    if list(synthetic.label_names) != list(real.label_names):
-        # same numbers, other meanings: per-class Dice would compare different structures
-        raise StudyDataError(f"{folder}: synthetic label names {synthetic.label_names} differ from the real "
-                             f"dataset {real.name!r} label names {real.label_names}")
+    """StudyDataError naming ``folder`` when its channels, label values or label names differ from the real
+    data (`meaning_differences`: same numbers with other meanings would make per-class Dice compare
+    different structures)."""
+    differences = meaning_differences(real, synthetic)
+    if differences:
+        raise StudyDataError(f"{folder}: the synthetic patients have {'; '.join(differences)} of the real dataset "
+                             f"{real.name!r} (names and order must match)")
 
 
 def check_folder_arms(config: StudyConfig, datasets: dict[str, Dataset]) -> None:

@@ -264,4 +264,4 @@ def test_dry_run_checks_a_synthetic_folder_as_the_real_run_does(tmp_path, capsys
     renamed = phantom_folder(tmp_path, modalities=["t1", "t1ce", "t2", "flair"])
     with pytest.raises(SystemExit):
         main(argv + ["--synthetic", f"other={renamed}"])
-    assert "synthetic channels ['t1', 't1ce', 't2', 'flair'] differ from" in capsys.readouterr().err
+    assert "the synthetic patients have channels ['t1', 't1ce', 't2', 'flair'] instead of" in capsys.readouterr().err

@@ -200,7 +200,7 @@ def test_synthetic_folder_with_other_channels_is_refused(sources, tmp_path):
     bad = write_noise_dataset(tmp_path / "wrong_channels", n_patients=1, modalities=("A", "B", "C", "D"))
     config = micro_config({"wrong": bad})
     runs = study_data.plan_runs(config, tmp_path)[0]
-    with pytest.raises(StudyDataError, match=r"wrong_channels: synthetic channels \['A', 'B', 'C', 'D'\]"):
+    with pytest.raises(StudyDataError, match=r"wrong_channels: the synthetic patients have channels \['A', 'B', 'C', 'D'\] instead of"):
         prepare_data(config, runs, tmp_path)
 
 
@@ -211,7 +211,7 @@ def test_synthetic_folder_with_other_label_names_is_refused(sources, tmp_path):
     atomic_write_json(bad / "dataset.json", meta)
     config = micro_config({"renamed": bad})
     runs = study_data.plan_runs(config, tmp_path)[0]
-    with pytest.raises(StudyDataError, match=r"renamed: synthetic label names \[.*'tumour'\] differ"):
+    with pytest.raises(StudyDataError, match=r"renamed: the synthetic patients have label names \[.*'tumour'\] instead of"):
         prepare_data(config, runs, tmp_path)
 
 

@@ -42,6 +42,7 @@ from training.checkpoint import RunInfo, load_generator
 from training.data.cache import IntensityScale
 from training.data.nifti import StoredStyle
 from training.data.preprocess import RealGrid
+from training.data.records import meaning_differences
 from training.data import load_dataset
 from training.progress import LogLines
 from training.patient_preview import PreviewCase, read_case, write_preview
@@ -484,11 +485,12 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
     if image_info.variant != "conditional":
         raise ValueError(f"--image-gan {image_gan}: is a {image_info.variant!r} run, the pair needs a "
                          f"'conditional' run")
-    for name in ("label_values", "label_names", "resolution", "cond"):
-        mask_value, image_value = getattr(mask_info, name), getattr(image_info, name)
-        if mask_value != image_value:
-            raise ValueError(f"--mask-gan {mask_gan} and --image-gan {image_gan} are incompatible: "
-                             f"{name} {mask_value!r} vs {image_value!r}")
+    differences = meaning_differences(mask_info, image_info)
+    differences += [f"{name} {getattr(image_info, name)!r} instead of {getattr(mask_info, name)!r}"
+                    for name in ("resolution", "cond") if getattr(mask_info, name) != getattr(image_info, name)]
+    if differences:
+        raise ValueError(f"--mask-gan {mask_gan} and --image-gan {image_gan} are incompatible: the image run has "
+                         f"{'; '.join(differences)} of the mask run")
     _check_conditioning(mask_generator, mask_info, f"--mask-gan {mask_gan}")
     _check_conditioning(image_generator, image_info, f"--image-gan {image_gan}")
     # Anatomy (slice counts, header) comes from the mask run, intensities from the image run.
@@ -594,9 +596,9 @@ def _write_preview(out_dir: Path, source: SamplingSource, case_ids: list[str], r
     groups = [(source.pipeline, [read_case(out_dir, case_id, len(data.modalities)) for case_id in case_ids])]
     if real_root is not None:
         real = load_dataset(real_root, modalities=list(data.modalities), check_voxels=False)
-        if real.label_values != data.label_values:
-            raise ValueError(f"{real_root}: label values {real.label_values} differ from the generator's "
-                             f"{data.label_values}")
+        differences = meaning_differences(data, real)
+        if differences:
+            raise ValueError(f"{real_root}: has {'; '.join(differences)} of the generator's patients")
         groups.append(("real", [PreviewCase(p.case_id, p.load_images(), p.load_label(), p.spacing)
                                 for p in real.patients[:PREVIEW_PATIENTS]]))
     return write_preview(out_dir / PREVIEW_NAME, groups, data.modalities, data.label_values, data.label_names)

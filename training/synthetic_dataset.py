@@ -38,6 +38,7 @@ import torch
 
 from training.data.fsutils import atomic_write_bytes, atomic_write_json
 from training.data.nifti import StoredStyle, stored_nifti
+from training.data.records import meaning_differences
 
 SYNTHESIS_FORMAT = "stylepair-synthesis/1"
 GRIDS = ("real", "generator")
@@ -468,12 +469,12 @@ def _new_session(settings: SamplingSettings, first_candidate: int) -> SamplingSe
 
 def _check_same_meaning(log: SynthesisLog, fresh: SynthesisLog, log_path: Path) -> None:
     """Appending or resuming must keep channels, labels and resolution of the existing patients."""
-    for name in ("modalities", "label_values", "label_names", "resolution"):
-        existing, wanted = getattr(log, name), getattr(fresh, name)
-        if existing != wanted:
-            raise OutputDirError(
-                f"{log_path}: existing patients have {name} {existing}, the generator produces {wanted}; "
-                f"write to another --out or pass --overwrite")
+    differences = meaning_differences(log, fresh)
+    if log.resolution != fresh.resolution:
+        differences.append(f"resolution {fresh.resolution} instead of {log.resolution}")
+    if differences:
+        raise OutputDirError(f"{log_path}: the generator produces {'; '.join(differences)} of the existing patients; "
+                             f"write to another --out or pass --overwrite")
 
 
 def _settings_difference(old: SamplingSettings, new: SamplingSettings) -> str:

@@ -149,3 +149,16 @@ class Dataset:
             "label_values": self.label_values,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+MEANING_FIELDS = (("modalities", "channels"), ("label_values", "label values"), ("label_names", "label names"))
+
+
+def meaning_differences(expected: object, found: object) -> list[str]:
+    """How ``found`` differs from ``expected`` in what its channels and labels mean -- names and order of
+    the channels, label values, label names -- as phrases ("channels ['t1'] instead of ['T1']"); empty
+    when they mean the same.  Both are anything with ``modalities``, ``label_values`` and
+    ``label_names``: a `Dataset`, a snapshot's `DatasetInfo`, a synthesis log.  The one check between
+    real data and synthetic data, used by sampling, the synthetic writer and the study."""
+    return [f"{what} {list(getattr(found, field))} instead of {list(getattr(expected, field))}"
+            for field, what in MEANING_FIELDS if list(getattr(found, field)) != list(getattr(expected, field))]
