@@ -101,7 +101,7 @@ def test_each_variant_trains_a_few_steps(tmp_path, phantoms, variant):
         "progress.json"]
     G2, info2 = ckpt.load_generator(tmp_path / "export")
     assert torch.equal(G2(z, c, mask=mask, noise_mode="const"), out)
-    assert info2.sha256 == info.sha256 and info2.slices_per_patient == info.slices_per_patient
+    assert info2.sha256 == info.sha256 and info2.dataset.slices_per_patient == info.dataset.slices_per_patient
 
 
 def test_resume_continues_exactly(tmp_path, phantoms):

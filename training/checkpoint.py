@@ -469,21 +469,13 @@ def _dataset_info(raw: Any, path: Path) -> DatasetInfo:
 
 @dataclass
 class RunInfo:
-    """A trained generator's description, returned by `load_generator`."""
+    """A trained generator's description, returned by `load_generator`; what it knows of its training
+    data is the snapshot's `DatasetInfo`, held as it is (``dataset``)."""
 
     variant: str
     network: Any                         # gan.NetworkConfig
     cond: str
-    modalities: list[str]
-    label_values: list[int]
-    label_names: list[str]
-    resolution: int
-    intensity: list[dict]
-    affine: list[list[float]]
-    spacing: list[float]
-    slices_per_patient: list[int]
-    real_grid: dict                      # DatasetInfo.real_grid
-    dataset_fingerprint: str
+    dataset: DatasetInfo
     kimg: float
     checkpoint: str                      # the weights file that was loaded
     sha256: str
@@ -492,11 +484,11 @@ class RunInfo:
 
     @property
     def image_channels(self) -> int:
-        return len(self.modalities)
+        return len(self.dataset.modalities)
 
     @property
     def label_channels(self) -> int:
-        return len(self.label_values)
+        return len(self.dataset.label_values)
 
 
 def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.device = "cpu"
@@ -542,12 +534,8 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
         raise CheckpointError(f"{snapshot / weights_name}: does not match the generator built from "
                               f"config.json (missing {missing[:5]}, unexpected {unexpected[:5]})")
     generator.eval().requires_grad_(False).to(device)
-    info = RunInfo(variant=config["variant"], network=network, cond=config["cond"],
-                   modalities=data.modalities, label_values=data.label_values,
-                   label_names=data.label_names, resolution=data.resolution,
-                   intensity=data.intensity, affine=data.affine, spacing=data.spacing,
-                   slices_per_patient=data.slices_per_patient, real_grid=data.real_grid,
-                   dataset_fingerprint=data.fingerprint, kimg=progress["nimg"] / 1000.0,
+    info = RunInfo(variant=config["variant"], network=network, cond=config["cond"], dataset=data,
+                   kimg=progress["nimg"] / 1000.0,
                    checkpoint=str(snapshot / weights_name),
                    sha256=manifest["files"][weights_name], config=config, metrics=metrics)
     return generator, info

@@ -427,26 +427,27 @@ def source_dataset(info: RunInfo, where: str) -> SourceDataset:
     """SourceDataset from a training.checkpoint.RunInfo (`where` names the checkpoint in errors).
 
     The typical header's origin is moved to the first slice training kept (drop_end_slices)."""
-    affine = np.asarray(info.affine, dtype=np.float64)
+    data = info.dataset
+    affine = np.asarray(data.affine, dtype=np.float64)
     if affine.shape != (4, 4):
-        raise ValueError(f"{where}: the run records no usable typical affine (affine {info.affine})")
-    if not info.slices_per_patient:
+        raise ValueError(f"{where}: the run records no usable typical affine (affine {data.affine})")
+    if not data.slices_per_patient:
         raise ValueError(f"{where}: the run records no slice counts of its training patients")
-    if len(info.intensity) != len(info.modalities):
-        raise ValueError(f"{where}: {len(info.intensity)} intensity entries for modalities {info.modalities}")
+    if len(data.intensity) != len(data.modalities):
+        raise ValueError(f"{where}: {len(data.intensity)} intensity entries for modalities {data.modalities}")
     drop = int(info.config.get("drop_end_slices", 0))
     affine[:3, 3] += drop * affine[:3, 2]
-    return SourceDataset(list(info.modalities), [int(v) for v in info.label_values], list(info.label_names),
-                         int(info.resolution),
-                         [intensity_scale(e, m, where) for e, m in zip(info.intensity, info.modalities)],
-                         affine, [int(n) for n in info.slices_per_patient], drop,
-                         RealGrid.from_dict(info.real_grid, where) if info.real_grid else None)
+    return SourceDataset(list(data.modalities), [int(v) for v in data.label_values], list(data.label_names),
+                         int(data.resolution),
+                         [intensity_scale(e, m, where) for e, m in zip(data.intensity, data.modalities)],
+                         affine, [int(n) for n in data.slices_per_patient], drop,
+                         RealGrid.from_dict(data.real_grid, where) if data.real_grid else None)
 
 
 def _record(role: str, run: str | Path, info: RunInfo) -> GeneratorRecord:
     return GeneratorRecord(role=role, variant=info.variant, run=str(run), checkpoint=str(info.checkpoint),
                            sha256=info.sha256, kimg=float(info.kimg), cond=info.cond,
-                           dataset_fingerprint=info.dataset_fingerprint)
+                           dataset_fingerprint=info.dataset.fingerprint)
 
 
 def _check_conditioning(generator: torch.nn.Module, info: RunInfo, where: str) -> None:
@@ -485,9 +486,11 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
     if image_info.variant != "conditional":
         raise ValueError(f"--image-gan {image_gan}: is a {image_info.variant!r} run, the pair needs a "
                          f"'conditional' run")
-    differences = meaning_differences(mask_info, image_info)
-    differences += [f"{name} {getattr(image_info, name)!r} instead of {getattr(mask_info, name)!r}"
-                    for name in ("resolution", "cond") if getattr(mask_info, name) != getattr(image_info, name)]
+    differences = meaning_differences(mask_info.dataset, image_info.dataset)
+    if mask_info.dataset.resolution != image_info.dataset.resolution:
+        differences.append(f"resolution {image_info.dataset.resolution!r} instead of {mask_info.dataset.resolution!r}")
+    if mask_info.cond != image_info.cond:
+        differences.append(f"cond {image_info.cond!r} instead of {mask_info.cond!r}")
     if differences:
         raise ValueError(f"--mask-gan {mask_gan} and --image-gan {image_gan} are incompatible: the image run has "
                          f"{'; '.join(differences)} of the mask run")
@@ -495,8 +498,9 @@ def load_source(gan: str | Path | None = None, mask_gan: str | Path | None = Non
     _check_conditioning(image_generator, image_info, f"--image-gan {image_gan}")
     # Anatomy (slice counts, header) comes from the mask run, intensities from the image run.
     anatomy = source_dataset(mask_info, str(mask_gan))
-    intensity = [intensity_scale(e, m, str(image_gan)) for e, m in zip(image_info.intensity, image_info.modalities)]
-    dataset = dataclasses.replace(anatomy, modalities=list(image_info.modalities), intensity=intensity)
+    image_data = image_info.dataset
+    intensity = [intensity_scale(e, m, str(image_gan)) for e, m in zip(image_data.intensity, image_data.modalities)]
+    dataset = dataclasses.replace(anatomy, modalities=list(image_data.modalities), intensity=intensity)
     return SamplingSource("pair", PairSlices(mask_generator, image_generator), dataset,
                           [_record("mask", mask_gan, mask_info), _record("image", image_gan, image_info)])
 
