@@ -1,7 +1,7 @@
 """Comparison report of a study: `python nemenyi_report.py RESULTS_DIR` (see --help)."""
 import sys
 
-from segmentation.cli_report import main
+from segmentation.report.cli_report import main
 
 if __name__ == "__main__":
     sys.exit(main())

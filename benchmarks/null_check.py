@@ -26,8 +26,8 @@ import numpy as np
 
 from segmentation import grid
 from segmentation.runner import run_study
-from segmentation.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
-from segmentation.stats import compare_conditions, compare_paired_to_control
+from segmentation.report.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
+from segmentation.report.stats import compare_conditions, compare_paired_to_control
 from segmentation.study_config import load_study_config
 
 ROOT = Path(__file__).resolve().parents[1]

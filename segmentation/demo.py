@@ -167,7 +167,7 @@ def run_study(cfg: DemoConfig, synthetic: dict[str, Path]) -> Path:
 def write_reports(cfg: DemoConfig, results: Path) -> list[Path]:
     """Stage 5: the report (paired verdicts and the Friedman + Nemenyi ranking) for foreground Dice
     and for the tumour core's Dice."""
-    from segmentation.cli_report import main as report_main
+    from segmentation.report.cli_report import main as report_main
 
     reports = []
     for label, out in (("foreground", cfg.out / "report"), ("core", cfg.out / "report-core")):

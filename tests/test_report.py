@@ -7,11 +7,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from segmentation.cli_report import main
-from segmentation.report import findings
-from segmentation.score_table import (ScoreTableConfig, build_score_table, drop_incomplete_blocks,
+from segmentation.report.cli_report import main
+from segmentation.report.report import findings
+from segmentation.report.score_table import (ScoreTableConfig, build_score_table, drop_incomplete_blocks,
                                       load_score_table, parse_filter, read_csv_rows, summarize_by_dataset)
-from segmentation.stats import compare_conditions
+from segmentation.report.stats import compare_conditions
 from synthetic_scores import DATASETS, K_VALUES, N_FOLDS, SOURCES, write_synthetic_cases
 
 COLUMNS = ["dataset", "fold", "arm", "n_synthetic", "case", "class", "dice", "hd95"]

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from segmentation.cli_report import main
-from segmentation.html import markdown_to_html
-from segmentation.scaling import annotation_efficiency, crossover, equivalent_n, scaling_data
+from segmentation.report.cli_report import main
+from segmentation.report.html import markdown_to_html
+from segmentation.report.scaling import annotation_efficiency, crossover, equivalent_n, scaling_data
 
 COLUMNS = ["dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "test_set", "case", "class", "dice"]
 

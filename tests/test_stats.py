@@ -4,7 +4,7 @@ import pytest
 import scikit_posthocs as sp
 from scipy import stats as sps
 
-from segmentation import stats
+from segmentation.report import stats
 
 # Demšar (2006), Table 5: q_alpha for the Nemenyi test, k = 2 … 10.
 Q_005 = [1.960, 2.344, 2.569, 2.728, 2.850, 2.948, 3.031, 3.102, 3.164]

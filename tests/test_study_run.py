@@ -487,7 +487,7 @@ def test_changed_patients_between_invocations_are_refused_naming_the_case(source
         run_study(config, results, shard_index=0, shard_count=2, device="cpu", progress=False, threads=1)
     run_study(config, results, shard_index=0, shard_count=2, device="cpu", progress=False, threads=1,
               accept_changed_data=True)
-    from segmentation.cli_report import main as report_main
+    from segmentation.report.cli_report import main as report_main
     assert report_main([str(results), "--no-plots"]) == 0
     assert "WARNING: this results folder mixes runs on changed data" in (results / "report" / "report.md").read_text()
 

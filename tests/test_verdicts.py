@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from segmentation import power, stats
-from segmentation.cli_report import main as report_main
-from segmentation.score_table import ScoreTableConfig, build_score_table, drop_incomplete_blocks
+from segmentation.report import power, stats
+from segmentation.report.cli_report import main as report_main
+from segmentation.report.score_table import ScoreTableConfig, build_score_table, drop_incomplete_blocks
 
 COLUMNS = ["dataset", "fold", "repeat", "arm", "source", "n_synthetic", "case", "class", "dice"]
 

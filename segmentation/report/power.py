@@ -1,6 +1,6 @@
 """What a study design can detect: the power of the report's primary decision rule, by simulation.
 
-The rule (`segmentation.stats.compare_paired_to_control`): for each of m conditions, the exact
+The rule (`segmentation.report.stats.compare_paired_to_control`): for each of m conditions, the exact
 two-sided Wilcoxon signed-rank test of its N paired block differences against the baseline, Holm
 over the m conditions, reject at alpha.  Its power for one condition whose differences are drawn
 from N(effect, 1) -- the effect in units of the between-block standard deviation of the paired
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from segmentation.stats import signed_rank_null_distribution, smallest_attainable_p
+from segmentation.report.stats import signed_rank_null_distribution, smallest_attainable_p
 
 __all__ = ["DesignPower", "can_reject", "blocks_needed", "simulate_power", "minimum_detectable_effect",
            "describe_design"]

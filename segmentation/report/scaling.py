@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.score_table import natural_key
+from segmentation.report.score_table import natural_key
 
 BOOTSTRAP_RESAMPLES = 2000
 

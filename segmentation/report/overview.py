@@ -20,11 +20,11 @@ import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from segmentation import plots
-from segmentation.html import markdown_to_html, md_escape
-from segmentation.report import ReportConfig, make_report
-from segmentation.scaling import advantages, annotation_efficiency, crossover, describe_n, scaling_data
-from segmentation.score_table import RowFilter, ScoreTableConfig, build_score_table, natural_key
+from segmentation.report import plots
+from segmentation.report.html import markdown_to_html, md_escape
+from segmentation.report.report import ReportConfig, make_report
+from segmentation.report.scaling import advantages, annotation_efficiency, crossover, describe_n, scaling_data
+from segmentation.report.score_table import RowFilter, ScoreTableConfig, build_score_table, natural_key
 
 GROUP_COLUMNS = ("test_set", "n_real")
 IN_DISTRIBUTION = "in-distribution"

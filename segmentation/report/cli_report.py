@@ -11,10 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from segmentation.report import ReportConfig, make_report
-from segmentation.overview import groups_of, write_overview
+from segmentation.report.report import ReportConfig, make_report
+from segmentation.report.overview import groups_of, write_overview
 from segmentation.provenance import accepted_changes
-from segmentation.score_table import (ScoreTableConfig, build_score_table, parse_filter, read_csv_rows,
+from segmentation.report.score_table import (ScoreTableConfig, build_score_table, parse_filter, read_csv_rows,
                                       resolve_scores_csv)
 from training.data.errors import one_line_errors
 

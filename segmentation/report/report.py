@@ -4,10 +4,10 @@
 two things, clearly apart:
 
 1. **The verdict** of every condition against the baseline -- the paired design
-   (`segmentation.stats.compare_paired_to_control`): an exact Wilcoxon signed-rank test on the
+   (`segmentation.report.stats.compare_paired_to_control`): an exact Wilcoxon signed-rank test on the
    blocks of those two conditions only, Holm over the conditions, with the median paired
    difference and its bootstrap interval as the effect size, and the smallest difference the
-   design detects with 80 % power (`segmentation.power`) next to every "no significant
+   design detects with 80 % power (`segmentation.report.power`) next to every "no significant
    difference".  Adding or removing other arms never changes a condition's test or effect size.
 2. **The all-condition ranking** of the paper (Friedman / Iman–Davenport, Nemenyi CD diagram,
    rank-based Bonferroni–Dunn / Holm; Demšar 2006), labelled descriptive: mean ranks depend on
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation import plots
-from segmentation.html import markdown_to_html, md_escape
-from segmentation.power import DesignPower, describe_design
-from segmentation.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
-from segmentation.stats import (Comparison, PairedComparison, bonferroni_dunn_q_alpha, compare_conditions,
+from segmentation.report import plots
+from segmentation.report.html import markdown_to_html, md_escape
+from segmentation.report.power import DesignPower, describe_design
+from segmentation.report.score_table import DatasetSummary, ScoreTable, drop_incomplete_blocks, summarize_by_dataset
+from segmentation.report.stats import (Comparison, PairedComparison, bonferroni_dunn_q_alpha, compare_conditions,
                                 compare_paired_to_control, nemenyi_q_alpha)
 from training.data.fsutils import atomic_write_text
 

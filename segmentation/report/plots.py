@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from segmentation.score_table import DatasetSummary, natural_key
+from segmentation.report.score_table import DatasetSummary, natural_key
 from training.data.fsutils import atomic_write
 
 __all__ = [
