@@ -189,8 +189,9 @@ class AugmentConfig:
     RandScaleIntensityd).
 
     flip_prob: a flip along each in-plane axis (image + label); rotate90_prob: a rotation by k x 90
-    degrees, k in 1..3 (image + label); noise_prob / noise_std: Gaussian noise (image only, std in
-    [-1, 1] units); scale_prob / scale_factor: intensity x (1 + U(-f, f)) (image only).
+    degrees, k in 1..3 (image + label); noise_prob / noise_std: Gaussian noise (image only, its std
+    drawn from U(0, noise_std) in [-1, 1] units, as MONAI samples it); scale_prob / scale_factor:
+    intensity x (1 + U(-f, f)) (image only).
     """
 
     flip_prob: float = 0.5

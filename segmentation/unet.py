@@ -89,7 +89,8 @@ class BatchAugment:
     """`AugmentConfig` on whole batches: images [B, M, H, W] in [-1, 1], labels [B, 1, H, W] indices
     (H == W when rotations are on).  Every slice draws its own: a flip along each in-plane axis and a
     rotation by k x 90 degrees (k uniform in 1..3) move image and label together; Gaussian noise
-    (std ``noise_std``) and scaling by (1 + U(-f, f)) touch the image only.  All draws come from
+    (its std drawn per slice from U(0, ``noise_std``), as MONAI's RandGaussianNoise samples it) and
+    scaling by (1 + U(-f, f)) touch the image only.  All draws come from
     ``generator`` (the same numbers whatever is applied), so a seed fixes the augmentation."""
 
     def __init__(self, config: AugmentConfig, generator: torch.Generator):
@@ -115,9 +116,10 @@ class BatchAugment:
                 images[chosen] = torch.rot90(images[chosen], k, (2, 3))
                 labels[chosen] = torch.rot90(labels[chosen], k, (2, 3))
         noisy, noise = self._chosen(c.noise_prob, B), torch.randn(images.shape, generator=self.generator)
+        std = torch.rand(B, generator=self.generator) * c.noise_std
         scaled = self._chosen(c.scale_prob, B)
         factor = (torch.rand(B, generator=self.generator) * 2 - 1) * c.scale_factor
-        images = images + torch.where(noisy[:, None, None, None], noise * c.noise_std, 0.0)
+        images = images + torch.where(noisy[:, None, None, None], noise * std[:, None, None, None], 0.0)
         images = images * (1 + torch.where(scaled, factor, 0.0))[:, None, None, None]
         return images, labels
 

@@ -1,8 +1,11 @@
-"""The positive and negative controls on real U-Net runs (slow: 30 runs of the demo's design).
+"""The positive and negative controls on real U-Net runs (slow: 60 runs of the demo's design with
+4 repeats, 20 blocks).
 
 At n_real = 2 the oracle (fresh phantom patients: ideal synthetic data) must be reported
 significantly better than real-only on the small lesion classes, and the noise arm must not be
-reported better -- the study can see an effect that is there and does not invent one."""
+reported better -- the study can see an effect that is there and does not invent one.  The demo's
+10 blocks detect ~0.17 Dice on the tumour core with 80 % power, while the oracle's gain there is ~0.1:
+20 blocks, so that the positive control is tested with a design that can see it."""
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "study" / "phantom_demo
 def control_results(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("controls")
     config = load_study_config(DEMO, ['arms=[{"name": "oracle", "control": "oracle"}, '
-                                      '{"name": "noise", "control": "noise"}]'])
+                                      '{"name": "noise", "control": "noise"}]', "repeats=4"])
     run_study(config, results, device="cpu", progress=False, threads=1)
     return results
 
