@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from segmentation.study_config import UNetConfig
-    from segmentation.unet import measure_step_seconds
+    from segmentation.study.study_config import UNetConfig
+    from segmentation.study.unet import measure_step_seconds
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here: run it where a GPU is lent, or with --device cpu --quick")

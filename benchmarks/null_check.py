@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation import grid
-from segmentation.runner import run_study
+from segmentation.study import grid
+from segmentation.study.runner import run_study
 from segmentation.report.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.report.stats import compare_conditions, compare_paired_to_control
-from segmentation.study_config import load_study_config
+from segmentation.study.study_config import load_study_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS, FOLDS = 6, 8

@@ -154,7 +154,7 @@ def write_study_config(cfg: DemoConfig, synthetic: dict[str, Path]) -> Path:
 
 def run_study(cfg: DemoConfig, synthetic: dict[str, Path]) -> Path:
     """Stage 4: the augmentation study; finished runs of an interrupted demo are kept."""
-    from segmentation.cli_study import main as study_main
+    from segmentation.study.cli_study import main as study_main
 
     results = cfg.out / "study"
     weak = ["--allow-weak-design"] if cfg.quick else []  # 2 blocks: it shows the machinery, it cannot decide

@@ -4,9 +4,9 @@ import errno
 
 import pytest
 
-from segmentation import runner
+from segmentation.study import runner
 from segmentation.report.cli_report import main as report_main
-from segmentation.cli_study import main as study_main
+from segmentation.study.cli_study import main as study_main
 from training.data.cli import main as data_main
 from training.data.errors import one_line_errors
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segmentation.cli_study import build_parser, main
-from segmentation.grid import describe_grid, expand_grid, parse_shard, shard
-from segmentation.study_config import (StudyConfigError, apply_overrides, load_study_config, resolve_k,
+from segmentation.study.cli_study import build_parser, main
+from segmentation.study.grid import describe_grid, expand_grid, parse_shard, shard
+from segmentation.study.study_config import (StudyConfigError, apply_overrides, load_study_config, resolve_k,
                                        study_config_from_dict)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "study"
@@ -185,7 +185,7 @@ def test_cli_dry_run_prints_grid_and_cost_and_writes_nothing(tmp_path, capsys):
 
 
 def test_with_synthetic_folders_replaces_or_appends(tmp_path):
-    from segmentation.study_config import with_synthetic_folders
+    from segmentation.study.study_config import with_synthetic_folders
 
     config = study_config_from_dict(_minimal(arms=[{"name": "pair", "gan": "runs/x", "psi": 0.7}], k=["1x"]))
     updated = with_synthetic_folders(config, {"pair": tmp_path / "a", "noise": "relative/b"})

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from segmentation.report.report import ReportConfig, make_report
-from segmentation.runner import run_study
+from segmentation.study.runner import run_study
 from segmentation.report.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.report.stats import compare_paired_to_control
-from segmentation.study_config import load_study_config
+from segmentation.study.study_config import load_study_config
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "study" / "phantom_demo.yaml"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.evaluation import (FOREGROUND, dice_score, evaluate_case, foreground_dice, hd95_score,
+from segmentation.study.evaluation import (FOREGROUND, dice_score, evaluate_case, foreground_dice, hd95_score,
                                      predict_volume)
 
 
@@ -84,7 +84,7 @@ def test_predict_volume_reassembles_slices_in_volume_order():
 
 
 def test_mean_class_dice_weighs_every_class_alike():
-    from segmentation.evaluation import mean_class_dice
+    from segmentation.study.evaluation import mean_class_dice
 
     reference = np.zeros((6, 6, 2), dtype=np.uint8)
     reference[:, :3] = 1                 # a large class, found
@@ -100,7 +100,7 @@ def sphere(shape, centre, radius):
 
 
 def test_nsd_of_a_shifted_sphere_depends_on_the_tolerance():
-    from segmentation.evaluation import nsd_score
+    from segmentation.study.evaluation import nsd_score
 
     reference = sphere((40, 40, 40), (20, 20, 20), 8)
     shifted = sphere((40, 40, 40), (22, 20, 20), 8)  # 2 voxels of 1.5 mm = 3 mm along x
@@ -114,7 +114,7 @@ def test_nsd_of_a_shifted_sphere_depends_on_the_tolerance():
 
 
 def test_detection_counts_missed_lesions_and_false_positive_blobs():
-    from segmentation.evaluation import detection_scores, evaluate_case
+    from segmentation.study.evaluation import detection_scores, evaluate_case
 
     reference = np.zeros((30, 30, 30), dtype=np.uint8)
     reference[sphere(reference.shape, (8, 8, 8), 3)] = 1

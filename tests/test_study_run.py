@@ -8,12 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segmentation import runner, study_data
-from segmentation.controls import oracle_seed
-from segmentation.grid import SEED_SCHEME, block_seed
-from segmentation.runner import CASE_COLUMNS, run_study
-from segmentation.study_data import StudyDataError, prepare_data
-from segmentation.study_config import StudyConfigError, load_study_config
+from segmentation.study import runner, study_data
+from segmentation.study.controls import oracle_seed
+from segmentation.study.grid import SEED_SCHEME, block_seed
+from segmentation.study.runner import CASE_COLUMNS, run_study
+from segmentation.study.study_data import StudyDataError, prepare_data
+from segmentation.study.study_config import StudyConfigError, load_study_config
 from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_dataset
 from training.data.fsutils import atomic_write_json
 from training.data.nifti import write_nifti
@@ -121,7 +121,7 @@ def test_changed_config_is_not_silently_reused(micro_study, sources):
 
 @pytest.mark.parametrize("override", ["splits.seed=7", "splits.test_fraction=0.5", "splits.n_folds=3"])
 def test_changed_splits_in_a_used_results_folder_are_refused(micro_study, sources, override, capsys):
-    from segmentation.cli_study import main
+    from segmentation.study.cli_study import main
 
     _, results, _ = micro_study
     with pytest.raises(StudyDataError, match="stored splits differ from those of the config"):
@@ -142,7 +142,7 @@ def test_splits_without_test_patients_are_refused(sources, tmp_path):
 def test_a_dataset_below_the_design_minimum_gets_one_message_up_front(sources, tmp_path, capsys):
     import yaml
 
-    from segmentation.cli_study import main
+    from segmentation.study.cli_study import main
 
     small = write_phantom_dataset(tmp_path / "two", n_patients=2, shape=(16, 16, 4), seed=5)
     config = dict(yaml.safe_load(MICRO.read_text()))
@@ -240,7 +240,7 @@ def test_gan_arm_is_sampled_once_into_the_results_folder(sources, tmp_path):
 
 
 def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sources, tmp_path, capsys):
-    from segmentation.cli_study import main
+    from segmentation.study.cli_study import main
 
     status = main([str(MICRO), "--results", str(tmp_path), "--device", "cpu", "--quiet", "--threads", "1",
                    "--synthetic", f"other={sources['other']}", "--set", "k=[2]", "--set", "splits.folds=[1]",
@@ -254,7 +254,7 @@ def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sourc
 
 
 def test_cases_table_writes_undefined_and_infinite_distances_readably():
-    from segmentation.runner import cases_table
+    from segmentation.study.runner import cases_table
 
     run = {"dataset": "d", "fold": 0, "repeat": 0, "arm": "real", "n_synthetic": 0, "n_real": 3}
     record = {"run_id": "d-f0-r0-real-k0-nall", "source": "real", "config": {"run": run},
@@ -276,7 +276,7 @@ def test_unusable_gan_run_is_named(tmp_path):
 def test_useless_source_is_reported_and_every_run_has_its_curves(micro_study):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from segmentation.runner import mean_dice_table, read_results
+    from segmentation.study.runner import mean_dice_table, read_results
 
     config, results, summary = micro_study
     table = mean_dice_table(read_results(results))
@@ -344,7 +344,7 @@ def load_dataset_ids(records):
 
 
 def test_shuffled_control_pairs_images_with_another_patient_s_labels(control_study):
-    from segmentation.controls import ShuffledLabelSlices, shuffled_pairs
+    from segmentation.study.controls import ShuffledLabelSlices, shuffled_pairs
 
     config, results, _, _ = control_study
     data = prepare_data(config, study_data.plan_runs(config, results)[0], results)
@@ -420,7 +420,7 @@ def test_a_leaking_procedural_folder_is_refused(tmp_path):
 
 
 def test_parallel_workers_give_the_results_of_one_process(micro_study, sources, tmp_path):
-    from segmentation.runner import run_study_parallel
+    from segmentation.study.runner import run_study_parallel
 
     config, results, summary = micro_study
     parallel = run_study_parallel(config, tmp_path, jobs=2, device="cpu", threads=1)
@@ -502,7 +502,7 @@ def test_a_real_dataset_given_as_a_synthetic_arm_is_refused_for_holding_test_pat
 
 
 def test_results_into_a_dataset_or_a_user_folder_are_refused(sources, tmp_path, capsys):
-    from segmentation.cli_study import main
+    from segmentation.study.cli_study import main
 
     config = micro_config(sources, "k=[2]", "splits.folds=[0]", "train.iterations=2")
     with pytest.raises(StudyDataError, match="looks like a dataset and holds no study.json"):
@@ -553,7 +553,7 @@ def test_a_gan_arm_trained_on_the_study_s_test_patients_is_refused(tmp_path, cap
 
 
 def dataclasses_replace_arms(config, arm):
-    from segmentation.study_config import study_config_from_dict
+    from segmentation.study.study_config import study_config_from_dict
 
     values = config.to_dict()
     values["arms"] = [arm]
@@ -622,7 +622,7 @@ def test_a_study_in_a_log_file_writes_a_progress_line_per_run(sources, tmp_path,
 
 def test_an_arm_sampled_on_the_real_grid_is_judged_by_its_generator_resolution(tmp_path):
     from training.synthetic_dataset import SynthesisLog
-    from segmentation.study_data import resolution_warning
+    from segmentation.study.study_data import resolution_warning
     from training.data import load_dataset
 
     folder = write_phantom_dataset(tmp_path / "syn", n_patients=1, shape=(32, 32, 4), seed=3, layout="nnunet")

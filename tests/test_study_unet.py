@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from segmentation.runner import torch_threads
-from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
-from segmentation.unet import BatchAugment, build_unet, make_loader, train_unet
+from segmentation.study.runner import torch_threads
+from segmentation.study.study_config import AugmentConfig, TrainConfig, UNetConfig
+from segmentation.study.unet import BatchAugment, build_unet, make_loader, train_unet
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -155,7 +155,7 @@ class IndexedItems(torch.utils.data.Dataset):
 
 
 def test_epoch_budget_scales_steps_with_the_run_s_own_data():
-    from segmentation.unet import run_steps
+    from segmentation.study.unet import run_steps
 
     steps = TrainConfig(iterations=300, batch_size=16)
     epochs = TrainConfig(budget="epochs", epochs=10, batch_size=16)

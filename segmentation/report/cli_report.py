@@ -13,7 +13,7 @@ from pathlib import Path
 
 from segmentation.report.report import ReportConfig, make_report
 from segmentation.report.overview import groups_of, write_overview
-from segmentation.provenance import accepted_changes
+from segmentation.study.provenance import accepted_changes
 from segmentation.report.score_table import (ScoreTableConfig, build_score_table, parse_filter, read_csv_rows,
                                       resolve_scores_csv)
 from training.data.errors import one_line_errors

@@ -14,7 +14,7 @@ seed, dataset, fold, repeat) -- its initial weights, slice order, augmentation a
 subsets differ from every other block's -- and every arm of a block shares it (paired runs).
 Scheme 1 (seed = study seed + repeat, the same in every fold) made the folds of a repeat
 correlated, and the tests on them invented effects; scheme 2 drew the augmentation per slice
-through MONAI transforms (scheme 3: per batch, `segmentation.unet.BatchAugment`).  Results of
+through MONAI transforms (scheme 3: per batch, `segmentation.study.unet.BatchAugment`).  Results of
 another scheme are refused rather than mixed with new runs.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, resolve_k
+from segmentation.study.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, resolve_k
 
 SEED_SCHEME = 3
 

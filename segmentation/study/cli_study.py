@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation.grid import Run, describe_grid, parse_shard, shard
+from segmentation.study.grid import Run, describe_grid, parse_shard, shard
 from segmentation.report.power import blocks_needed, describe_design
-from segmentation.runner import (check_results_folder, mean_dice_table, read_results, resolve_device, run_study,
+from segmentation.study.runner import (check_results_folder, mean_dice_table, read_results, resolve_device, run_study,
                                  run_study_parallel, torch_threads)
 from segmentation.report.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.report.stats import compare_paired_to_control
-from segmentation.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
+from segmentation.study.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,
                                        with_synthetic_folders)
-from segmentation.study_data import StudyDataError, check_folder_arms, plan_runs
-from segmentation.unet import budget_rule, measure_step_seconds
+from segmentation.study.study_data import StudyDataError, check_folder_arms, plan_runs
+from segmentation.study.unet import budget_rule, measure_step_seconds
 from training.data import DataError
 from training.data.errors import one_line_errors
 

@@ -38,8 +38,8 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from segmentation.evaluation import mean_class_dice, predict_volume
-from segmentation.study_config import AugmentConfig, TrainConfig, UNetConfig
+from segmentation.study.evaluation import mean_class_dice, predict_volume
+from segmentation.study.study_config import AugmentConfig, TrainConfig, UNetConfig
 
 
 

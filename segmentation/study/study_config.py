@@ -105,7 +105,7 @@ class DatasetSpec:
 class ArmSpec:
     """One synthetic source.  Exactly one of ``folder`` (an nnU-Net v2 raw dataset, as
     ``sample_patients.py`` writes), ``gan`` (a GAN run directory sampled with ``psi``),
-    ``control`` (a built-in control arm, `segmentation.controls`) or ``procedural`` (a synthesiser of
+    ``control`` (a built-in control arm, `segmentation.study.controls`) or ``procedural`` (a synthesiser of
     the `procedural` package with the settings file ``config``, run per block on that block's real
     training patients only) is set.
 
@@ -184,7 +184,7 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The training slices' augmentation (`segmentation.unet.BatchAugment`: whole batches, each slice
+    """The training slices' augmentation (`segmentation.study.unet.BatchAugment`: whole batches, each slice
     drawing its own; the transforms of MONAI's RandFlipd, RandRotate90d, RandGaussianNoised and
     RandScaleIntensityd).
 
@@ -244,7 +244,7 @@ class StudyConfig:
     use, as several challenges score it) or "exclude" (left out; the report counts empty values).
     empty_class: how a test patient whose reference lacks a class scores for that class: "exclude"
     (no Dice / HD95 for that patient and class; the report counts them) or "score" (Dice 1 when
-    nothing is predicted either, 0 for a false detection; `segmentation.evaluation`).
+    nothing is predicted either, 0 for a false detection; `segmentation.study.evaluation`).
     """
 
     name: str

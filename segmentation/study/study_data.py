@@ -1,9 +1,9 @@
 """The data of a study: real datasets and their splits, out-of-distribution test sets, synthetic
 sources (folders, GAN samples, the oracle), their checks before any training -- compatibility,
-resolution, content fingerprints (`segmentation.provenance`) and leakage of test patients into
+resolution, content fingerprints (`segmentation.study.provenance`) and leakage of test patients into
 generators or synthetic folders -- and the grid they imply (`plan_runs`).
 
-`segmentation.runner` runs the study on what `prepare_data` returns.
+`segmentation.study.runner` runs the study on what `prepare_data` returns.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation.controls import oracle_seed
-from segmentation.grid import Run, expand_grid, max_synthetic
-from segmentation.provenance import ChangedDataError, cache_fingerprints, check_and_record
-from segmentation.study_config import PHANTOMS, ArmSpec, DatasetSpec, StudyConfig
+from segmentation.study.controls import oracle_seed
+from segmentation.study.grid import Run, expand_grid, max_synthetic
+from segmentation.study.provenance import ChangedDataError, cache_fingerprints, check_and_record
+from segmentation.study.study_config import PHANTOMS, ArmSpec, DatasetSpec, StudyConfig
 from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.data import (Dataset, SliceCache, Splits, default_phantom_dataset, load_dataset, load_or_make_splits,

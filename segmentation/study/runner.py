@@ -1,9 +1,9 @@
-"""Running a study: one U-Net per grid run on the data `segmentation.study_data` prepares, results on disk.
+"""Running a study: one U-Net per grid run on the data `segmentation.study.study_data` prepares, results on disk.
 
 Results folder (``RESULTS``)::
 
     study.json              the study configuration (as validated)
-    data.json               a content fingerprint of every patient the runs used (`segmentation.provenance`):
+    data.json               a content fingerprint of every patient the runs used (`segmentation.study.provenance`):
                             a later shard or re-run on changed data is refused
     runs/RUN_ID.json        one per finished run, written atomically at the end of the run:
                             run, config + fingerprint, budget rule, patients used, training curve,
@@ -21,7 +21,7 @@ Results folder (``RESULTS``)::
 A run that crashes writes no JSON, so re-running (any shard) redoes exactly the unfinished runs.
 A finished run whose recorded configuration differs from the current one is an error (the results
 folder belongs to another study definition), never silently reused; so is a run made with the old
-seed scheme (`segmentation.grid.SEED_SCHEME`).
+seed scheme (`segmentation.study.grid.SEED_SCHEME`).
 """
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from procedural import ProceduralError
-from segmentation.controls import NoiseSlices, ShuffledLabelSlices, shuffled_pairs
-from segmentation.evaluation import FOREGROUND, evaluate_case, predict_volume
-from segmentation.grid import SEED_SCHEME, Run, arm_entropy, arm_seed, shard
-from segmentation.provenance import cache_fingerprints
-from segmentation.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, fingerprint
-from segmentation.study_data import (IN_DISTRIBUTION, RealData, StudyData, StudyDataError, SyntheticData, TestSet,
+from segmentation.study.controls import NoiseSlices, ShuffledLabelSlices, shuffled_pairs
+from segmentation.study.evaluation import FOREGROUND, evaluate_case, predict_volume
+from segmentation.study.grid import SEED_SCHEME, Run, arm_entropy, arm_seed, shard
+from segmentation.study.provenance import cache_fingerprints
+from segmentation.study.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, fingerprint
+from segmentation.study.study_data import (IN_DISTRIBUTION, RealData, StudyData, StudyDataError, SyntheticData, TestSet,
                                      load_synthetic, plan_runs, prepare_data, record_data)
-from segmentation.unet import budget_rule, build_unet, run_steps, train_unet
+from segmentation.study.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import SliceCache, SliceDataset
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
 from training.procedural_sampling import synthesise_to_directory
@@ -92,7 +92,7 @@ def _ordered_subset(ids: list[str], count: int, seed: list[int]) -> list[str]:
 
 
 def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
-    """Patients of ``run``, all drawn from its block seed (`segmentation.grid.block_seed`): the n
+    """Patients of ``run``, all drawn from its block seed (`segmentation.study.grid.block_seed`): the n
     real training patients are a nested subset per block (shared by the arms of the block), the k
     synthetic ones a nested subset per (block, arm), so no two blocks share a draw.  Noise patients
     are named ``noise_J``; a shuffled patient is ``IMAGE_CASE<labels:LABEL_CASE``.  val: the
