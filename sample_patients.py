@@ -2,7 +2,7 @@
 raw dataset (see --help)."""
 import sys
 
-from training.cli_sample import main
+from training.sampling.cli_sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

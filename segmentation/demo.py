@@ -117,7 +117,7 @@ def train_gan(cfg: DemoConfig) -> None:
 
 def sample_patients(cfg: DemoConfig) -> dict[str, Path]:
     """Stage 3: synthetic patients from the committed tiny generators; returns {arm name: folder}."""
-    from training.cli_sample import main as sample_main
+    from training.sampling.cli_sample import main as sample_main
 
     slices = ["--slices", str(cfg.shape[2])] if cfg.quick else []
     common = ["--patients", str(cfg.synthetic_patients), "--seed", str(cfg.seed), "--device", cfg.device,

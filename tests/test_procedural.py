@@ -171,7 +171,7 @@ def test_timing_per_patient_is_well_under_a_second():
 
 
 def test_sample_patients_procedural_writes_resumes_and_refuses_other_settings(tmp_path, capsys):
-    from training.cli_sample import main
+    from training.sampling.cli_sample import main
     from training.data import write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", n_patients=4, shape=(32, 32, 8))

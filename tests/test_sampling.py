@@ -19,16 +19,16 @@ import torch
 
 from gan import NetworkConfig, build_generator, channels_to_labels
 from training.checkpoint import DatasetInfo, SnapshotContent, write_snapshot
-from training.cli_sample import main as cli_main
+from training.sampling.cli_sample import main as cli_main
 from training.config import TrainConfig, config_to_dict
 from training.data import load_dataset
 from training.data.cache import IntensityScale
 from training.data.phantoms import write_phantom_dataset
-from training.patient_preview import PreviewCase, write_preview
+from training.sampling.patient_preview import PreviewCase, write_preview
 from training.sampling import (BaselineSlices, PairSlices, PatientSampler, QualityGateError, SamplingSource,
                                SourceDataset, load_source, plan_patient, sample_to_directory, slice_positions,
                                to_volumes)
-from training.synthetic_dataset import (GeneratorRecord, NnUNetRawWriter, OutputDirError, QualityGate,
+from training.sampling.synthetic_dataset import (GeneratorRecord, NnUNetRawWriter, OutputDirError, QualityGate,
                                         SamplingSettings, SynthesisLog, exclusive_output)
 
 RES = 16

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.cli_sample import main as sample_main
+from training.sampling.cli_sample import main as sample_main
 from training.cli_train import main as train_main
 from training.data.phantoms import write_phantom_dataset
 

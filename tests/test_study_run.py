@@ -621,7 +621,7 @@ def test_a_study_in_a_log_file_writes_a_progress_line_per_run(sources, tmp_path,
 
 
 def test_an_arm_sampled_on_the_real_grid_is_judged_by_its_generator_resolution(tmp_path):
-    from training.synthetic_dataset import SynthesisLog
+    from training.sampling.synthetic_dataset import SynthesisLog
     from segmentation.study.study_data import resolution_warning
     from training.data import load_dataset
 

@@ -263,7 +263,7 @@ def test_sample_grids_show_the_mask_as_a_colour_overlay():
 
 
 def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(capsys, tmp_path, phantoms):
-    from training.synthetic_dataset import exclusive_output
+    from training.sampling.synthetic_dataset import exclusive_output
 
     run = tmp_path / "run"
     with exclusive_output(run, "training"):  # as the first training holds it

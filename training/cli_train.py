@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         from training.data import DataError
-        from training.synthetic_dataset import OutputDirError, exclusive_output
+        from training.sampling.synthetic_dataset import OutputDirError, exclusive_output
         try:
             # one training per run directory: a second one would replace the first one's snapshots
             with exclusive_output(run_dir, "training") if ctx.is_main else contextlib.nullcontext():

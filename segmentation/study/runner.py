@@ -56,7 +56,7 @@ from segmentation.study.study_data import (IN_DISTRIBUTION, RealData, StudyData,
 from segmentation.study.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import SliceCache, SliceDataset
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
-from training.procedural_sampling import synthesise_to_directory
+from training.sampling.procedural_sampling import synthesise_to_directory
 from training.progress import LogLines
 from training.sampling import resolve_device as resolve_sampling_device
 

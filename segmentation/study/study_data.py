@@ -27,7 +27,7 @@ from training.data.splits import minimum_patients
 from training.data.fsutils import file_lock
 from training.data.phantoms import SHIFTED, STANDARD, default_phantom_spec
 from training.sampling import QualityGateError, load_source, sample_to_directory
-from training.synthetic_dataset import SamplingSettings, SynthesisLog
+from training.sampling.synthetic_dataset import SamplingSettings, SynthesisLog
 
 class StudyDataError(ValueError):
     """A dataset or synthetic source cannot be used in the study (the message names the folder)."""

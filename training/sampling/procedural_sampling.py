@@ -26,8 +26,8 @@ from procedural import LabelSet, VolumePatient, build_synthesiser, load_synthesi
 from training.data import Dataset
 from training.data.nifti import read_stored_style
 from training.progress import LogLines
-from training.patient_preview import PreviewCase, read_case, write_preview
-from training.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
+from training.sampling.patient_preview import PreviewCase, read_case, write_preview
+from training.sampling.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
                                         atomic_write_json, exclusive_output, now_utc, software_versions)
 
 PROCEDURAL_FORMAT = "stylepair-procedural/1"

@@ -11,11 +11,11 @@ from training.checkpoint import CheckpointError
 from training.data import DataError, load_dataset
 from training.data.errors import one_line_errors
 from training.data.splits import read_case_ids
-from training.procedural_sampling import synthesise_to_directory
+from training.sampling.procedural_sampling import synthesise_to_directory
 from training.runtime import keep_freed_memory
 from training.sampling import (MAX_REJECTIONS_PER_PATIENT, QualityGateError, load_source, resolve_device,
                                sample_to_directory)
-from training.synthetic_dataset import GRIDS, OutputDirError, QualityGate, SamplingSettings
+from training.sampling.synthetic_dataset import GRIDS, OutputDirError, QualityGate, SamplingSettings
 
 DESCRIPTION = """\
 Sample synthetic patients (stacks of axial slices with their masks) from trained generators, or make

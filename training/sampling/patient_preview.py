@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from training.data.fsutils import atomic_write_bytes
-from training.synthetic_dataset import FILE_ENDING
+from training.sampling.synthetic_dataset import FILE_ENDING
 
 
 @dataclass
