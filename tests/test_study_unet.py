@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from segmentation.study.runner import torch_threads
-from segmentation.study.study_config import AugmentConfig, TrainConfig, UNetConfig
+from segmentation.study.study_config import UNetAugmentConfig, UNetTrainConfig, UNetConfig
 from segmentation.study.unet import BatchAugment, build_unet, make_loader, train_unet
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def one_thread():
         yield
 
 
-NO_AUGMENT = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=0.0)
+NO_AUGMENT = UNetAugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=0.0)
 TINY = UNetConfig(channels=(4, 8), strides=(2,), num_res_units=0)
 
 
@@ -40,7 +40,7 @@ def as_volumes(data: TensorDataset) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_budget_is_the_same_whatever_the_pool_size():
-    config = TrainConfig(iterations=5, batch_size=3, augment=NO_AUGMENT)
+    config = UNetTrainConfig(iterations=5, batch_size=3, augment=NO_AUGMENT)
     for pool in (2, 40):
         batches = [images.shape for images, _ in make_loader(squares(pool), config, seed=0)]
         assert batches == [(3, 2, 16, 16)] * 5
@@ -52,7 +52,7 @@ def batch_of(data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_augmentation_moves_image_and_label_together():
-    config = AugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=0.0, scale_prob=0.0)
+    config = UNetAugmentConfig(flip_prob=0.5, rotate90_prob=0.5, noise_prob=0.0, scale_prob=0.0)
     source_images, source_labels = batch_of(squares(64))
     images, labels = BatchAugment(config, torch.Generator().manual_seed(3))(source_images, source_labels)
     assert images.shape == (64, 2, 16, 16) and labels.shape == (64, 1, 16, 16) and labels.dtype == torch.long
@@ -68,14 +68,14 @@ def test_augmentation_moves_image_and_label_together():
 
 
 def test_image_only_transforms_leave_the_label_and_follow_their_settings():
-    config = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=1.0, noise_std=0.3, scale_prob=0.0)
+    config = UNetAugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=1.0, noise_std=0.3, scale_prob=0.0)
     source_images, source_labels = batch_of(squares(32))
     images, labels = BatchAugment(config, torch.Generator().manual_seed(0))(source_images, source_labels)
     assert torch.equal(labels, source_labels)
     per_slice = (images - source_images).flatten(1).std(dim=1)              # each slice's own std ~ U(0, 0.3)
     assert float(per_slice.max()) <= 0.3 * 1.1 and float(per_slice.min()) < 0.1
     assert float(per_slice.mean()) == pytest.approx(0.15, abs=0.05)
-    scaling = AugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=1.0, scale_factor=0.1)
+    scaling = UNetAugmentConfig(flip_prob=0.0, rotate90_prob=0.0, noise_prob=0.0, scale_prob=1.0, scale_factor=0.1)
     images, _ = BatchAugment(scaling, torch.Generator().manual_seed(0))(source_images, source_labels)
     ratio = (images / source_images).flatten(1)
     assert torch.allclose(ratio, ratio[:, :1], atol=1e-5)           # one factor per slice ...
@@ -83,7 +83,7 @@ def test_image_only_transforms_leave_the_label_and_follow_their_settings():
 
 
 def test_augmentation_is_fixed_by_its_seed():
-    config = AugmentConfig()
+    config = UNetAugmentConfig()
     first = BatchAugment(config, torch.Generator().manual_seed(5))(*batch_of(squares(8)))
     again = BatchAugment(config, torch.Generator().manual_seed(5))(*batch_of(squares(8)))
     other = BatchAugment(config, torch.Generator().manual_seed(6))(*batch_of(squares(8)))
@@ -94,7 +94,7 @@ def test_augmentation_is_fixed_by_its_seed():
 def test_training_learns_and_keeps_the_best_validation_state():
     torch.manual_seed(0)
     model = build_unet(TINY, in_channels=2, out_channels=2)
-    config = TrainConfig(iterations=30, batch_size=8, learning_rate=0.02, val_every=10, augment=NO_AUGMENT)
+    config = UNetTrainConfig(iterations=30, batch_size=8, learning_rate=0.02, val_every=10, augment=NO_AUGMENT)
     result = train_unet(model, squares(32), as_volumes(squares(8, seed=1)), config, seed=0,
                         device=torch.device("cpu"))
     assert [c["iteration"] for c in result.curve] == [10, 20, 30]
@@ -109,7 +109,7 @@ def test_training_learns_and_keeps_the_best_validation_state():
 def test_patience_stops_when_validation_does_not_improve():
     torch.manual_seed(0)
     model = build_unet(TINY, in_channels=2, out_channels=2)
-    frozen = TrainConfig(iterations=20, batch_size=4, learning_rate=1e-12, val_every=2, patience=2,
+    frozen = UNetTrainConfig(iterations=20, batch_size=4, learning_rate=1e-12, val_every=2, patience=2,
                          augment=NO_AUGMENT)  # weights do not move: no validation improves on the first
     result = train_unet(model, squares(8), as_volumes(squares(4, seed=1)), frozen, seed=0, device=torch.device("cpu"))
     assert result.stopped_early and result.iterations_run == 6 and result.best_iteration == 2
@@ -120,7 +120,7 @@ def test_patience_stops_when_validation_does_not_improve():
 def test_without_validation_the_last_state_of_the_budget_is_returned():
     torch.manual_seed(0)
     model = build_unet(TINY, in_channels=2, out_channels=2)
-    config = TrainConfig(iterations=6, batch_size=4, learning_rate=1e-2, val_every=2, augment=NO_AUGMENT)
+    config = UNetTrainConfig(iterations=6, batch_size=4, learning_rate=1e-2, val_every=2, augment=NO_AUGMENT)
     result = train_unet(model, squares(8), [], config, seed=0, device=torch.device("cpu"))
     assert result.iterations_run == result.best_iteration == 6 and np.isnan(result.best_val_dice)
     assert all(torch.equal(result.best_state[k], v) for k, v in model.state_dict().items())
@@ -128,7 +128,7 @@ def test_without_validation_the_last_state_of_the_budget_is_returned():
 
 
 def test_real_fraction_fixes_the_share_of_real_slices_in_every_batch():
-    config = TrainConfig(iterations=7, batch_size=8, real_fraction=0.25, augment=NO_AUGMENT)
+    config = UNetTrainConfig(iterations=7, batch_size=8, real_fraction=0.25, augment=NO_AUGMENT)
     real, synthetic = squares(5), squares(40, seed=2)
     pool = torch.utils.data.ConcatDataset([real, synthetic])
     loader = make_loader(IndexedItems(pool), config, seed=0, steps=7, real_count=len(real))
@@ -157,7 +157,7 @@ class IndexedItems(torch.utils.data.Dataset):
 def test_epoch_budget_scales_steps_with_the_run_s_own_data():
     from segmentation.study.unet import run_steps
 
-    steps = TrainConfig(iterations=300, batch_size=16)
-    epochs = TrainConfig(budget="epochs", epochs=10, batch_size=16)
+    steps = UNetTrainConfig(iterations=300, batch_size=16)
+    epochs = UNetTrainConfig(budget="epochs", epochs=10, batch_size=16)
     assert run_steps(steps, 48) == run_steps(steps, 480) == 300
     assert run_steps(epochs, 48) == 30 and run_steps(epochs, 50) == 32 and run_steps(epochs, 480) == 300

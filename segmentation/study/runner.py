@@ -96,7 +96,7 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
     real training patients are a nested subset per block (shared by the arms of the block), the k
     synthetic ones a nested subset per (block, arm), so no two blocks share a draw.  Noise patients
     are named ``noise_J``; a shuffled patient is ``IMAGE_CASE<labels:LABEL_CASE``.  val: the
-    patients that select the model (`TrainConfig.validation`: the fold's, the run's own, or none)."""
+    patients that select the model (`UNetTrainConfig.validation`: the fold's, the run's own, or none)."""
     real = data.real[run.dataset]
     fold = real.splits.fold(run.fold)
     train = list(fold.train)

@@ -32,7 +32,7 @@ keys anywhere are errors naming the key)::
                                    # 0 = synthetic only (absolute k; arms made from real patients,
                                    # shuffled and procedural, have no runs there)
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
-    train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `TrainConfig`
+    train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `UNetTrainConfig`
     metrics: [dice, hd95]           # also nsd (normalised surface Dice) and detection (detected,
                                    # false_positive, lesion_sensitivity per case and class)
     nsd_tolerance_mm: {default: 2.0, core: 1.0}   # NSD tolerance per class name (default: 2 mm)
@@ -183,7 +183,7 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class UNetAugmentConfig:
     """The training slices' augmentation (`segmentation.study.unet.BatchAugment`: whole batches, each slice
     drawing its own; the transforms of MONAI's RandFlipd, RandRotate90d, RandGaussianNoised and
     RandScaleIntensityd).
@@ -203,7 +203,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class UNetTrainConfig:
     """The optimisation budget, the batch mix and the validation policy of every run.
 
     budget "steps": every run takes ``iterations`` steps of ``batch_size`` slices, so adding
@@ -231,7 +231,7 @@ class TrainConfig:
     val_every: int = 100
     patience: int | None = None
     num_workers: int = 0
-    augment: AugmentConfig = AugmentConfig()
+    augment: UNetAugmentConfig = UNetAugmentConfig()
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ class StudyConfig:
     repeats: int = 1
     seed: int = 0
     unet: UNetConfig = UNetConfig()
-    train: TrainConfig = TrainConfig()
+    train: UNetTrainConfig = UNetTrainConfig()
     metrics: tuple[str, ...] = ("dice", "hd95")
     nsd_tolerance_mm: dict | None = None
     empty_class: str = "exclude"
@@ -457,8 +457,8 @@ def study_config_from_dict(values: Any, where: str = "study", name: str = "study
         "k": lambda v, k: tuple(read.k_value(x, f"{k}[{i}]") for i, x in enumerate(read.sequence(v, k))),
         "splits": lambda v, k: read.dataclass(SplitSpec, v, k),
         "unet": lambda v, k: read.dataclass(UNetConfig, v, k),
-        "train": lambda v, k: read.dataclass(TrainConfig, v, k,
-                                             nested={"augment": lambda a, ka: read.dataclass(AugmentConfig, a, ka)}),
+        "train": lambda v, k: read.dataclass(UNetTrainConfig, v, k,
+                                             nested={"augment": lambda a, ka: read.dataclass(UNetAugmentConfig, a, ka)}),
     }
     config = read.dataclass(StudyConfig, values, "", nested=nested)
     _check(config, read)

@@ -4,9 +4,9 @@ Model: ``monai.networks.nets.UNet(spatial_dims=2, in_channels=M, out_channels=L,
 strides, num_res_units)`` from `UNetConfig`; loss ``monai.losses.DiceCELoss`` (softmax, one-hot
 targets); Adam.  Augmentation: whole batches as tensors, each slice drawing its own (flips and
 90-degree rotations of image and label, Gaussian noise and intensity scaling of the image only;
-`AugmentConfig`, `BatchAugment`) -- per-slice MONAI transforms cost as much CPU as the network.
+`UNetAugmentConfig`, `BatchAugment`) -- per-slice MONAI transforms cost as much CPU as the network.
 
-The optimisation budget (`TrainConfig.budget`, `run_steps`):
+The optimisation budget (`UNetTrainConfig.budget`, `run_steps`):
 
     "steps": every run takes ``iterations`` Adam steps on batches of ``batch_size`` slices, so
     synthetic patients change what the network sees, never how many steps or slices it gets;
@@ -39,11 +39,11 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from segmentation.study.evaluation import mean_class_dice, predict_volume
-from segmentation.study.study_config import AugmentConfig, TrainConfig, UNetConfig
+from segmentation.study.study_config import UNetAugmentConfig, UNetTrainConfig, UNetConfig
 
 
 
-def budget_rule(config: TrainConfig) -> str:
+def budget_rule(config: UNetTrainConfig) -> str:
     """The budget, the batch mix and the validation policy of ``config`` in words (stored with each
     run and printed by the study)."""
     if config.budget == "steps":
@@ -63,7 +63,7 @@ def budget_rule(config: TrainConfig) -> str:
     return f"{budget}; {mix}; {validation}{stop}"
 
 
-def run_steps(config: TrainConfig, n_slices: int) -> int:
+def run_steps(config: UNetTrainConfig, n_slices: int) -> int:
     """Optimisation steps of a run with ``n_slices`` training slices under ``config.budget``."""
     if config.budget == "steps":
         return config.iterations
@@ -86,14 +86,14 @@ def build_unet(config: UNetConfig, in_channels: int, out_channels: int) -> UNet:
 
 
 class BatchAugment:
-    """`AugmentConfig` on whole batches: images [B, M, H, W] in [-1, 1], labels [B, 1, H, W] indices
+    """`UNetAugmentConfig` on whole batches: images [B, M, H, W] in [-1, 1], labels [B, 1, H, W] indices
     (H == W when rotations are on).  Every slice draws its own: a flip along each in-plane axis and a
     rotation by k x 90 degrees (k uniform in 1..3) move image and label together; Gaussian noise
     (its std drawn per slice from U(0, ``noise_std``), as MONAI's RandGaussianNoise samples it) and
     scaling by (1 + U(-f, f)) touch the image only.  All draws come from
     ``generator`` (the same numbers whatever is applied), so a seed fixes the augmentation."""
 
-    def __init__(self, config: AugmentConfig, generator: torch.Generator):
+    def __init__(self, config: UNetAugmentConfig, generator: torch.Generator):
         self.config, self.generator = config, generator
 
     def _chosen(self, probability: float, batch: int) -> torch.Tensor:
@@ -189,7 +189,7 @@ class MixedBatchSampler(Sampler):
             yield batch[torch.randperm(self.batch_size, generator=self.generator)].tolist()
 
 
-def make_loader(slices: TorchDataset, config: TrainConfig, seed: int, steps: int | None = None,
+def make_loader(slices: TorchDataset, config: UNetTrainConfig, seed: int, steps: int | None = None,
                 real_count: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Augmented batches (images [B, M, H, W], labels [B, 1, H, W]) for exactly ``steps`` (default: the
     config's iterations) x batch_size draws with replacement; the draws and the augmentation are
@@ -244,7 +244,7 @@ def _out_channels(model: torch.nn.Module) -> int:
 
 
 def train_unet(model: torch.nn.Module, slices: TorchDataset, val_volumes: Sequence[tuple[np.ndarray, np.ndarray]],
-               config: TrainConfig, seed: int, device: torch.device,
+               config: UNetTrainConfig, seed: int, device: torch.device,
                log: Callable[[str, float, int], None] | None = None, progress: bool = False,
                steps: int | None = None, real_count: int | None = None) -> TrainResult:
     """Train ``model`` (already on ``device``) for ``steps`` (default: the config's iterations; see
