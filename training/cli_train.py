@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
+from gan.variants import variant_spec
 from training import checkpoint as ckpt
 from training.config import (AUGMENT_MODES, CONDITIONS, PRECISIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
                              apply_override, config_from_dict, config_to_yaml, load_preset,
                              parse_override, resolve_config)
-from training.data.fsutils import atomic_write_json
-from gan.variants import variant_spec
 from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
 from training.data.errors import one_line_errors
+from training.data.fsutils import atomic_write_json
 
 # Allowed values of the flags with a fixed set of choices.
 FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
@@ -154,6 +154,12 @@ def build_config(args: argparse.Namespace, num_processes: int,
 PRESET_SLICE_FIELDS = ("resolution", "drop_end_slices", "drop_empty_slices")
 
 
+def _given_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the user set on the command line (``--set KEY=…`` or a flag)."""
+    given = {parse_override(text)[0] for text in args.overrides}
+    return given | {key for _, key, _, _ in CONFIG_FLAGS if getattr(args, key.replace(".", "__")) is not None}
+
+
 def _take_preset_slices(cfg: TrainConfig, args: argparse.Namespace) -> None:
     """Copy resolution and slice selection from the ``preprocess`` preset into ``cfg`` where the user
     did not set them, so the GAN trains on the cache `stylepair-data cache --config PRESET` builds."""
@@ -163,8 +169,7 @@ def _take_preset_slices(cfg: TrainConfig, args: argparse.Namespace) -> None:
         preset = load_preprocess_config(cfg.preprocess)
     except (OSError, ValueError) as err:
         raise ConfigError(f"--preprocess {cfg.preprocess}: {err}") from None
-    given = {parse_override(text)[0] for text in args.overrides}
-    given |= {key for _, key, _, _ in CONFIG_FLAGS if getattr(args, key.replace(".", "__")) is not None}
+    given = _given_keys(args)
     for key in PRESET_SLICE_FIELDS:
         if key not in given:
             setattr(cfg, key, getattr(preset, key))
@@ -225,8 +230,7 @@ def build_metrics(cfg: TrainConfig, data, device: torch.device):
 def _cpu_auto(args: argparse.Namespace, ctx) -> bool:
     """Whether 'auto' may choose the network for a CPU: a new run of the 'auto' preset on a CPU whose
     network width and micro-batch the user did not pin."""
-    pinned = any(text.split("=", 1)[0].strip().startswith(("network.channel", "batch_gpu"))
-                 for text in args.overrides) or args.batch_gpu is not None
+    pinned = any(key.startswith(("network.channel", "batch_gpu")) for key in _given_keys(args))
     return (ctx.device.type == "cpu" and args.resume is None and args.cfg in (None, "auto")
             and not pinned)
 
