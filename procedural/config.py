@@ -2,78 +2,35 @@
 
 Every field has a default; a field typed ``tuple[float, float]`` is a [low, high] range with
 low <= high; each dataclass's ``check()`` states the allowed ranges.  Unknown keys and wrong types
-are errors naming the file and the key."""
+are errors naming the file and the key (`training.data.typed_config`, the reader of every config)."""
 from __future__ import annotations
 
-import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from procedural.base import ProceduralError
-
-
-def read_mapping(source: str | Path | Mapping | None) -> tuple[dict, str]:
-    """(mapping, where): a YAML file's mapping, a given mapping, or {} for None."""
-    if source is None:
-        return {}, "defaults"
-    if isinstance(source, Mapping):
-        return dict(source), "config"
-    path = Path(source)
-    if not path.is_file():
-        raise ProceduralError(f"{path}: no such synthesiser config")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ProceduralError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(values, dict):
-        raise ProceduralError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
-    return values, str(path)
-
-
-def _typed(value: Any, default: Any, where: str, key: str) -> Any:
-    """``value`` converted to the type of the field's default, or a `ProceduralError`."""
-    def fail(expected: str) -> ProceduralError:
-        return ProceduralError(f"{where}: {key}: expected {expected}, got {value!r}")
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail("a number")
-        if isinstance(default, int) and not float(value).is_integer():
-            raise fail("a whole number")
-        return type(default)(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise fail("a list")
-        if len(default) == 2 and all(isinstance(x, (int, float)) for x in default):  # a [low, high] range
-            if len(value) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
-                raise fail("a range [low, high]")
-            if value[0] > value[1]:
-                raise ProceduralError(f"{where}: {key}: range [low, high] needs low <= high, got {list(value)}")
-            return (float(value[0]), float(value[1]))
-        return tuple(value)
-    return value
+from training.data.typed_config import ConfigError, from_mapping, read_yaml_mapping
 
 
 def config_from_mapping(cls: type, source: str | Path | Mapping | None) -> Any:
-    """Build ``cls`` (a frozen dataclass whose every field has a default) from ``source`` and run its
-    ``check(where)``."""
-    values, where = read_mapping(source)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ProceduralError(f"{where}: {unknown[0]}: unknown key (known keys: {', '.join(sorted(fields))})")
-    defaults = cls()
-    typed = {key: _typed(value, getattr(defaults, key), where, key) for key, value in values.items()}
-    config = dataclasses.replace(defaults, **typed)
+    """Build ``cls`` (a frozen dataclass whose every field has a default) from ``source`` (a YAML
+    file, a mapping, or None for the defaults) and run its ``check(where)``."""
+    try:
+        if source is None:
+            values, where = {}, "defaults"
+        elif isinstance(source, Mapping):
+            values, where = dict(source), "config"
+        else:
+            values, where = read_yaml_mapping(source, "synthesiser config"), str(source)
+        config = from_mapping(cls, values, where)
+    except ConfigError as exc:
+        raise ProceduralError(str(exc)) from None
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if hints[name] == tuple[float, float]:  # a [low, high] range
+            low, high = getattr(config, name)
+            require(low <= high, where, name, f"range [low, high] needs low <= high, got {[low, high]}")
     config.check(where)
     return config
 

@@ -36,6 +36,8 @@ from typing import Callable
 
 import yaml
 
+from training.data.typed_config import read_yaml_mapping, set_dotted
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIG = ROOT / "configs" / "study" / "phantom_demo.yaml"
 CHECKPOINTS = ROOT / "checkpoints"
@@ -135,17 +137,16 @@ def sample_patients(cfg: DemoConfig) -> dict[str, Path]:
 def write_study_config(cfg: DemoConfig, synthetic: dict[str, Path]) -> Path:
     """The demo study: ``phantom_demo.yaml`` with this demo's synthetic folders for its GAN arms
     (shrunk with ``quick``), written to OUT/study.yaml so the run can be repeated by hand."""
-    study = yaml.safe_load(STUDY_CONFIG.read_text())
-    folders = {arm: str(folder.resolve()) for arm, folder in synthetic.items()}
-    study["arms"] = [{"name": a["name"], "folder": folders[a["name"]]} if a["name"] in folders else a
-                     for a in study["arms"]]
+    study = read_yaml_mapping(STUDY_CONFIG, "study config")
+    settings = {f"arms.{arm}.folder": str(folder.resolve()) for arm, folder in synthetic.items()}
     if cfg.quick:
-        study.update(name="phantom_demo_quick", k=[2], n_real=[2], repeats=1)
-        study["datasets"][0].update(phantoms={"n_patients": 10, "shape": [32, 32, 8], "seed": 1},
-                                    preprocess={"resolution": 16, "drop_end_slices": 0})
-        study["splits"].update(n_folds=2, test_fraction=0.2)
-        study["unet"].update(channels=[8, 16], strides=[2])
-        study["train"].update(iterations=8, batch_size=8, val_every=4)
+        settings.update({"name": "phantom_demo_quick", "k": [2], "n_real": [2], "repeats": 1,
+                         "datasets.0.phantoms": {"n_patients": 10, "shape": [32, 32, 8], "seed": 1},
+                         "datasets.0.preprocess": {"resolution": 16, "drop_end_slices": 0},
+                         "splits.n_folds": 2, "splits.test_fraction": 0.2, "unet.channels": [8, 16],
+                         "unet.strides": [2], "train.iterations": 8, "train.batch_size": 8, "train.val_every": 4})
+    for key, value in settings.items():
+        set_dotted(study, key, value, str(STUDY_CONFIG))
     path = cfg.out / "study.yaml"
     path.write_text(f"# written by the demo from {STUDY_CONFIG.relative_to(ROOT)}\n"
                     + yaml.safe_dump(study, sort_keys=False))

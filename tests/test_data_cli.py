@@ -69,6 +69,18 @@ def test_cache_and_splits_commands(phantoms, tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["seed"] == 12345
 
 
+def test_cache_takes_the_same_dotted_overrides_as_training_and_the_study(phantoms, tmp_path, capsys):
+    cache_dir = tmp_path / "c"
+    assert main(["cache", str(phantoms), "--config", "ct", "--set", "modality_norm.T2.upper=900", "--set",
+                 "resolution=8", "--set", "drop_end_slices=1", "--cache-dir", str(cache_dir)]) == 0
+    index = json.loads(next(cache_dir.rglob("index.json")).read_text())
+    assert index["preprocess"]["modality_norm"]["T2"]["upper"] == 900.0 and index["preprocess"]["resolution"] == 8
+    assert "training    12 slices after drop_end_slices=1" in capsys.readouterr().out
+    assert main(["cache", str(phantoms), "--set", "mr_norm.uper=99", "--cache-dir", str(cache_dir)]) == 1
+    assert "preprocessing defaults + --set: mr_norm.uper: unknown key (known keys: foreground_only, lower, method, " \
+           "upper)" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -88,7 +88,15 @@ def test_yaml_presets_and_overrides(tmp_path):
     assert ct.cache_key(["CT"]) == PreprocessConfig(**{**ct.__dict__, "drop_end_slices": 0}).cache_key(["CT"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolution: 32\nresoltion: 64\n")
-    with pytest.raises(ValueError, match=r"unknown preprocessing option\(s\) \['resoltion'\]"):
+    with pytest.raises(ValueError, match=r"bad.yaml: resoltion: unknown key \(known keys: cache_dtype"):
         load_preprocess_config(bad)
+    bad.write_text("ct_norm: {method: window, lower: 40, upper: -160}\n")
+    with pytest.raises(ValueError, match="bad.yaml: ct_norm: IntensityNorm needs lower < upper"):
+        load_preprocess_config(bad)
+    soft_tissue = load_preprocess_config("ct", ["ct_norm.lower=-160", "ct_norm.upper=240", "modality_norm.T2.upper=900"])
+    assert soft_tissue.ct_norm == IntensityNorm("window", -160.0, 240.0, False)
+    assert soft_tissue.norm_for("T2") == IntensityNorm("window", 0.0, 900.0, False)
+    with pytest.raises(ValueError, match=r"ct.yaml \+ --set: ct_norm.uper: unknown key"):
+        load_preprocess_config("ct", ["ct_norm.uper=240"])
     with pytest.raises(FileNotFoundError, match="presets"):
         load_preprocess_config("nope")

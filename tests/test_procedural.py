@@ -151,7 +151,7 @@ def test_bad_configs_and_sources_are_refused_clearly(patients, tmp_path):
         make("cut-and-paste", {"objects": ["core"], "into": ["white_matter"]}, healthy)
     with pytest.raises(ProceduralError, match=r"mean_range: range \[low, high\] needs low <= high"):
         load_synthesiser_config("label-to-image", {"mean_range": [0.9, 0.1]})
-    with pytest.raises(ProceduralError, match="split_clusters: expected a whole number, got 2.5"):
+    with pytest.raises(ProceduralError, match=r"split_clusters: expected an integer \(a whole number\), got 2.5"):
         load_synthesiser_config("label-to-image", {"split_clusters": 2.5})
     with pytest.raises(ProceduralError, match="colour: unknown key"):
         load_synthesiser_config("label-to-image", {"colour": 1})

@@ -1,7 +1,6 @@
 """Score table reading and the written report, end to end through the command line."""
 import csv
 import re
-from pathlib import Path
 
 import matplotlib.image
 import numpy as np

@@ -20,7 +20,8 @@ import torch
 from gan import NetworkConfig, build_generator, channels_to_labels
 from training.checkpoint import DatasetInfo, SnapshotContent, write_snapshot
 from training.sampling.cli_sample import main as cli_main
-from training.config import TrainConfig, config_to_dict
+from training.config import TrainConfig
+from training.data.typed_config import to_mapping
 from training.data import load_dataset
 from training.data.cache import IntensityScale
 from training.data.phantoms import write_phantom_dataset
@@ -448,7 +449,7 @@ def save_run(run_dir: Path, variant: str, cond: str = "slice-position", resoluti
     if raw_seed is not None:
         tensors["G"] = tiny_generator(variant, c_dim, seed=raw_seed, resolution=resolution).state_dict()
     content = SnapshotContent(tensors=tensors,
-                              documents={"config": config_to_dict(config), "dataset": dataclasses.asdict(data),
+                              documents={"config": to_mapping(config), "dataset": dataclasses.asdict(data),
                                          "progress": {"nimg": 2000}})
     write_snapshot(run_dir, 2000, content)
     return run_dir

@@ -8,7 +8,7 @@ import torch
 
 from training import checkpoint as ckpt
 from training.cli_train import main
-from training.config import ConfigError, apply_override, load_preset, resolve_config
+from training.config import ConfigError, load_preset, resolve_config, with_overrides
 
 # 16x16 slices, a handful of channels: a few tenths of a second per iteration on a CPU.
 TINY = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "2",
@@ -57,19 +57,20 @@ def test_auto_rules_and_override_errors():
     assert resolved.variant != "mask" and resolved.loss.pl_weight == 2.0
     cfg.variant = "mask"
     assert resolve_config(cfg).loss.pl_weight == 0.0          # path length hurts masks (measured)
-    apply_override(cfg, "loss.pl_weight", 1.5)
+    cfg = with_overrides(cfg, [("loss.pl_weight", 1.5)])
     assert resolve_config(cfg).loss.pl_weight == 1.5          # an explicit weight is kept
-    with pytest.raises(ConfigError, match="unknown key 'network.chanel_base'"):
-        apply_override(cfg, "network.chanel_base", 4)
-    with pytest.raises(ConfigError, match="expected an integer"):
-        apply_override(cfg, "batch", "many")
+    with pytest.raises(ConfigError, match="network.chanel_base: unknown key"):
+        with_overrides(cfg, [("network.chanel_base", 4)])
+    with pytest.raises(ConfigError, match="batch: expected an integer"):
+        with_overrides(cfg, [("batch", "many")])
+    assert with_overrides(cfg, [("lr", 0.001)]).optim.d_lr == 0.001       # an alias sets both rates
 
 
 def test_bad_cli_input_gives_clear_errors(capsys, tmp_path, phantoms):
     with pytest.raises(SystemExit):
         main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path),
                      "--set", "loss.gama=1", "--dry-run"])
-    assert "unknown key 'loss.gama'" in capsys.readouterr().err
+    assert "command line: loss.gama: unknown key" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant", ["baseline", "mask", "conditional"])

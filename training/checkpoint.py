@@ -502,7 +502,7 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
         raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
     from gan import NetworkConfig, build_generator
     from gan.variants import VARIANTS
-    from training.config import config_from_dict
+    from training.data.typed_config import from_mapping
 
     weights_name = f"{which}.safetensors"
     # only the files read here are hashed (not D, the optimizer, the RNG state)
@@ -519,7 +519,7 @@ def load_generator(path: str | Path, which: str = "G_ema", device: str | torch.d
             not isinstance(progress.get("nimg"), int) or progress["nimg"] < 0:
         raise CheckpointError(f"{snapshot}: config.json or progress.json is not a stylepair training record "
                               f"(variant, network, nimg >= 0)")
-    network = config_from_dict(config["network"], NetworkConfig, where=str(snapshot / "config.json"))
+    network = from_mapping(NetworkConfig, config["network"], str(snapshot / "config.json"), "network")
     generator = build_generator(config["variant"], network, image_channels=len(data.modalities),
                                 label_channels=len(data.label_values))
     state = read_tensors(snapshot / weights_name)

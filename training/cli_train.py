@@ -20,11 +20,11 @@ import torch
 from gan.variants import variant_spec
 from training import checkpoint as ckpt
 from training.config import (AUGMENT_MODES, CONDITIONS, PRECISIONS, PRESETS, VARIANTS, ConfigError, TrainConfig,
-                             apply_override, config_from_dict, config_to_yaml, load_preset,
-                             parse_override, resolve_config)
+                             config_to_yaml, load_preset, resolve_config, with_overrides)
 from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
 from training.data.errors import one_line_errors
 from training.data.fsutils import atomic_write_json
+from training.data.typed_config import from_mapping, parse_override
 
 # Allowed values of the flags with a fixed set of choices.
 FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
@@ -128,18 +128,18 @@ def build_config(args: argparse.Namespace, num_processes: int,
                  saved_config: dict | None = None) -> TrainConfig:
     """The resolved TrainConfig from parsed arguments (see the module docstring for precedence)."""
     if saved_config is not None and args.cfg is None:
-        cfg = config_from_dict(saved_config)
+        cfg = from_mapping(TrainConfig, saved_config, "the saved config.json")
     else:
         cfg = load_preset(args.cfg or "auto")
-    for text in args.overrides:
-        apply_override(cfg, *parse_override(text))
+    settings = [parse_override(text) for text in args.overrides]
     for _, key, _, _ in CONFIG_FLAGS:
         value = getattr(args, key.replace(".", "__"))
         if value is None:
             continue
         if key == "metrics":
             value = [] if value.strip().lower() in ("", "none") else [v.strip() for v in value.split(",")]
-        apply_override(cfg, key, value)
+        settings.append((key, value))
+    cfg = with_overrides(cfg, settings)
     if cfg.preprocess is not None:
         _take_preset_slices(cfg, args)
     if args.deterministic:

@@ -1,24 +1,24 @@
 """Training configuration: typed dataclasses, YAML presets and command-line overrides.
 
 Precedence (lowest first): dataclass defaults < preset ``configs/gan/NAME.yaml`` (``--cfg NAME``)
-< ``--set key=value`` overrides (dotted keys reach nested sections, e.g. ``network.channel_base``)
-< the explicit command-line flags.  Fields left ``None`` are then filled by `resolve_config` with
+< ``--set key=value`` overrides (dotted keys reach nested sections, e.g. ``network.channel_base``;
+the syntax and checks of `training.data.typed_config`, shared with the study and the preprocessing
+presets) < the explicit command-line flags.  Fields left ``None`` are then filled by `resolve_config` with
 the StyleGAN2-ADA 'auto' rules (NVIDIA's train.py, cfg_specs), so that a preset only pins what it means to pin.
 The resolved configuration is what is saved with the run and compared on resume.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from gan import NetworkConfig
 from gan.variants import VARIANTS, variant_spec
+from training.data.typed_config import ConfigError, from_mapping, read_yaml_mapping, set_dotted, to_mapping
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "gan"
 PRESETS = ("auto", "stylegan2", "paper256", "tiny")
@@ -29,10 +29,6 @@ AUGMENT_MODES = ("ada", "fixed", "none")
 # without the RGB-only colour ops); see gan.augment.
 DEFAULT_AUGMENT_OPS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac",
                        "brightness", "contrast")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: unknown key, wrong type, bad value or unknown preset."""
 
 
 @dataclass
@@ -110,96 +106,6 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# dict <-> dataclass
-# --------------------------------------------------------------------------------------------
-
-def config_to_dict(cfg: Any) -> dict:
-    """A plain (YAML/JSON-able) nested dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(data: dict, cls: type = TrainConfig, where: str = "config") -> Any:
-    """Build ``cls`` from a nested dict, checking keys and types; unknown keys are an error.
-
-    ``where`` names the source (a file, "--set") in error messages.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    base = cls()
-    _apply_mapping(base, data, where, "")
-    return base
-
-
-def _apply_mapping(obj: Any, data: dict, where: str, prefix: str) -> None:
-    for key, value in data.items():
-        _set_field(obj, str(key), value, where, prefix)
-
-
-def _set_field(obj: Any, key: str, value: Any, where: str, prefix: str = "") -> None:
-    names = {f.name for f in dataclasses.fields(obj)}
-    dotted = f"{prefix}{key}"
-    if key not in names:
-        raise ConfigError(f"{where}: unknown key '{dotted}' for {type(obj).__name__} "
-                          f"(valid: {', '.join(sorted(names))})")
-    hint = typing.get_type_hints(type(obj))[key]
-    current = getattr(obj, key)
-    if dataclasses.is_dataclass(current):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{dotted}' is a section; give a mapping or dotted keys")
-        _apply_mapping(current, value, where, f"{dotted}.")
-        return
-    setattr(obj, key, _coerce(value, hint, f"{where}: {dotted}"))
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a type hint (int, float, str, bool, Optional, list, tuple)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for candidate in inner:
-            try:
-                return _coerce(value, candidate, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item_hint = args[0] if args else Any
-        items = [_coerce(v, item_hint, where) for v in value]
-        return tuple(items) if origin is tuple else items
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-# --------------------------------------------------------------------------------------------
 # presets and overrides
 # --------------------------------------------------------------------------------------------
 
@@ -218,20 +124,7 @@ def preset_path(name: str) -> Path:
 def load_preset(name: str) -> TrainConfig:
     """Defaults updated by the preset file; fields it leaves out keep their defaults."""
     path = preset_path(name)
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
-    return config_from_dict(data, TrainConfig, where=str(path))
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"network.channel_base=4096"`` -> ("network.channel_base", 4096) (value read as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. loss.r1_gamma=0.8")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"--set {text!r}: empty key")
-    return key, yaml.safe_load(raw) if raw.strip() else None
+    return from_mapping(TrainConfig, read_yaml_mapping(path, "GAN training preset"), str(path))
 
 
 # Short names accepted by --set for the most-tuned fields.
@@ -240,24 +133,14 @@ OVERRIDE_ALIASES = {"lr": ("optim.g_lr", "optim.d_lr"), "gamma": ("loss.r1_gamma
                     "p": ("augment.p",), "target": ("augment.target",)}
 
 
-def apply_override(cfg: TrainConfig, key: str, value: Any) -> None:
-    """Set a (dotted) field of ``cfg`` (or an OVERRIDE_ALIASES name, e.g. ``lr`` for both
-    learning rates); unknown keys and wrong types raise ConfigError."""
-    if key in OVERRIDE_ALIASES:
-        for target_key in OVERRIDE_ALIASES[key]:
-            apply_override(cfg, target_key, value)
-        return
-    parts = key.split(".")
-    target: Any = cfg
-    for depth, part in enumerate(parts[:-1]):
-        names = {f.name for f in dataclasses.fields(target)}
-        child = getattr(target, part, None) if part in names else None
-        if not dataclasses.is_dataclass(child):
-            raise ConfigError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is not a section "
-                              f"of {type(target).__name__} (sections: "
-                              f"{', '.join(n for n in sorted(names) if dataclasses.is_dataclass(getattr(target, n)))})")
-        target = child
-    _set_field(target, parts[-1], value, "--set", ".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+def with_overrides(cfg: TrainConfig, settings: list[tuple[str, Any]], where: str = "command line") -> TrainConfig:
+    """A copy of ``cfg`` with each (dotted key, value) set (an OVERRIDE_ALIASES name, e.g. ``lr``,
+    sets each of its keys); unknown keys and wrong types raise `ConfigError` naming the key."""
+    values = to_mapping(cfg)
+    for key, value in settings:
+        for target in OVERRIDE_ALIASES.get(key, (key,)):
+            set_dotted(values, target, value, where)
+    return from_mapping(TrainConfig, values, where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +155,7 @@ def resolve_config(cfg: TrainConfig, num_processes: int = 1) -> TrainConfig:
     lr 0.0025 (0.002 at >= 1024); R1 gamma = 0.0002 r^2 / batch; EMA half-life batch * 10 / 32 kimg;
     path-length weight 2, except 0 for the mask variant (measured, see checkpoints/README.md).
     """
-    out = config_from_dict(config_to_dict(cfg))
+    out = copy.deepcopy(cfg)
     if out.variant not in VARIANTS:
         raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got '{out.variant}'")
     r, g = out.resolution, num_processes
@@ -384,4 +267,4 @@ def resume_incompatibilities(saved: dict, current: dict) -> list[str]:
 
 def config_to_yaml(cfg: TrainConfig) -> str:
     """The config as YAML text (for --dry-run and the run directory)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(to_mapping(cfg), sort_keys=False)

@@ -43,7 +43,8 @@ from gan.augment import AdaController, MaskAwareAugment
 from gan.losses import StyleGAN2Loss
 from gan.variants import variant_spec
 from training import checkpoint as ckpt
-from training.config import TrainConfig, config_from_dict, config_to_dict, config_to_yaml, resume_incompatibilities
+from training.config import TrainConfig, config_to_yaml, resume_incompatibilities
+from training.data.typed_config import from_mapping, to_mapping
 from training.data.fsutils import atomic_write_text
 from training.distributed import DistContext
 from training.monitor import TrainingMonitor, peak_memory_gb
@@ -116,7 +117,7 @@ class TrainingData:
 
 def open_training_data(cfg: TrainConfig) -> TrainingData:
     """Load the dataset (``phantoms``: the embedded default), build/open its slice cache."""
-    from training.data import (PreprocessConfig, default_phantom_dataset, load_dataset, load_preprocess_config,
+    from training.data import (default_phantom_dataset, load_dataset, load_preprocess_config,
                                open_slice_cache)
     from training.data.nifti import read_stored_style
     from training.data.preprocess import RealGrid
@@ -124,8 +125,7 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
     root = default_phantom_dataset() if cfg.data == "phantoms" else Path(cfg.data)
     dataset = load_dataset(root, layout=cfg.layout, on_error=cfg.on_error)
     slices = dict(resolution=cfg.resolution, drop_end_slices=cfg.drop_end_slices, drop_empty_slices=cfg.drop_empty_slices)
-    preprocess = (load_preprocess_config(cfg.preprocess, **slices) if cfg.preprocess is not None
-                  else PreprocessConfig(**slices))
+    preprocess = load_preprocess_config(cfg.preprocess, **slices)
     cache = open_slice_cache(dataset, preprocess)
     unknown = sorted(set(cfg.exclude_cases) - set(cache.case_ids))
     if unknown:
@@ -482,7 +482,7 @@ class GanTrainer:
             "augment_p": self.augment.p if self.augment is not None else 0.0,
             "ada": self.ada.state_dict() if self.ada is not None else None,
             "world_size": self.ctx.world_size}
-        content.documents["config"] = config_to_dict(self.cfg)
+        content.documents["config"] = to_mapping(self.cfg)
         content.documents["dataset"] = ckpt.dataset_info_to_dict(self.data.info)
         content.documents["metrics"] = metrics
         return content
@@ -503,9 +503,9 @@ class GanTrainer:
     def check_resume(self, snapshot: Path, force: bool) -> list[str]:
         """Problems that make ``snapshot`` a different training; ResumeError unless ``force``."""
         # through the config type: fields added since the snapshot was written compare as their defaults
-        saved_config = config_to_dict(config_from_dict(ckpt.read_json(snapshot / "config.json")))
+        saved_config = to_mapping(from_mapping(TrainConfig, ckpt.read_json(snapshot / "config.json"), str(snapshot / "config.json")))
         saved_data = ckpt.read_json(snapshot / "dataset.json")
-        problems = resume_incompatibilities(saved_config, config_to_dict(self.cfg))
+        problems = resume_incompatibilities(saved_config, to_mapping(self.cfg))
         if saved_data.get("fingerprint") != self.data.info.fingerprint:
             problems.append(f"dataset: saved {saved_data.get('root')} (fingerprint "
                             f"{str(saved_data.get('fingerprint'))[:12]}), now {self.data.info.root} "

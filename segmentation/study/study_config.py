@@ -56,11 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from procedural import ProceduralError, load_synthesiser_config
-from training.data import PreprocessConfig, load_preprocess_config, preprocess_config_from_dict
+from training.data import PreprocessConfig, load_preprocess_config, typed_config
 from training.data.preprocess import preprocess_preset_values
+from training.data.typed_config import ConfigError, from_mapping, read_yaml_mapping
 
 PHANTOMS = "phantoms"
 METRICS = ("dice", "hd95", "nsd", "detection")
@@ -74,7 +73,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MULTIPLE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(ConfigError):
     """A study YAML (or an override) is invalid; the message names the file and the key."""
 
 
@@ -300,141 +299,28 @@ def fingerprint(obj: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading: dict -> dataclasses, with errors that name the file and the key
+# Reading: a mapping -> the dataclasses (`training.data.typed_config`), then the study's own rules
 
 
-class _Reader:
-    """Builds the dataclasses from a mapping, naming ``where`` (file) and the key path in errors."""
+def _fail(where: str, key: str, problem: str) -> StudyConfigError:
+    return StudyConfigError(f"{where}: {key}: {problem}")
 
-    def __init__(self, where: str):
-        self.where = where
 
-    def fail(self, key: str, problem: str) -> StudyConfigError:
-        return StudyConfigError(f"{self.where}: {key}: {problem}")
-
-    def mapping(self, value: Any, key: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a mapping, got {type(value).__name__} {value!r}")
-        return value
-
-    def sequence(self, value: Any, key: str) -> list:
-        if not isinstance(value, (list, tuple)):
-            raise self.fail(key, f"expected a list, got {type(value).__name__} {value!r}")
-        return list(value)
-
-    def dataclass(self, cls: type, value: Any, key: str, nested: dict | None = None) -> Any:
-        """``cls(**value)`` with unknown keys rejected by name and field types checked."""
-        values = dict(self.mapping(value, key))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
-                            f"unknown key (known keys: {', '.join(sorted(known))})")
-        for name, build in (nested or {}).items():
-            if name in values:
-                values[name] = build(values[name], f"{key}.{name}" if key else name)
-        for f in dataclasses.fields(cls):
-            if f.name in values and not (nested and f.name in nested):
-                values[f.name] = self.typed(values[f.name], f.type, f"{key}.{f.name}" if key else f.name)
+def _preprocess_reader(value: Any, where: str, key: str) -> PreprocessConfig:
+    """A dataset's ``preprocess``: a preset's name / YAML path, or a mapping of fields."""
+    if isinstance(value, str):
         try:
-            return cls(**values)
-        except TypeError as exc:
-            raise self.fail(key or "study", str(exc)) from None
+            return load_preprocess_config(value)
+        except (FileNotFoundError, ConfigError) as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+    return from_mapping(PreprocessConfig, value, where, key)
 
-    def typed(self, value: Any, annotation: str, key: str) -> Any:
-        """Check/convert a scalar or tuple field against its annotation string."""
-        optional = annotation.endswith("| None")
-        base = annotation.removesuffix(" | None")
-        if value is None:
-            if optional:
-                return None
-            raise self.fail(key, "must not be empty")
-        if base.startswith("tuple["):
-            inner = base[len("tuple["):-1].split(",")[0].strip()
-            items = self.sequence(value, key)
-            return tuple(self.typed(item, inner, f"{key}[{i}]") for i, item in enumerate(items))
-        if base == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise self.fail(key, f"expected an integer, got {value!r}")
-        elif base == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise self.fail(key, f"expected a number, got {value!r}")
-            value = float(value)
-        elif base == "bool":
-            if not isinstance(value, bool):
-                raise self.fail(key, f"expected true or false, got {value!r}")
-        elif base == "str":
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise self.fail(key, f"expected a string, got {value!r}")
-            value = str(value)
-        return value
 
-    def preprocess(self, value: Any, key: str) -> PreprocessConfig:
-        try:
-            if isinstance(value, str):
-                return load_preprocess_config(value)
-            return preprocess_config_from_dict(self.mapping(value, key))
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise self.fail(key, str(exc)) from None
-
-    def phantoms(self, value: Any, key: str) -> PhantomSpec:
-        spec = self.dataclass(PhantomSpec, value, key)
-        if len(spec.shape) != 3 or spec.n_patients < 1:
-            raise self.fail(key, f"needs n_patients >= 1 and a shape of 3 sizes, got {spec}")
-        return spec
-
-    def dataset(self, value: Any, key: str) -> DatasetSpec:
-        values = self.mapping(value, key)
-        if "path" not in values:
-            raise self.fail(f"{key}.path", "missing (a dataset folder, or 'phantoms')")
-        values = {"name": _default_dataset_name(values), **values}
-        spec = self.dataclass(DatasetSpec, values, key, nested={"preprocess": self.preprocess,
-                                                                "phantoms": self.phantoms})
-        if "phantoms" in values and spec.path != PHANTOMS:
-            raise self.fail(f"{key}.phantoms", f"only allowed with path: {PHANTOMS}")
-        self.name(spec.name, f"{key}.name")
-        return spec
-
-    def test_dataset(self, value: Any, key: str) -> DatasetSpec:
-        if isinstance(value, dict) and "preprocess" in value:
-            raise self.fail(f"{key}.preprocess", "a test dataset is preprocessed like the dataset the models "
-                                                 "trained on; leave preprocess out")
-        return self.dataset(value, key)
-
-    def arm(self, value: Any, key: str) -> ArmSpec:
-        spec = self.dataclass(ArmSpec, value, key)
-        self.name(spec.name, f"{key}.name")
-        if spec.name == BASELINE_ARM:
-            raise self.fail(f"{key}.name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
-        if sum(x is not None for x in (spec.folder, spec.gan, spec.control, spec.procedural)) != 1:
-            raise self.fail(key, f"arm {spec.name!r} needs exactly one of 'folder', 'gan', 'control' or 'procedural'")
-        if spec.config is not None and spec.procedural is None:
-            raise self.fail(f"{key}.config", f"arm {spec.name!r}: config only applies to a 'procedural' source")
-        if spec.procedural is not None:
-            try:
-                load_synthesiser_config(spec.procedural, spec.config)
-            except ProceduralError as exc:
-                raise self.fail(key, f"arm {spec.name!r}: {exc}") from None
-        if spec.gan is None and (spec.mask_gan is not None or spec.patients is not None):
-            raise self.fail(key, f"arm {spec.name!r}: mask_gan / patients only apply to a 'gan' source")
-        if spec.control is not None and spec.control not in CONTROLS:
-            raise self.fail(f"{key}.control", f"unknown control {spec.control!r}; choose from {list(CONTROLS)}")
-        if not 0.0 <= spec.psi <= 2.0:
-            raise self.fail(f"{key}.psi", f"truncation psi must lie in [0, 2], got {spec.psi}")
-        return spec
-
-    def name(self, name: str, key: str) -> None:
-        if not _NAME.match(name):
-            raise self.fail(key, f"{name!r} is not a usable name (letters, digits, '_', '.', '+', '-')")
-
-    def k_value(self, value: Any, key: str) -> int | str:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str) and _MULTIPLE.match(value):
-            return value.strip().replace(" ", "")
-        raise self.fail(key, f"a k value is a number of patients >= 0 or a multiple of n like '1x', got {value!r}")
+def _with_default_names(items: Any) -> Any:
+    """Dataset entries with ``name`` defaulted to the folder's name ("phantoms" for the phantoms)."""
+    if not isinstance(items, list):
+        return items
+    return [{"name": _default_dataset_name(item), **item} if isinstance(item, dict) else item for item in items]
 
 
 def _default_dataset_name(values: dict) -> str:
@@ -444,102 +330,153 @@ def _default_dataset_name(values: dict) -> str:
 
 def study_config_from_dict(values: Any, where: str = "study", name: str = "study") -> StudyConfig:
     """Validate a mapping (a parsed YAML) into a `StudyConfig`; errors name ``where`` and the key."""
-    read = _Reader(where)
-    values = dict(read.mapping(values, ""))
-    values.setdefault("name", name)
+    if not isinstance(values, dict):
+        raise StudyConfigError(f"{where}: expected a mapping of study settings, got {type(values).__name__}")
+    values = {"name": name, **values}
     if "datasets" not in values:
-        raise read.fail("datasets", "missing: list at least one real dataset")
-    nested = {
-        "datasets": lambda v, k: tuple(read.dataset(d, f"{k}[{i}]") for i, d in enumerate(read.sequence(v, k))),
-        "test_datasets": lambda v, k: tuple(read.test_dataset(d, f"{k}[{i}]")
-                                            for i, d in enumerate(read.sequence(v or [], k))),
-        "arms": lambda v, k: tuple(read.arm(a, f"{k}[{i}]") for i, a in enumerate(read.sequence(v or [], k))),
-        "k": lambda v, k: tuple(read.k_value(x, f"{k}[{i}]") for i, x in enumerate(read.sequence(v, k))),
-        "splits": lambda v, k: read.dataclass(SplitSpec, v, k),
-        "unet": lambda v, k: read.dataclass(UNetConfig, v, k),
-        "train": lambda v, k: read.dataclass(UNetTrainConfig, v, k,
-                                             nested={"augment": lambda a, ka: read.dataclass(UNetAugmentConfig, a, ka)}),
-    }
-    config = read.dataclass(StudyConfig, values, "", nested=nested)
-    _check(config, read)
+        raise _fail(where, "datasets", "missing: list at least one real dataset")
+    for key in ("datasets", "test_datasets"):
+        if key in values:
+            values[key] = _with_default_names(values[key])
+    for i, item in enumerate(values.get("test_datasets") or []):
+        if isinstance(item, dict) and "preprocess" in item:
+            raise _fail(where, f"test_datasets[{i}].preprocess", "a test dataset is preprocessed like the dataset "
+                                                                 "the models trained on; leave preprocess out")
+    for key in ("arms", "test_datasets"):
+        if values.get(key) is None:
+            values.pop(key, None)
+    try:
+        config = from_mapping(StudyConfig, values, where, readers={PreprocessConfig: _preprocess_reader})
+    except ConfigError as exc:
+        raise StudyConfigError(str(exc)) from None
+    config = dataclasses.replace(config, k=tuple(_k_value(k, f"k[{i}]", where) for i, k in enumerate(config.k)))
+    _check(config, where)
     return config
 
 
-def _check(config: StudyConfig, read: _Reader) -> None:
+def _k_value(value: int | str, key: str, where: str) -> int | str:
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and _MULTIPLE.match(value):
+        return value.strip().replace(" ", "")
+    raise _fail(where, key, f"a k value is a number of patients >= 0 or a multiple of n like '1x', got {value!r}")
+
+
+def _check_name(name: str, key: str, where: str) -> None:
+    if not _NAME.match(name):
+        raise _fail(where, key, f"{name!r} is not a usable name (letters, digits, '_', '.', '+', '-')")
+
+
+def _check_dataset(spec: DatasetSpec, key: str, where: str) -> None:
+    _check_name(spec.name, f"{key}.name", where)
+    if spec.phantoms != PhantomSpec() and spec.path != PHANTOMS:
+        raise _fail(where, f"{key}.phantoms", f"only allowed with path: {PHANTOMS}")
+    if spec.phantoms.n_patients < 1:
+        raise _fail(where, f"{key}.phantoms.n_patients", f"must be >= 1, got {spec.phantoms.n_patients}")
+
+
+def _check_arm(spec: ArmSpec, key: str, where: str) -> None:
+    _check_name(spec.name, f"{key}.name", where)
+    if spec.name == BASELINE_ARM:
+        raise _fail(where, f"{key}.name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
+    if sum(x is not None for x in (spec.folder, spec.gan, spec.control, spec.procedural)) != 1:
+        raise _fail(where, key, f"arm {spec.name!r} needs exactly one of 'folder', 'gan', 'control' or 'procedural'")
+    if spec.config is not None and spec.procedural is None:
+        raise _fail(where, f"{key}.config", f"arm {spec.name!r}: config only applies to a 'procedural' source")
+    if spec.procedural is not None:
+        try:
+            load_synthesiser_config(spec.procedural, spec.config)
+        except ProceduralError as exc:
+            raise _fail(where, key, f"arm {spec.name!r}: {exc}") from None
+    if spec.gan is None and (spec.mask_gan is not None or spec.patients is not None):
+        raise _fail(where, key, f"arm {spec.name!r}: mask_gan / patients only apply to a 'gan' source")
+    if spec.control is not None and spec.control not in CONTROLS:
+        raise _fail(where, f"{key}.control", f"unknown control {spec.control!r}; choose from {list(CONTROLS)}")
+    if not 0.0 <= spec.psi <= 2.0:
+        raise _fail(where, f"{key}.psi", f"truncation psi must lie in [0, 2], got {spec.psi}")
+
+
+def _check(config: StudyConfig, where: str) -> None:
     """Cross-field checks: non-empty grid, unique names, sane sizes."""
-    read.name(config.name, "name")
+    _check_name(config.name, "name", where)
+    for i, dataset in enumerate(config.datasets):
+        _check_dataset(dataset, f"datasets[{i}]", where)
+    for i, dataset in enumerate(config.test_datasets):
+        _check_dataset(dataset, f"test_datasets[{i}]", where)
+    for i, arm in enumerate(config.arms):
+        _check_arm(arm, f"arms[{i}]", where)
     if not config.datasets:
-        raise read.fail("datasets", "list at least one real dataset")
+        raise _fail(where, "datasets", "list at least one real dataset")
     for key, names in (("datasets", [d.name for d in config.datasets]), ("arms", [a.name for a in config.arms]),
                        ("test_datasets", [d.name for d in config.test_datasets])):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise read.fail(key, f"names must be unique, repeated: {duplicates}")
+            raise _fail(where, key, f"names must be unique, repeated: {duplicates}")
     if not config.baseline and not config.arms:
-        raise read.fail("arms", "no arms: set baseline: true or list synthetic sources")
+        raise _fail(where, "arms", "no arms: set baseline: true or list synthetic sources")
     if config.arms and not [k for k in config.k if k != 0]:
-        raise read.fail("k", "synthetic arms need at least one k > 0 (number of synthetic patients, or '1x')")
+        raise _fail(where, "k", "synthetic arms need at least one k > 0 (number of synthetic patients, or '1x')")
     if any(n is not None and n < 0 for n in config.n_real):
-        raise read.fail("n_real", f"entries are numbers of real patients >= 0 or null (all), got {list(config.n_real)}")
+        raise _fail(where, "n_real", f"entries are numbers of real patients >= 0 or null (all), got {list(config.n_real)}")
     if 0 in config.n_real:
         if not config.arms or not [k for k in config.k if isinstance(k, int) and k > 0]:
-            raise read.fail("n_real", "n_real 0 trains on synthetic patients only: it needs synthetic arms and an "
+            raise _fail(where, "n_real", "n_real 0 trains on synthetic patients only: it needs synthetic arms and an "
                                       "absolute k > 0 (a multiple of n is 0)")
         if all(a.needs_real_patients for a in config.arms):
-            raise read.fail("n_real", "n_real 0 leaves no real patient for the arms, which are all made from the "
+            raise _fail(where, "n_real", "n_real 0 leaves no real patient for the arms, which are all made from the "
                                       "run's real training patients (shuffled, procedural); add another arm or drop 0")
     if config.repeats < 1:
-        raise read.fail("repeats", f"must be >= 1, got {config.repeats}")
+        raise _fail(where, "repeats", f"must be >= 1, got {config.repeats}")
     splits = config.splits
     if splits.n_folds < 2:
-        raise read.fail("splits.n_folds", f"must be >= 2, got {splits.n_folds}")
+        raise _fail(where, "splits.n_folds", f"must be >= 2, got {splits.n_folds}")
     if not 0.0 < splits.test_fraction < 1.0:
-        raise read.fail("splits.test_fraction", f"must lie in (0, 1): the study tests on held-out real patients, "
+        raise _fail(where, "splits.test_fraction", f"must lie in (0, 1): the study tests on held-out real patients, "
                                                 f"got {splits.test_fraction}")
     bad = [f for f in splits.fold_indices() if not 0 <= f < splits.n_folds]
     if bad or not splits.fold_indices():
-        raise read.fail("splits.folds", f"fold indices must lie in 0..{splits.n_folds - 1}, got {splits.folds}")
+        raise _fail(where, "splits.folds", f"fold indices must lie in 0..{splits.n_folds - 1}, got {splits.folds}")
     unet = config.unet
     if len(unet.channels) < 2 or len(unet.strides) != len(unet.channels) - 1:
-        raise read.fail("unet.strides", f"needs len(channels) - 1 = {len(unet.channels) - 1} entries "
+        raise _fail(where, "unet.strides", f"needs len(channels) - 1 = {len(unet.channels) - 1} entries "
                                         f"for channels {list(unet.channels)}, got {list(unet.strides)}")
     downsampling = math.prod(unet.strides)
     for i, spec in enumerate(config.datasets):
         if spec.preprocess.resolution % downsampling:
-            raise read.fail(f"datasets[{i}].preprocess.resolution",
+            raise _fail(where, f"datasets[{i}].preprocess.resolution",
                             f"{spec.preprocess.resolution} px is not divisible by {downsampling}, the product of "
                             f"unet.strides {list(unet.strides)}")
     train = config.train
     if train.iterations < 1 or train.batch_size < 1 or train.val_every < 1 or train.learning_rate <= 0:
-        raise read.fail("train", "iterations, batch_size, val_every must be >= 1 and learning_rate > 0")
+        raise _fail(where, "train", "iterations, batch_size, val_every must be >= 1 and learning_rate > 0")
     for key, value, allowed in (("train.budget", train.budget, BUDGETS), ("train.validation", train.validation,
                                 VALIDATIONS), ("empty_class", config.empty_class, EMPTY_CLASS),
                                ("hd95_missed", config.hd95_missed, HD95_MISSED)):
         if value not in allowed:
-            raise read.fail(key, f"choose from {list(allowed)}, got {value!r}")
+            raise _fail(where, key, f"choose from {list(allowed)}, got {value!r}")
     if (train.budget == "epochs") != (train.epochs is not None):
-        raise read.fail("train.epochs", "set epochs (> 0) exactly when budget is 'epochs'")
+        raise _fail(where, "train.epochs", "set epochs (> 0) exactly when budget is 'epochs'")
     if train.epochs is not None and train.epochs <= 0:
-        raise read.fail("train.epochs", f"must be > 0, got {train.epochs}")
+        raise _fail(where, "train.epochs", f"must be > 0, got {train.epochs}")
     if train.real_fraction is not None and not 0.0 < train.real_fraction < 1.0:
-        raise read.fail("train.real_fraction", f"must lie in (0, 1) or be null, got {train.real_fraction}")
+        raise _fail(where, "train.real_fraction", f"must lie in (0, 1) or be null, got {train.real_fraction}")
     if train.validation == "none" and train.patience is not None:
-        raise read.fail("train.patience", "early stopping needs validation (train.validation: fold or own)")
+        raise _fail(where, "train.patience", "early stopping needs validation (train.validation: fold or own)")
     if any(arm.control == "oracle" for arm in config.arms):
         not_phantoms = [d.name for d in config.datasets if d.path != PHANTOMS]
         if not_phantoms:
-            raise read.fail("arms", f"control: oracle draws fresh phantom patients, so every dataset must be "
+            raise _fail(where, "arms", f"control: oracle draws fresh phantom patients, so every dataset must be "
                                     f"path: {PHANTOMS}; not so for {not_phantoms}")
     if config.seed < 0:
-        raise read.fail("seed", f"must be >= 0, got {config.seed}")
+        raise _fail(where, "seed", f"must be >= 0, got {config.seed}")
     tolerances = config.nsd_tolerance_mm
     if tolerances is not None and (not isinstance(tolerances, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in tolerances.values())):
-        raise read.fail("nsd_tolerance_mm", f"a mapping of class name (or 'default') to a tolerance > 0 mm, "
+        raise _fail(where, "nsd_tolerance_mm", f"a mapping of class name (or 'default') to a tolerance > 0 mm, "
                                             f"got {tolerances!r}")
     unknown = sorted(set(config.metrics) - set(METRICS))
     if unknown or "dice" not in config.metrics:
-        raise read.fail("metrics", f"choose from {list(METRICS)} (dice always), got {list(config.metrics)}")
+        raise _fail(where, "metrics", f"choose from {list(METRICS)} (dice always), got {list(config.metrics)}")
 
 
 def with_synthetic_folders(config: StudyConfig, folders: dict[str, str | Path]) -> StudyConfig:
@@ -549,17 +486,17 @@ def with_synthetic_folders(config: StudyConfig, folders: dict[str, str | Path]) 
     names = [arm.name for arm in arms]
     for name, folder in folders.items():
         arm = ArmSpec(name=name, folder=str(Path(folder).expanduser().resolve()))
-        read = _Reader(f"synthetic folder {name}={folder}")
-        read.name(name, "name")
+        where = f"synthetic folder {name}={folder}"
+        _check_name(name, "name", where)
         if name == BASELINE_ARM:
-            raise read.fail("name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
+            raise _fail(where, "name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
         if name in names:
             arms[names.index(name)] = arm
         else:
             arms.append(arm)
             names.append(name)
     updated = dataclasses.replace(config, arms=tuple(arms))
-    _check(updated, _Reader(f"study {config.name}"))
+    _check(updated, f"study {config.name}")
     return updated
 
 
@@ -569,67 +506,22 @@ def with_synthetic_folders(config: StudyConfig, folders: dict[str, str | Path]) 
 
 def load_study_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Read ``path`` (YAML), apply ``key=value`` overrides, validate; `StudyConfigError` on problems."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudyConfigError(f"{path}: no such study config")
     try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(values, dict):
-        raise StudyConfigError(f"{path}: expected a mapping of study settings, got {type(values).__name__}")
+        values = read_yaml_mapping(path, "study config")
+    except ConfigError as exc:
+        raise StudyConfigError(str(exc)) from None
+    for key in ("datasets", "test_datasets"):  # so that an override can name a dataset by its default name
+        if key in values:
+            values[key] = _with_default_names(values[key])
     values = apply_overrides(values, overrides, str(path))
-    return study_config_from_dict(values, where=str(path), name=path.stem)
+    return study_config_from_dict(values, where=str(path), name=Path(path).stem)
 
 
 def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...], where: str = "study") -> dict:
-    """Return a copy of ``values`` with each ``"a.b.c=value"`` applied (value parsed as YAML).
-
-    List items are addressed by index (``arms.0.folder``) or by their name (``arms.pair.folder``).
-    """
-    values = json.loads(json.dumps(values, default=list))
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key.strip():
-            raise StudyConfigError(f"{where}: override {override!r} is not key=value")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise StudyConfigError(f"{where}: override {override!r}: value is not valid YAML ({exc})") from None
-        parts = key.strip().split(".")
-        node: Any = values
-        for depth, part in enumerate(parts[:-1]):
-            node = _child(node, part, ".".join(parts[:depth + 1]), where, create=True)
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_list_index(node, last, key, where)] = value
-        else:
-            node[last] = value
-    return values
-
-
-def _child(node: Any, part: str, key: str, where: str, create: bool) -> Any:
-    if isinstance(node, list):
-        return node[_list_index(node, part, key, where)]
-    if not isinstance(node, dict):
-        raise StudyConfigError(f"{where}: override key {key!r}: {type(node).__name__} has no keys")
-    if part not in node or node[part] is None:
-        if not create:
-            raise StudyConfigError(f"{where}: override key {key!r} does not exist")
-        node[part] = {}
-    if part == "preprocess" and isinstance(node[part], str):
-        # a preset named in the config: its fields become the mapping the override changes
-        try:
-            node[part] = preprocess_preset_values(node[part])
-        except (OSError, ValueError) as exc:
-            raise StudyConfigError(f"{where}: override key {key!r}: {exc}") from None
-    return node[part]
-
-
-def _list_index(items: list, part: str, key: str, where: str) -> int:
-    if part.isdigit() and int(part) < len(items):
-        return int(part)
-    names = [item.get("name") if isinstance(item, dict) else None for item in items]
-    if part in names:
-        return names.index(part)
-    raise StudyConfigError(f"{where}: override key {key!r}: no list item {part!r} (names: {names})")
+    """A copy of ``values`` with each ``"a.b.c=value"`` applied (`training.data.typed_config`): list
+    items by index (``arms.0.folder``) or by their name (``arms.pair.folder``); a key inside a
+    dataset's named preprocessing preset (``datasets.ct.preprocess.resolution``) changes that preset."""
+    try:
+        return typed_config.apply_overrides(values, overrides, where, expand={"preprocess": preprocess_preset_values})
+    except ConfigError as exc:
+        raise StudyConfigError(str(exc)) from None

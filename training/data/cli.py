@@ -2,7 +2,7 @@
 
     stylepair-data inspect DATASET [--layout auto] [--on-error skip] [--modalities A,B]
     stylepair-data phantoms OUT --patients 20 --seed 0 --shape 64 64 24 --layout msd
-    stylepair-data cache DATASET [--config phantom] [--resolution 64] [--cache-dir DIR]
+    stylepair-data cache DATASET [--config phantom] [--set ct_norm.upper=400] [--resolution 64] [--cache-dir DIR]
     stylepair-data splits DATASET --out splits.json [--folds 5] [--seed 12345] [--test-fraction 0.2]
 """
 from __future__ import annotations
@@ -60,15 +60,12 @@ def _phantoms(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from training.data.cache import open_slice_cache  # torch: only for this command
-    from training.data.preprocess import PreprocessConfig, load_preprocess_config
+    from training.data.preprocess import load_preprocess_config
 
+    preprocess = load_preprocess_config(args.config, args.overrides, resolution=args.resolution)
     dataset, problems = _load(args)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    if args.config is None:
-        preprocess = PreprocessConfig(**({} if args.resolution is None else {"resolution": args.resolution}))
-    else:
-        preprocess = load_preprocess_config(args.config, resolution=args.resolution)
     started = time.time()
     cache = open_slice_cache(dataset, preprocess, cache_dir=args.cache_dir)
     rows = cache.training_rows()
@@ -125,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="preprocessing preset in configs/data/ (phantom, brats, ct) or a YAML path "
                             "(default: PreprocessConfig defaults, 64 px, MR percentiles 0.5-99.5 %%, "
                             "CT -1000..2000 HU)")
+    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="change a field of the preset (dotted keys, YAML values; repeatable), e.g. "
+                            "--set ct_norm.upper=400 --set modality_norm.T2.upper=900")
     cache.add_argument("--resolution", type=int, default=None, help="slice size in pixels, overriding the config")
     cache.add_argument("--cache-dir", type=Path, default=None,
                        help="cache location (default: $STYLEPAIR_CACHE_DIR, DATASET/.stylepair_cache, "

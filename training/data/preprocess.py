@@ -18,15 +18,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from training.data.errors import PatientError
 from training.data.nifti import StoredStyle
 from training.data.records import Patient
+from training.data.typed_config import apply_overrides, from_mapping, read_yaml_mapping, to_mapping
 
 MAX_RESOLUTION = 4096  # cached slices are resolution^2 floats per channel: 65536^2 would be 16 GiB
 
@@ -109,47 +110,42 @@ class PreprocessConfig:
         return dataclasses.asdict(self)
 
 
-def preprocess_config_from_dict(values: dict) -> PreprocessConfig:
-    """Build a `PreprocessConfig` from a dict (YAML), rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown preprocessing option(s) {unknown}; known: {sorted(known)}")
-    values = dict(values)
-    for key in ("mr_norm", "ct_norm"):
-        if isinstance(values.get(key), dict):
-            values[key] = IntensityNorm(**values[key])
-    if "modality_norm" in values:
-        values["modality_norm"] = {m: v if isinstance(v, IntensityNorm) else IntensityNorm(**v)
-                                   for m, v in (values["modality_norm"] or {}).items()}
-    return PreprocessConfig(**values)
+def preprocess_config_from_dict(values: dict, where: str = "preprocessing config") -> PreprocessConfig:
+    """Build a `PreprocessConfig` from a mapping (YAML); `ConfigError` names ``where`` and the key."""
+    return from_mapping(PreprocessConfig, values, where)
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
-def load_preprocess_config(name_or_path: str | Path, **overrides: object) -> PreprocessConfig:
-    """Read a YAML preset: a path, or a name in ``configs/data/`` ("phantom", "brats", "ct").
+def load_preprocess_config(name_or_path: str | Path | None, overrides: Sequence[str] = (),
+                           **fields: object) -> PreprocessConfig:
+    """Read a YAML preset: a path, or a name in ``configs/data/`` ("phantom", "brats", "ct"); None:
+    the `PreprocessConfig` defaults.
 
-    ``overrides`` replace fields after loading (e.g. ``resolution=128`` from a CLI flag).
+    ``overrides``: ``KEY=VALUE`` strings (``--set ct_norm.upper=400``, `typed_config`); ``fields``
+    replace whole fields after them, None leaving the preset's (``resolution=128`` from a CLI flag).
     """
-    values = preprocess_preset_values(name_or_path)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return preprocess_config_from_dict(values)
+    preset = to_mapping(PreprocessConfig()) if name_or_path is None else preprocess_preset_values(name_or_path)
+    values = apply_overrides(preset, overrides)
+    values.update({k: v for k, v in fields.items() if v is not None})
+    where = "preprocessing defaults" if name_or_path is None else str(preset_file(name_or_path))
+    return preprocess_config_from_dict(values, where + (" + --set" if overrides else ""))
+
+
+def preset_file(name_or_path: str | Path) -> Path:
+    """The file of a preprocessing preset: a path, or a name in ``configs/data/``."""
+    path = Path(name_or_path)
+    return CONFIG_DIR / f"{name_or_path}.yaml" if not path.suffix else path
 
 
 def preprocess_preset_values(name_or_path: str | Path) -> dict:
     """The mapping a preset file holds (a path, or a name in ``configs/data/``), not yet validated."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    path = preset_file(name_or_path)
     if not path.is_file():
         presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"{path}: no such preprocessing config (presets: {presets})")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of preprocessing options")
-    return values
+    return read_yaml_mapping(path, "preprocessing config")
 
 
 @dataclass(frozen=True)
