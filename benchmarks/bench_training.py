@@ -39,7 +39,8 @@ PRECISIONS = ("fp32", "bf16")
 def build_trainer(preset: str, resolution: int, channel_max: int | None, run_dir: Path, variant: str = "conditional"):
     """A GanTrainer of ``variant`` on the default phantoms, batch 8, no metrics."""
     from training.config import load_preset, resolve_config
-    from training.loop import GanTrainer, open_training_data
+    from training.loop import GanTrainer
+    from training.training_data import open_training_data
 
     cfg = load_preset(preset)
     cfg.resolution, cfg.data, cfg.metrics, cfg.batch, cfg.batch_gpu = resolution, "phantoms", [], 8, 8

@@ -13,14 +13,11 @@ from training import checkpoint as ckpt
 from training.cli_train import main
 from training.distributed import DistContext
 
+from tiny import TINY_GAN_ARGS
+
 REPO = Path(__file__).resolve().parent.parent
-ARGS = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "2",
-        "--set", "network.channel_base=128", "--set", "network.channel_max=16",
-        "--set", "network.z_dim=16", "--set", "network.w_dim=16",
-        "--set", "network.mbstd_group_size=2", "--set", "loss.r1_interval=2",
-        "--tick", "0.008", "--snap", "100", "--no-tensorboard", "--threads", "1",
-        "--variant", "conditional", "--cond", "slice-position", "--p", "0.2",
-        "--kimg", "0.016", "--device", "cpu"]
+ARGS = TINY_GAN_ARGS + ["--set", "loss.r1_interval=2", "--tick", "0.008", "--variant", "conditional",
+                        "--cond", "slice-position", "--p", "0.2", "--kimg", "0.016", "--device", "cpu"]
 
 
 def _free_port() -> int:
@@ -54,10 +51,8 @@ def test_single_process_context_is_a_no_op():
     assert torch.equal(p.grad, torch.tensor([1.0, 0.0, 0.0]))      # non-finite entries zeroed
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    from training.data import write_phantom_dataset
-
-    data = str(write_phantom_dataset(tmp_path / "data", n_patients=3, shape=(32, 32, 8), seed=1))
+def test_two_gloo_processes_match_one_process(tmp_path, phantoms):
+    data = phantoms
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(ARGS + ["--data", data, "--out", str(single)]) == 0
     torchrun_two_processes(ARGS + ["--data", data, "--out", str(double)], tmp_path)
@@ -79,10 +74,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_run_resumes_exactly(tmp_path):
-    from training.data import write_phantom_dataset
-
-    data = str(write_phantom_dataset(tmp_path / "data", n_patients=3, shape=(32, 32, 8), seed=1))
+def test_two_process_run_resumes_exactly(tmp_path, phantoms):
+    data = phantoms
     straight, split = tmp_path / "straight", tmp_path / "split"
     torchrun_two_processes(ARGS + ["--data", data, "--out", str(straight)], tmp_path)
     half = [a if a != "0.016" else "0.008" for a in ARGS]   # --kimg 0.016 -> 0.008: stop half way

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from gan import NetworkConfig, build_generator, channels_to_labels
+from gan import build_generator, channels_to_labels
 from training.checkpoint import DatasetInfo, SnapshotContent, write_snapshot
-from training.sampling.cli_sample import main as cli_main
 from training.config import TrainConfig
-from training.data.typed_config import to_mapping
 from training.data import load_dataset
 from training.data.cache import IntensityScale
 from training.data.phantoms import write_phantom_dataset
+from training.data.typed_config import to_mapping
+from training.sampling.cli_sample import main as cli_main
 from training.sampling.patient_preview import PreviewCase, write_preview
 from training.sampling import (BaselineSlices, PairSlices, PatientSampler, QualityGateError, SamplingSource,
                                SourceDataset, load_source, plan_patient, sample_to_directory, slice_positions,
@@ -32,16 +32,13 @@ from training.sampling import (BaselineSlices, PairSlices, PatientSampler, Quali
 from training.sampling.synthetic_dataset import (GeneratorRecord, NnUNetRawWriter, OutputDirError, QualityGate,
                                         SamplingSettings, SynthesisLog, exclusive_output)
 
+from tiny import tiny_network
+
 RES = 16
 MODALITIES = ["T1", "T1ce", "T2", "FLAIR"]
 LABEL_VALUES = [0, 1, 2, 3, 4, 5]
 LABEL_NAMES = ["background", "csf", "grey_matter", "white_matter", "oedema", "core"]
 SLICE_COUNTS = [5, 6, 7]
-
-
-def tiny_network(c_dim: int, resolution: int = RES) -> NetworkConfig:
-    return NetworkConfig(resolution=resolution, z_dim=16, w_dim=16, c_dim=c_dim, mapping_layers=2,
-                         channel_base=128, channel_max=16)
 
 
 def tiny_generator(variant: str, c_dim: int, seed: int = 0, resolution: int = RES) -> torch.nn.Module:

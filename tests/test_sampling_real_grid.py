@@ -11,10 +11,9 @@ from training.sampling.cli_sample import main as sample_main
 from training.cli_train import main as train_main
 from training.data.phantoms import write_phantom_dataset
 
-TINY = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "4",
-        "--set", "network.channel_base=128", "--set", "network.channel_max=16",
-        "--set", "network.z_dim=16", "--set", "network.w_dim=16", "--set", "network.mbstd_group_size=2",
-        "--tick", "0.004", "--kimg", "0.004", "--metrics", "none", "--no-tensorboard", "--threads", "1"]
+from tiny import TINY_GAN_ARGS
+
+TINY = TINY_GAN_ARGS + ["--batch-gpu", "4", "--kimg", "0.004", "--metrics", "none"]
 LPS = np.array([[-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
 
 

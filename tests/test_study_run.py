@@ -18,6 +18,8 @@ from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_data
 from training.data.fsutils import atomic_write_json
 from training.data.nifti import write_nifti
 
+from tiny import TINY_GAN_ARGS
+
 MICRO = Path(__file__).resolve().parents[1] / "configs" / "study" / "micro.yaml"
 
 
@@ -516,11 +518,7 @@ def test_results_into_a_dataset_or_a_user_folder_are_refused(sources, tmp_path, 
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
 
 
-TINY_GAN = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "2",
-            "--set", "network.channel_base=128", "--set", "network.channel_max=16", "--set", "network.z_dim=16",
-            "--set", "network.w_dim=16", "--set", "network.mbstd_group_size=2", "--tick", "0.004", "--snap", "100",
-            "--no-tensorboard", "--threads", "1", "--kimg", "0.004", "--variant", "baseline",
-            "--cond", "slice-position"]
+TINY_GAN = TINY_GAN_ARGS + ["--kimg", "0.004", "--variant", "baseline", "--cond", "slice-position"]
 
 
 def test_a_gan_arm_trained_on_the_study_s_test_patients_is_refused(tmp_path, capsys):

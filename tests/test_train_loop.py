@@ -10,20 +10,7 @@ from training import checkpoint as ckpt
 from training.cli_train import main
 from training.config import ConfigError, load_preset, resolve_config, with_overrides
 
-# 16x16 slices, a handful of channels: a few tenths of a second per iteration on a CPU.
-TINY = ["--cfg", "tiny", "--resolution", "16", "--batch", "4", "--batch-gpu", "2",
-        "--set", "network.channel_base=128", "--set", "network.channel_max=16",
-        "--set", "network.z_dim=16", "--set", "network.w_dim=16",
-        "--set", "network.mbstd_group_size=2", "--tick", "0.004", "--snap", "100",
-        "--no-tensorboard", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    from training.data import write_phantom_dataset
-    return str(write_phantom_dataset(tmp_path_factory.mktemp("data") / "phantoms", n_patients=3,
-                                     shape=(32, 32, 8), seed=1))
-
+from tiny import TINY_GAN_ARGS
 
 @pytest.fixture(scope="module")
 def other_phantoms(tmp_path_factory):
@@ -39,7 +26,7 @@ def _weights(run_dir):
 
 
 def test_dry_run_prints_the_resolved_config(capsys, tmp_path, phantoms):
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path / "r"),
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path / "r"),
                         "--gamma", "0.5", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "channel_base: 128" in text and "r1_gamma: 0.5" in text and "variant: mask" in text
@@ -68,7 +55,7 @@ def test_auto_rules_and_override_errors():
 
 def test_bad_cli_input_gives_clear_errors(capsys, tmp_path, phantoms):
     with pytest.raises(SystemExit):
-        main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path),
+        main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path),
                      "--set", "loss.gama=1", "--dry-run"])
     assert "command line: loss.gama: unknown key" in capsys.readouterr().err
 
@@ -76,7 +63,7 @@ def test_bad_cli_input_gives_clear_errors(capsys, tmp_path, phantoms):
 @pytest.mark.parametrize("variant", ["baseline", "mask", "conditional"])
 def test_each_variant_trains_a_few_steps(tmp_path, phantoms, variant):
     run = tmp_path / variant
-    assert main(TINY + ["--variant", variant, "--data", phantoms, "--out", str(run),
+    assert main(TINY_GAN_ARGS + ["--variant", variant, "--data", phantoms, "--out", str(run),
                         "--cond", "slice-position", "--kimg", "0.012", "--p", "0.3"]) == 0
     snap, content = _weights(run)
     assert content.documents["progress"]["nimg"] == 12
@@ -108,7 +95,7 @@ def test_each_variant_trains_a_few_steps(tmp_path, phantoms, variant):
 def test_resume_continues_exactly(tmp_path, phantoms):
     # 8 iterations straight vs 4 + stop + resume + 4: lazy R1 and PL, ADA updates, EMA ramp-up,
     # and gradient accumulation (batch 4 = 2 x 2) are all crossed by the interruption.
-    common = TINY + ["--variant", "conditional", "--data", phantoms, "--cond", "slice-position",
+    common = TINY_GAN_ARGS + ["--variant", "conditional", "--data", phantoms, "--cond", "slice-position",
                      "--set", "loss.r1_interval=2", "--set", "augment.speed_kimg=0.05",
                      "--p", "0.2", "--seed", "3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -129,7 +116,7 @@ def test_resume_continues_exactly(tmp_path, phantoms):
 
 def test_incompatible_resume_is_refused_unless_forced(tmp_path, phantoms, other_phantoms, capsys):
     run = tmp_path / "run"
-    base = TINY + ["--variant", "mask", "--data", phantoms]
+    base = TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms]
     assert main(base + ["--out", str(run), "--kimg", "0.004"]) == 0
     assert main(["--resume", str(run), "--kimg", "0.008", "--gamma", "3.0",
                  "--no-tensorboard"]) == 2
@@ -163,7 +150,7 @@ def test_sigterm_writes_a_snapshot_and_stops(tmp_path, phantoms, monkeypatch):
 
     monkeypatch.setattr(GanTrainer, "train_step", step_then_signal)
     run = tmp_path / "run"
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run),
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(run),
                         "--kimg", "1"]) == 130
     snap, content = _weights(run)
     assert content.documents["progress"]["nimg"] == 8
@@ -173,7 +160,7 @@ def test_sigterm_writes_a_snapshot_and_stops(tmp_path, phantoms, monkeypatch):
 @pytest.mark.parametrize("mode, p", [("none", 0.0), ("fixed", 0.5)])
 def test_augmentation_modes_keep_p(tmp_path, phantoms, mode, p):
     run = tmp_path / mode
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run),
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(run),
                         "--kimg", "0.016", "--aug", mode, "--p", str(p),
                         "--set", "augment.speed_kimg=0.01"]) == 0
     _, content = _weights(run)
@@ -182,9 +169,10 @@ def test_augmentation_modes_keep_p(tmp_path, phantoms, mode, p):
 
 def test_ema_update_follows_the_half_life_with_ramp_up(phantoms, tmp_path):
     from training.cli_train import build_config, build_parser
-    from training.loop import GanTrainer, open_training_data
+    from training.loop import GanTrainer
+    from training.training_data import open_training_data
 
-    args = build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms,
+    args = build_parser().parse_args(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms,
                                              "--set", "ema_kimg=1.0"])
     cfg = build_config(args, num_processes=1)
     trainer = GanTrainer(cfg, tmp_path / "run", open_training_data(cfg), tensorboard=False)
@@ -202,9 +190,10 @@ def test_ema_update_follows_the_half_life_with_ramp_up(phantoms, tmp_path):
 
 def test_lazy_regularisation_schedule_and_adam_correction(phantoms, tmp_path):
     from training.cli_train import build_config, build_parser
-    from training.loop import GanTrainer, Phase, build_phases, open_training_data
+    from training.loop import GanTrainer, Phase, build_phases
+    from training.training_data import open_training_data
 
-    args = build_parser().parse_args(TINY + ["--variant", "conditional", "--data", phantoms])
+    args = build_parser().parse_args(TINY_GAN_ARGS + ["--variant", "conditional", "--data", phantoms])
     cfg = build_config(args, num_processes=1)
     assert build_phases(cfg) == [Phase("Gmain", "G", 1), Phase("Greg", "G", 4),
                                  Phase("Dmain", "D", 1), Phase("Dreg", "D", 16)]
@@ -213,7 +202,7 @@ def test_lazy_regularisation_schedule_and_adam_correction(phantoms, tmp_path):
         group = trainer.opt[network].param_groups[0]
         assert group["lr"] == pytest.approx(0.0025 * k / (k + 1))
         assert group["betas"] == pytest.approx((0.0, 0.99 ** (k / (k + 1))))
-    off = build_config(build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms,
+    off = build_config(build_parser().parse_args(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms,
                                                          "--gamma", "0"]), 1)   # mask: path length off by default
     assert [p.name for p in build_phases(off)] == ["Gboth", "Dboth"]
     assert GanTrainer(off, tmp_path / "off", open_training_data(off),
@@ -225,7 +214,7 @@ def test_tensorboard_logs_losses_scores_p_timing_memory_metrics_and_grids(tmp_pa
     from training.data import PHANTOM_MODALITIES
 
     run = tmp_path / "run"
-    with_tensorboard = [arg for arg in TINY if arg != "--no-tensorboard"]
+    with_tensorboard = [arg for arg in TINY_GAN_ARGS if arg != "--no-tensorboard"]
     assert main(with_tensorboard + ["--variant", "baseline", "--data", phantoms, "--out", str(run),
                                     "--kimg", "0.008", "--metrics", "fid,kid",
                                     "--metric-samples", "16"]) == 0
@@ -268,17 +257,17 @@ def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(cap
 
     run = tmp_path / "run"
     with exclusive_output(run, "training"):  # as the first training holds it
-        assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
+        assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
                             "--no-tensorboard"]) == 2
     assert "another training is writing into it" in capsys.readouterr().err
     assert not list(run.iterdir())
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004",
                         "--no-tensorboard"]) == 0  # free again
 
 
 def test_resume_cleans_debris_refuses_negative_counters_and_logs_each_tick_once(tmp_path, phantoms, capsys):
     run = tmp_path / "run"
-    base = TINY + ["--variant", "mask", "--data", phantoms, "--no-tensorboard"]
+    base = TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--no-tensorboard"]
     assert main(base + ["--out", str(run), "--kimg", "0.008"]) == 0
     snapshot = ckpt.latest_good_snapshot(run)
     # a kill -9 after this snapshot: a later tick logged, a snapshot write left half done
@@ -323,7 +312,7 @@ def test_absurd_sizes_in_a_config_are_refused_before_any_allocation(capsys, tmp_
 
 
 def test_a_training_in_a_log_file_writes_a_line_per_tick(tmp_path, phantoms, capsys):
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path / "run"),
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(tmp_path / "run"),
                         "--kimg", "0.008"]) == 0  # pytest's stderr is not a terminal
     ticks = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tick: ")]
     assert len(ticks) >= 2 and ticks[-1].startswith("tick: 0.008/0.008 kimg, ")
@@ -343,7 +332,7 @@ def test_a_signal_after_a_step_has_updated_drops_the_step_and_keeps_the_last_sna
 
     monkeypatch.setattr(GanTrainer, "sync_and_step", update_then_signal)
     run = tmp_path / "run"
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "1",
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "1",
                         "--snap", "1"]) == 130
     err = capsys.readouterr().err
     assert "SIGINT: stopping at the next micro-batch" in err
@@ -355,9 +344,10 @@ def test_a_signal_after_a_step_has_updated_drops_the_step_and_keeps_the_last_sna
 
 def test_a_second_signal_stops_at_once(tmp_path, phantoms):
     from training.cli_train import build_config, build_parser
-    from training.loop import GanTrainer, open_training_data
+    from training.loop import GanTrainer
+    from training.training_data import open_training_data
 
-    cfg = build_config(build_parser().parse_args(TINY + ["--variant", "mask", "--data", phantoms]), 1)
+    cfg = build_config(build_parser().parse_args(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms]), 1)
     trainer = GanTrainer(cfg, tmp_path / "run", open_training_data(cfg), tensorboard=False)
     previous = trainer._install_signal_handlers()
     try:
@@ -378,7 +368,7 @@ def test_sigint_inside_a_long_step_stops_within_seconds(tmp_path, phantoms):
 
     run = tmp_path / "run"
     # one step = 1024 images in micro-batches of 4: many seconds; the signal arrives inside the first one
-    argv = [sys.executable, "train_gan.py", *TINY, "--variant", "mask", "--data", phantoms, "--out", str(run),
+    argv = [sys.executable, "train_gan.py", *TINY_GAN_ARGS, "--variant", "mask", "--data", phantoms, "--out", str(run),
             "--batch", "1024", "--batch-gpu", "4", "--kimg", "10"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen(argv, cwd=root, stderr=subprocess.PIPE, text=True)
@@ -401,7 +391,7 @@ def test_a_broken_patient_is_named_with_the_flag_that_leaves_it_out(tmp_path, ca
 
     data = write_phantom_dataset(tmp_path / "data", n_patients=3, shape=(32, 32, 8), seed=4, layout="nnunet")
     (data / "labelsTr" / "phantom_001.nii.gz").write_bytes(b"not a nifti file")
-    argv = TINY + ["--variant", "mask", "--data", str(data), "--out", str(tmp_path / "run"), "--kimg", "0.004"]
+    argv = TINY_GAN_ARGS + ["--variant", "mask", "--data", str(data), "--out", str(tmp_path / "run"), "--kimg", "0.004"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "phantom_001" in err and "train_gan.py leave them out with --on-error skip" in err
@@ -414,7 +404,7 @@ def test_a_broken_patient_is_named_with_the_flag_that_leaves_it_out(tmp_path, ca
 def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_state(tmp_path, phantoms):
     runs = {}
     for precision in ("fp32", "bf16"):
-        assert main(TINY + ["--variant", "baseline", "--data", phantoms, "--out", str(tmp_path / precision),
+        assert main(TINY_GAN_ARGS + ["--variant", "baseline", "--data", phantoms, "--out", str(tmp_path / precision),
                             "--kimg", "0.008", "--precision", precision]) == 0
         runs[precision] = _weights(tmp_path / precision)[1]
     assert runs["bf16"].documents["config"]["precision"] == "bf16"
@@ -442,7 +432,7 @@ def test_preprocess_ct_trains_on_the_windowed_cache_that_stylepair_data_built(tm
     original = cache_module.build_slice_cache
     monkeypatch.setattr(cache_module, "build_slice_cache", lambda *a, **k: builds.append(a) or original(*a, **k))
     run = tmp_path / "run"
-    argv = TINY + ["--variant", "mask", "--data", str(data), "--out", str(run), "--kimg", "0.004",
+    argv = TINY_GAN_ARGS + ["--variant", "mask", "--data", str(data), "--out", str(run), "--kimg", "0.004",
                    "--preprocess", "ct", "--drop-end-slices", "0"]
     assert main(argv) == 0
     assert not builds                                   # the cache stylepair-data built, opened as it is
@@ -452,7 +442,7 @@ def test_preprocess_ct_trains_on_the_windowed_cache_that_stylepair_data_built(tm
     assert windows["CT"] == (-1000.0, 2000.0) and windows["T2"] == (0.0, 1900.0)   # configs/data/ct.yaml's windows
     assert built.startswith(str(data))
     without = tmp_path / "default"       # without the preset: T2 is an MR percentile window, another cache
-    assert main(TINY + ["--variant", "mask", "--data", str(data), "--out", str(without), "--kimg", "0.004"]) == 0
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", str(data), "--out", str(without), "--kimg", "0.004"]) == 0
     default = {e["modality"]: (e["lo"], e["hi"]) for e in _weights(without)[1].documents["dataset"]["intensity"]}
     assert default["T2"] != (0.0, 1900.0) and len(builds) == 1
 
@@ -463,7 +453,7 @@ def test_a_resume_hashes_each_snapshot_file_once_and_sampling_only_what_it_reads
     from training.checkpoint import load_generator
 
     run = tmp_path / "run"
-    assert main(TINY + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004"]) == 0
+    assert main(TINY_GAN_ARGS + ["--variant", "mask", "--data", phantoms, "--out", str(run), "--kimg", "0.004"]) == 0
     snapshot = ckpt.latest_good_snapshot(run).path
     hashed = Counter()
     original = ckpt.sha256_of

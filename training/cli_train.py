@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace, ctx,
            resumed: ckpt.VerifiedSnapshot | None) -> int:
-    from training.loop import GanTrainer, ResumeError, open_training_data
+    from training.loop import GanTrainer, ResumeError
+    from training.training_data import open_training_data
 
     if ctx.is_main:
         ckpt.remove_snapshot_debris(run_dir)  # of a snapshot write that was killed (we hold run_dir now)
