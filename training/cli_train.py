@@ -24,17 +24,18 @@ from training.config import (AUGMENT_MODES, CONDITIONS, PRECISIONS, PRESETS, VAR
 from training.cost import CPU_AUTO_S_PER_KIMG, estimate_training_cost, fit_auto_to_cpu
 from training.data.errors import one_line_errors
 from training.data.fsutils import atomic_write_json
+from training.data.loader import LAYOUTS
 from training.data.typed_config import from_mapping, parse_override
 
 # Allowed values of the flags with a fixed set of choices.
 FLAG_CHOICES = {"variant": VARIANTS, "cond": CONDITIONS, "augment.mode": AUGMENT_MODES,
-                "layout": ("auto", "msd", "nnunet", "folder"), "on_error": ("fail", "skip"), "precision": PRECISIONS}
+                "layout": ("auto", *LAYOUTS), "on_error": ("fail", "skip"), "precision": PRECISIONS}
 # (flag, config key, type, help) of the flags that set one config field.
 CONFIG_FLAGS = (
     ("--variant", "variant", str, f"generator variant: {', '.join(VARIANTS)}"),
     ("--data", "data", str, "dataset folder (MSD, nnU-Net v2 raw or folder-per-patient), or "
                             "'phantoms' for the embedded phantom patients"),
-    ("--layout", "layout", str, "dataset layout: auto, msd, nnunet, folder"),
+    ("--layout", "layout", str, f"dataset layout: auto, {', '.join(LAYOUTS)}"),
     ("--on-error", "on_error", str, "broken patients: fail (stop, listing them) or skip (train without them)"),
     ("--cond", "cond", str, f"label conditioning: {', '.join(CONDITIONS)}"),
     ("--preprocess", "preprocess", str, "preprocessing preset (phantom, brats, ct) or YAML file, as for "

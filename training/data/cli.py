@@ -2,6 +2,7 @@
 
     stylepair-data inspect DATASET [--layout auto] [--on-error skip] [--modalities A,B]
     stylepair-data phantoms OUT --patients 20 --seed 0 --shape 64 64 24 --layout msd
+    stylepair-data phantoms OUT --kind radiograph --patients 40 --shape 128 128
     stylepair-data cache DATASET [--config phantom] [--set ct_norm.upper=400] [--resolution 64] [--cache-dir DIR]
     stylepair-data splits DATASET --out splits.json [--folds 5] [--seed 12345] [--test-fraction 0.2]
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from training.data.errors import DataError, one_line_errors
 from training.data.loader import LAYOUTS, load_dataset
 from training.data.phantoms import SHIFTED, STANDARD, write_phantom_dataset
+from training.data.phantoms_radiograph import write_radiograph_dataset
 from training.data.records import Dataset
 from training.data.splits import make_splits
 from training.data.summary import patient_table, summarize
@@ -50,6 +52,19 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _phantoms(args: argparse.Namespace) -> int:
     started = time.time()
+    args.shape_given = args.shape is not None
+    want = 2 if args.kind == "radiograph" else 3
+    if args.shape is None:
+        args.shape = [64, 64, 24]
+    elif len(args.shape) != want:
+        raise ValueError(f"--shape takes {want} sizes for --kind {args.kind}, got {args.shape}")
+    if args.kind == "radiograph":
+        shape = tuple(args.shape[:2]) if args.shape_given else (128, 128)
+        out = write_radiograph_dataset(args.out, n_images=args.patients, shape=shape, seed=args.seed,
+                                       object_fraction=args.object_fraction)
+        print(f"wrote {args.patients} phantom chest radiographs ({shape[0]}x{shape[1]}, foreign objects in "
+              f"{args.object_fraction:.0%} of them) to {out} in {time.time() - started:.1f} s")
+        return 0
     acquisition = SHIFTED if args.shifted else STANDARD
     out = write_phantom_dataset(args.out, n_patients=args.patients, shape=tuple(args.shape), seed=args.seed,
                                 layout=args.layout, acquisition=acquisition)
@@ -109,8 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
     phantoms.add_argument("--patients", type=int, default=20, help="number of patients (default: %(default)s)")
     phantoms.add_argument("--seed", type=int, default=0, help="population seed (default: %(default)s)")
-    phantoms.add_argument("--shape", type=int, nargs=3, default=[64, 64, 24], metavar=("X", "Y", "Z"),
-                          help="volume size (default: 64 64 24)")
+    phantoms.add_argument("--kind", choices=("mr", "radiograph"), default="mr",
+                          help="mr: multi-modal head volumes; radiograph: 2D chest X-rays with anatomy labels and "
+                               "foreign objects, in the radiograph layout (default: %(default)s)")
+    phantoms.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
+                          help="volume size X Y Z (default: 64 64 24), or image size ROWS COLUMNS for radiographs "
+                               "(default: 128 128)")
+    phantoms.add_argument("--object-fraction", type=float, default=0.5,
+                          help="radiographs: the share of images with foreign objects (default: %(default)s)")
     phantoms.add_argument("--layout", choices=LAYOUTS, default="msd", help="layout to write (default: %(default)s)")
     phantoms.add_argument("--shifted", action="store_true",
                           help="image them as another scanner would (other contrasts, stronger bias field, more "

@@ -10,12 +10,13 @@ from training.data.errors import DatasetError, DataWarning, PatientError, Patien
 from training.data.layout_folder import patient_folders, scan_folder
 from training.data.layout_msd import scan_msd
 from training.data.layout_nnunet import scan_nnunet
+from training.data.layout_radiograph import is_radiograph_dataset, scan_radiograph
 from training.data.records import Dataset, Patient
 from training.data.scan import DATASET_JSON, LayoutScan, read_dataset_json
 from training.data import validation
 from training.data.check_memo import VoxelCheckMemo
 
-LAYOUTS = ("msd", "nnunet", "folder")
+LAYOUTS = ("msd", "nnunet", "folder", "radiograph")
 
 
 def detect_layout(root: Path) -> str:
@@ -23,9 +24,11 @@ def detect_layout(root: Path) -> str:
 
     With an ``imagesTr/`` folder, dataset.json decides: ``channel_names`` means nnU-Net v2,
     ``modality`` with a ``training`` list means MSD.  Without one, patient sub-folders holding
-    NIfTI files mean folder-per-patient.
+    NIfTI files mean folder-per-patient, and ``images/`` with ``masks/`` 2D radiographs.
     """
     root = Path(root)
+    if is_radiograph_dataset(root):
+        return "radiograph"
     json_path = root / DATASET_JSON
     if (root / "imagesTr").is_dir():
         if not json_path.is_file():
@@ -40,13 +43,15 @@ def detect_layout(root: Path) -> str:
     if patient_folders(root):
         return "folder"
     shown = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:5]
-    raise DatasetError(root, f"unknown layout: no imagesTr/ (MSD, nnU-Net v2) and no patient folders with "
-                             f"NIfTI files (found {shown})")
+    raise DatasetError(root, f"unknown layout: no imagesTr/ (MSD, nnU-Net v2), no patient folders with "
+                             f"NIfTI files and no images/ + masks/ (radiographs) (found {shown})")
 
 
 def _scan(root: Path, layout: str, modalities: list[str] | None) -> LayoutScan:
     if layout == "folder":
         return scan_folder(root, modalities)
+    if layout == "radiograph":
+        return scan_radiograph(root)
     scan = scan_msd(root) if layout == "msd" else scan_nnunet(root)
     if modalities is not None:
         unknown = [m for m in modalities if m not in scan.modalities]
@@ -92,7 +97,7 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
                  cache_dir: str | Path | None = None) -> Dataset:
     """Read and validate the dataset at ``root``.
 
-    layout: "auto" (detect), "msd", "nnunet" or "folder".  on_error: "fail" raises `PatientErrors`
+    layout: "auto" (detect), "msd", "nnunet", "folder" or "radiograph".  on_error: "fail" raises `PatientErrors`
     listing every bad patient; "skip" leaves them out with a `DataWarning` and records
     (case_id, reason) in ``Dataset.skipped``.  Dataset-level problems always raise `DatasetError`.
     modalities: optional subset/order of modality names (required order for channel stacking).
@@ -128,4 +133,5 @@ def load_dataset(root: str | Path, layout: str = "auto", on_error: str = "fail",
         label_values, label_names = _discovered_labels(patients, root)
     return Dataset(name=scan.name, root=root, layout=layout, modalities=list(scan.modalities),
                    label_values=list(label_values), label_names=list(label_names), patients=patients,
-                   skipped=[(err.case_id, str(err)) for err in errors], extra_files=list(scan.extra_files))
+                   skipped=[(err.case_id, str(err)) for err in errors], extra_files=list(scan.extra_files),
+                   instance_labels=list(scan.instance_labels))

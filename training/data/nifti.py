@@ -4,6 +4,8 @@ Every volume is reoriented with the same transform as ``nibabel.as_closest_canon
 permuted/flipped so that voxel axes point Right, Anterior, Superior), so that axial slices are
 ``volume[..., k]`` along the last spatial axis for every dataset.  Headers are read without loading
 voxels; voxels are read on demand.  Every failure becomes a `PatientError` naming the file.
+`read_header` and `read_voxels` also take 2D images (PNG, DICOM: `training.data.images2d`) as
+one-slice volumes, so every reader above them handles radiographs unchanged.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from nibabel import orientations
 
 from training.data.errors import PatientError
 from training.data.fsutils import atomic_write
+from training.data.images2d import image2d_affine, image2d_volume, is_image2d_name, read_image2d_info
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 MAX_VOLUME_ENV = "STYLEPAIR_MAX_VOLUME_GB"  # the largest volume (as float32) a reader will load
@@ -115,12 +118,18 @@ def _load(path: Path, case_id: str) -> nib.Nifti1Image:
     return img
 
 
-def read_header(path: Path, case_id: str) -> VolumeHeader:
+def read_header(path: Path, case_id: str, spacing_2d: tuple[float, float] | None = None) -> VolumeHeader:
     """Read the geometry of ``path`` (3D, or 4D with channels last) without loading voxels.
 
-    Raises `PatientError` when the file is missing, empty, not NIfTI, or not 3D/4D.
+    Raises `PatientError` when the file is missing, empty, not NIfTI, or not 3D/4D.  A PNG or DICOM
+    image is the volume [rows, columns, 1]; ``spacing_2d`` is its pixel spacing when the file does
+    not say (a dataset's ``pixel_spacing``).
     """
     path = Path(path)
+    if is_image2d_name(path):
+        info = read_image2d_info(path, case_id)
+        return VolumeHeader(path=path, shape=(info.rows, info.columns, 1), n_channels=1,
+                            affine=image2d_affine(info, spacing_2d), orientation=np.array(CANONICAL_ORNT))
     img = _load(path, case_id)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 5 and shape[3] == 1:  # some writers store vector data as (X, Y, Z, 1, C)
@@ -169,6 +178,8 @@ def read_voxels(header: VolumeHeader, case_id: str) -> np.ndarray:
 
     Scaling (scl_slope/inter) is applied.  Raises `PatientError` for truncated/corrupt data.
     """
+    if is_image2d_name(header.path):
+        return image2d_volume(header.path, case_id)
     img = _load(header.path, case_id)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
@@ -200,7 +211,8 @@ class StoredStyle:
     orientation: nibabel ornt [(axis, flip)] x 3 of the stored voxel axes in RAS+ (what
     ``io_orientation`` of the stored affine says; CANONICAL_ORNT is RAS); image_dtype / label_dtype:
     numpy names of the stored voxel types (images stored with a scale factor count as float32: their
-    values are not integers); qform_code / sform_code: the NIfTI codes of the stored header.
+    values are not integers); qform_code / sform_code: the NIfTI codes of the stored header;
+    file_format: "nifti", or "png" for 2D images (PNG or DICOM radiographs are written back as PNG).
     """
 
     orientation: tuple[tuple[int, int], ...] = CANONICAL_ORNT
@@ -208,10 +220,12 @@ class StoredStyle:
     label_dtype: str = "uint8"
     qform_code: int = 1
     sform_code: int = 1
+    file_format: str = "nifti"
 
     def to_dict(self) -> dict:
         return {"orientation": [list(a) for a in self.orientation], "image_dtype": self.image_dtype,
-                "label_dtype": self.label_dtype, "qform_code": self.qform_code, "sform_code": self.sform_code}
+                "label_dtype": self.label_dtype, "qform_code": self.qform_code, "sform_code": self.sform_code,
+                "file_format": self.file_format}
 
     @staticmethod
     def from_dict(raw: object, where: str) -> "StoredStyle":
@@ -219,10 +233,11 @@ class StoredStyle:
         try:
             ornt = tuple((int(axis), int(flip)) for axis, flip in raw["orientation"])
             style = StoredStyle(ornt, str(raw["image_dtype"]), str(raw["label_dtype"]),
-                                int(raw["qform_code"]), int(raw["sform_code"]))
+                                int(raw["qform_code"]), int(raw["sform_code"]), str(raw.get("file_format", "nifti")))
             ok = (sorted(a for a, _ in ornt) == [0, 1, 2] and all(f in (-1, 1) for _, f in ornt)
                   and np.dtype(style.image_dtype).kind in "iuf" and np.dtype(style.label_dtype).kind in "iu"
-                  and style.qform_code in NIFTI_CODES and style.sform_code in NIFTI_CODES)
+                  and style.qform_code in NIFTI_CODES and style.sform_code in NIFTI_CODES
+                  and style.file_format in ("nifti", "png"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where}: not a stored-volume style ({type(exc).__name__}: {exc})") from None
         if not ok:
@@ -232,6 +247,11 @@ class StoredStyle:
 
 def read_stored_style(image_file: Path, label_file: Path, case_id: str) -> StoredStyle:
     """The `StoredStyle` of one patient's files (headers only)."""
+    if is_image2d_name(image_file):
+        bits = max(read_image2d_info(Path(image_file), case_id).bits, 8)
+        label_bits = read_image2d_info(Path(label_file), case_id).bits
+        return StoredStyle(image_dtype="uint8" if bits <= 8 else "uint16",
+                           label_dtype="uint8" if label_bits <= 8 else "uint16", file_format="png")
     image, label = _load(Path(image_file), case_id), _load(Path(label_file), case_id)
     slope, inter = image.dataobj.slope, image.dataobj.inter
     scaled = not (slope in (1.0, 0.0) or not np.isfinite(slope)) or (np.isfinite(inter) and inter != 0.0)

@@ -49,6 +49,7 @@ class Patient:
     modalities: list[str]
     image_channels: list[int | None]
     stats: PatientStats | None = None
+    instance_file: Path | None = None   # object ids (0 = none), in layouts that store them
 
     def load_images(self) -> np.ndarray:
         """All modalities as float32 [M, X, Y, Z] in canonical orientation, original intensities.
@@ -91,9 +92,16 @@ class Patient:
             raise PatientError(self.case_id, self.label_file, f"non-integer label values (e.g. {examples})")
         return rounded.astype(np.int32)
 
+    def load_instances(self) -> np.ndarray | None:
+        """Object ids int32 [X, Y, Z] (0 = no object), or None when the layout stores none."""
+        if self.instance_file is None:
+            return None
+        return np.rint(read_voxels(read_header(self.instance_file, self.case_id), self.case_id)).astype(np.int32)
+
     def source_files(self) -> list[Path]:
-        """The distinct files this patient is read from (images first, then the label)."""
-        return list(dict.fromkeys([*self.image_files, self.label_file]))
+        """The distinct files this patient is read from (images first, then the label, the instances)."""
+        extra = [] if self.instance_file is None else [self.instance_file]
+        return list(dict.fromkeys([*self.image_files, self.label_file, *extra]))
 
 
 @dataclass
@@ -103,7 +111,8 @@ class Dataset:
     label_values are the real values in the label files, sorted, background (0) first; label index
     i inside the project means label_values[i].  skipped lists (case_id, reason) for patients left
     out with ``on_error="skip"``.  extra_files are dataset-level files (e.g. dataset.json) that are
-    part of the fingerprint.
+    part of the fingerprint.  instance_labels: the label names whose objects are instances, counted
+    and evaluated one by one (radiograph layout: dataset.json's ``instance_labels``).
     """
 
     name: str
@@ -115,6 +124,7 @@ class Dataset:
     patients: list[Patient]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     extra_files: list[Path] = field(default_factory=list)
+    instance_labels: list[str] = field(default_factory=list)
 
     @property
     def case_ids(self) -> list[str]:

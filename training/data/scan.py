@@ -21,7 +21,8 @@ DATASET_JSON = "dataset.json"
 class CaseFiles:
     """Files of one case: image_files[m] holds modality m (channel image_channels[m] of a 4D file,
     or None for a 3D file); label_file is the segmentation; file_channels: channels every image
-    file must hold (1 = 3D files)."""
+    file must hold (1 = 3D files); pixel_spacing: the spacing (mm) of 2D images whose files do not
+    say; instance_file: object ids (0 = none) of a layout that has them."""
 
     case_id: str
     image_files: list[Path]
@@ -29,6 +30,8 @@ class CaseFiles:
     label_file: Path | None
     problem: PatientError | None = None
     file_channels: int = 1
+    pixel_spacing: tuple[float, float] | None = None
+    instance_file: Path | None = None
 
 
 @dataclass
@@ -42,6 +45,7 @@ class LayoutScan:
     label_names: list[str] | None
     cases: list[CaseFiles]
     extra_files: list[Path] = field(default_factory=list)
+    instance_labels: list[str] = field(default_factory=list)
 
 
 def read_dataset_json(root: Path) -> dict:

@@ -6,7 +6,9 @@ from collections import Counter
 import numpy as np
 
 from nibabel.orientations import ornt2axcodes
+from scipy import ndimage
 
+from training.data.images2d import read_image2d_info
 from training.data.nifti import read_stored_style
 from training.data.preprocess import CT_NAMES
 from training.data.records import Dataset
@@ -71,7 +73,10 @@ def summarize(dataset: Dataset, problems: list[str] | None = None) -> str:
     slices = [p.shape[2] for p in patients]
     lines.append(f"shapes      {_counted(shapes, lambda s: 'x'.join(map(str, s)))}")
     lines.append(f"spacings    {_counted(spacings, lambda s: 'x'.join(f'{v:g}' for v in s) + ' mm')}")
-    lines.append(f"slices      {sum(slices)} axial slices, {min(slices)}..{max(slices)} per patient")
+    if dataset.layout == "radiograph":
+        lines += image2d_lines(dataset)
+    else:
+        lines.append(f"slices      {sum(slices)} axial slices, {min(slices)}..{max(slices)} per patient")
     if stats:
         lines.append("intensity   per modality over each patient's foreground (voxels above its minimum)")
         rows = [["modality", "min", "p0.5 (median)", "median", "p99.5 (median)", "max"]]
@@ -93,11 +98,51 @@ def stored_lines(dataset: Dataset) -> list[str]:
     """How the files store the volumes (read as RAS+ whatever they say): orientation codes, voxel
     types and qform/sform codes, counted over the patients."""
     styles = [read_stored_style(p.image_files[0], p.label_file, p.case_id) for p in dataset.patients]
+    if styles and styles[0].file_format == "png":
+        types = Counter(f"images {st.image_dtype}, labels {st.label_dtype}" for st in styles)
+        return [f"stored      PNG, {_counted(types, str)} (synthetic images are written back as PNG like this)"]
     orientation = Counter("".join(ornt2axcodes(st.orientation)) for st in styles)
     types = Counter(f"images {st.image_dtype}, labels {st.label_dtype}" for st in styles)
     codes = Counter(f"{st.qform_code}/{st.sform_code}" for st in styles)
     return [f"stored      orientation {_counted(orientation, str)} (read as RAS; synthetic patients are written back "
             f"like this); {_counted(types, str)}; qform/sform codes {_counted(codes, str)}"]
+
+
+def image2d_lines(dataset: Dataset) -> list[str]:
+    """Radiographs: bit depth and photometric interpretation of the images, and objects per image of
+    each instance class (instance maps where the dataset has them, else connected components)."""
+    infos = [read_image2d_info(p.image_files[0], p.case_id) for p in dataset.patients]
+    kinds = Counter(f"{i.bits}-bit {i.photometric}" + (f" {i.modality}" if i.modality else "") for i in infos)
+    spacing_known = sum(i.spacing is not None for i in infos)
+    lines = [f"images      {_counted(kinds, str)}; pixel spacing from the files: {spacing_known}/{len(infos)} "
+             f"(else dataset.json's pixel_spacing, else 1 mm)"]
+    if not dataset.instance_labels:
+        return lines + ["objects     no instance_labels in dataset.json: no class is counted object by object"]
+    counts = {name: [] for name in dataset.instance_labels}
+    for patient in dataset.patients:
+        for name, n in objects_per_class(patient, dataset).items():
+            counts[name].append(n)
+    rows = [["class", "objects", "per image (mean)", "images with", "max per image"]]
+    for name, per_image in counts.items():
+        rows.append([name, str(sum(per_image)), f"{np.mean(per_image):.2f}", f"{sum(n > 0 for n in per_image)}/"
+                     f"{len(per_image)}", str(max(per_image))])
+    source = "instance maps" if all(p.instance_file is not None for p in dataset.patients) else "connected components"
+    return lines + [f"objects     per instance class ({source})"] + _table(rows)
+
+
+def objects_per_class(patient, dataset: Dataset) -> dict[str, int]:
+    """Objects of each instance class in one patient: distinct ids of its instance map inside the
+    class, else the class's 8-connected components."""
+    labels = patient.load_label()
+    instances = patient.load_instances()
+    counts = {}
+    for name in dataset.instance_labels:
+        inside = labels == dataset.label_values[dataset.label_names.index(name)]
+        if instances is not None:
+            counts[name] = len(np.setdiff1d(np.unique(instances[inside]), [0]))
+        else:
+            counts[name] = int(ndimage.label(inside, structure=np.ones((3, 3, 3)))[1])
+    return counts
 
 
 def suggested_resolution(in_plane_px: float) -> int:
@@ -113,7 +158,9 @@ def advice_lines(dataset: Dataset) -> list[str]:
     stats = [p.stats for p in dataset.patients if p.stats is not None]
     named_ct = [m for m in dataset.modalities if m.lower() in CT_NAMES]
     hu_like = [m for m in dataset.modalities if stats and min(s.intensity[m].minimum for s in stats) <= HU_AIR_BELOW]
-    if named_ct:
+    if dataset.layout == "radiograph":
+        preset = "radiograph (percentiles 0.5-99.5 of the whole image, every image kept)"
+    elif named_ct:
         preset = f"ct (windows in HU for {', '.join(named_ct)}, MR percentiles for the rest)"
     elif hu_like:
         preset = (f"ct: {', '.join(hu_like)} reach{'es' if len(hu_like) == 1 else ''} {HU_AIR_BELOW:g} and below, "

@@ -1,9 +1,12 @@
 """Per-patient checks: geometry from headers (cheap) and voxel contents (reads the volumes)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from training.data.errors import PatientError
+from training.data.images2d import is_image2d_name
 from training.data.nifti import VolumeHeader, read_header
 from training.data.records import IntensityStats, Patient, PatientStats
 from training.data.scan import CaseFiles
@@ -38,20 +41,32 @@ def build_patient(case: CaseFiles, modalities: list[str]) -> Patient:
     assert case.label_file is not None
     headers: dict = {}
     for path in dict.fromkeys(case.image_files):
-        headers[path] = read_header(path, case.case_id)
+        headers[path] = read_header(path, case.case_id, case.pixel_spacing)
     for path, header in headers.items():
         if header.n_channels != case.file_channels:
             what = f"{case.file_channels} modalities along the 4th axis" if case.file_channels > 1 else "a 3D volume"
             raise PatientError(case.case_id, path, f"expected {what}, found {header.n_channels} channel(s)")
     reference = headers[case.image_files[0]]
-    label = read_header(case.label_file, case.case_id)
+    label = read_header(case.label_file, case.case_id, case.pixel_spacing)
     if label.n_channels != 1:
         raise PatientError(case.case_id, case.label_file, f"label volume must be 3D, found {label.n_channels} channels")
-    for header in [*headers.values(), label]:
+    label = _with_affine_of(label, reference)
+    others = [label]
+    if case.instance_file is not None:
+        others.append(_with_affine_of(read_header(case.instance_file, case.case_id, case.pixel_spacing), reference))
+    for header in [*headers.values(), *others]:
         _same_grid(reference, header, case.case_id)
     return Patient(case_id=case.case_id, image_files=list(case.image_files), label_file=case.label_file,
                    affine=reference.affine, spacing=reference.spacing, shape=reference.shape,
-                   modalities=list(modalities), image_channels=list(case.image_channels))
+                   modalities=list(modalities), image_channels=list(case.image_channels),
+                   instance_file=case.instance_file)
+
+
+def _with_affine_of(header: VolumeHeader, image: VolumeHeader) -> VolumeHeader:
+    """A 2D mask (PNG) takes the spacing of its DICOM image: a PNG cannot store one."""
+    if is_image2d_name(header.path) and is_image2d_name(image.path):
+        return dataclasses.replace(header, affine=image.affine)
+    return header
 
 
 def intensity_stats(volume: np.ndarray) -> IntensityStats:
