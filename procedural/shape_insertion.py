@@ -37,11 +37,15 @@ class ShapeInsertionConfig:
     objects: list of {kind (one of KINDS), label (a label name), inside or overlap (label names),
     count ([1, 1]; whole numbers >= 0), size_mm ([8, 40]; > 0), slices ([1, 1000] slices of extent;
     >= 1), contrast ([0.5, 1.0]; signed fractions of the body range within [-2, 2]), opacity
-    ([0.5, 1.0]; within [0, 1])} (required); blend_mm: sigma of the blended edge (0.5 mm; [0, 10]).
+    ([0.5, 1.0]; within [0, 1])} (required); blend_mm: sigma of the blended edge (0.5 mm; [0, 10]);
+    exclude_sources_with: label names; training patients holding any of them are not used as raw
+    material (e.g. [wire, device]: objects go only into radiographs without real ones, so the
+    objects of the synthetic patients are all synthetic).
     """
 
     objects: tuple = ()
     blend_mm: float = 0.5
+    exclude_sources_with: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:
         require(len(self.objects) > 0, where, "objects", "list the objects to insert, e.g. "
@@ -127,7 +131,12 @@ class ShapeInsertion:
 
     def __init__(self, config: ShapeInsertionConfig, patients: Sequence[VolumePatient], labels: LabelSet,
                  modalities: Sequence[str]):
-        self.config, self.patients, self.label_set = config, list(patients), labels
+        excluded = [labels.value(n, "exclude_sources_with") for n in config.exclude_sources_with]
+        self.patients = [p for p in patients if not np.isin(p.labels, excluded).any()]
+        if not self.patients:
+            raise ProceduralError(f"shape-insertion: every one of the {len(patients)} training patients holds one of "
+                                  f"{list(config.exclude_sources_with)} (exclude_sources_with): no raw material left")
+        self.config, self.label_set = config, labels
         self.specs = []
         for i, spec in enumerate(config.objects):
             where = "inside" if "inside" in spec else "overlap"

@@ -1,7 +1,8 @@
 """From a tidy per-case CSV (the study's `cases.csv`, or any long-format score file) to the
 blocks × conditions score matrix the rank statistics work on.
 
-One row of the CSV is one evaluated test case of one training run. A *block* is an independent unit
+One row of the CSV is one evaluated test case of one training run, or -- for the metrics of a whole
+test set (`TEST_SET_METRICS`: COCO's AP) -- a row whose case is `TEST_SET_CASE`. A *block* is an independent unit
 (default: dataset × fold), a *condition* is what is compared (default: arm × number of synthetic
 patients), and a cell's score is the mean of the metric over the test cases (and repeats) of that
 block and condition. Cells without any finished run are missing; `drop_incomplete_blocks` removes
@@ -19,6 +20,8 @@ import numpy as np
 
 __all__ = [
     "LOWER_IS_BETTER_METRICS",
+    "TEST_SET_CASE",
+    "TEST_SET_METRICS",
     "RowFilter",
     "ScoreTableConfig",
     "ScoreTable",
@@ -37,12 +40,18 @@ __all__ = [
 # Metrics where a smaller value is better; anything else is treated as higher-is-better unless told.
 LOWER_IS_BETTER_METRICS = frozenset({"hd95", "hd", "hausdorff", "hausdorff95", "asd", "assd", "masd",
                                      "msd", "rmse", "mae", "mse", "loss", "error", "fid", "kid",
-                                     "false_positive"})
+                                     "false_positive", "object_false_positives"})
 
 
 # The values a metric can take (inclusive); a score outside is an error, not a result.
 METRIC_RANGES = {"dice": (0.0, 1.0), "nsd": (0.0, 1.0), "detected": (0.0, 1.0), "false_positive": (0.0, 1.0),
-                 "lesion_sensitivity": (0.0, 1.0), "hd95": (0.0, math.inf)}
+                 "lesion_sensitivity": (0.0, 1.0), "hd95": (0.0, math.inf), "object_sensitivity": (0.0, 1.0),
+                 "object_false_positives": (0.0, math.inf), "ap50": (0.0, 1.0), "map": (0.0, 1.0)}
+
+# Metrics of a whole test set (one value per run, not per case), in rows whose case is TEST_SET_CASE;
+# the other metrics leave those rows out, these read only them.
+TEST_SET_METRICS = ("ap50", "map")
+TEST_SET_CASE = "(test set)"
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,8 @@ def build_score_table(columns: list[str], rows: list[dict[str, str]], config: Sc
         if config.class_name is not None and row[config.class_column] != config.class_name:
             continue
         if not all(f.keeps(row) for f in config.filters):
+            continue
+        if "case" in row and (row["case"] == TEST_SET_CASE) != (config.metric in TEST_SET_METRICS):
             continue
         n_rows += 1
         block = tuple(row[c] for c in config.block_columns)

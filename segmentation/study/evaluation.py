@@ -55,19 +55,31 @@ class ClassScore:
 
 
 @torch.no_grad()
+def _slice_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device):
+    """Logits [b, C, X, Y] of the slices of images float32 [M, X, Y, Z], ``batch_size`` at a time."""
+    model.eval()
+    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # [Z, M, X, Y]
+    for start in range(0, images.shape[3], batch_size):
+        yield model(slices[start:start + batch_size].to(device))
+
+
 def predict_volume(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Label indices uint8 [X, Y, Z] for one volume of images float32 [M, X, Y, Z] in [-1, 1],
     predicted slice by slice (argmax of the logits) in batches of ``batch_size`` slices."""
-    model.eval()
-    m, x, y, z = images.shape
-    slices = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 0, 1, 2)))  # [Z, M, X, Y]
-    predicted = []
-    for start in range(0, z, batch_size):
-        logits = model(slices[start:start + batch_size].to(device))
-        predicted.append(logits.argmax(dim=1).to("cpu", torch.uint8))
+    predicted = [logits.argmax(dim=1).to("cpu", torch.uint8) for logits in _slice_logits(model, images, batch_size, device)]
     labels = torch.cat(predicted).permute(1, 2, 0).numpy()
-    assert labels.shape == (x, y, z), labels.shape
+    assert labels.shape == images.shape[1:], labels.shape
     return labels
+
+
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int,
+                          device: torch.device) -> np.ndarray:
+    """Softmax probabilities float32 [C, X, Y, Z] of one volume (as `predict_volume`; its argmax
+    over C is `predict_volume`'s prediction)."""
+    chunks = [torch.softmax(logits.float(), dim=1).to("cpu") for logits in _slice_logits(model, images, batch_size, device)]
+    probabilities = torch.cat(chunks).permute(1, 2, 3, 0).numpy()
+    assert probabilities.shape[1:] == images.shape[1:], probabilities.shape
+    return probabilities
 
 
 def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:

@@ -47,12 +47,13 @@ from tqdm.auto import tqdm
 
 from procedural import ProceduralError
 from segmentation.study.controls import NoiseSlices, ShuffledLabelSlices, shuffled_pairs
-from segmentation.study.evaluation import FOREGROUND, evaluate_case, predict_volume
+from segmentation.study.evaluation import FOREGROUND, evaluate_case, predict_probabilities, predict_volume
+from segmentation.study.instances import TEST_SET_CASE, TEST_SET_METRICS, InstanceEvaluation
 from segmentation.study.grid import SEED_SCHEME, Run, arm_entropy, arm_seed, shard
 from segmentation.study.provenance import cache_fingerprints
-from segmentation.study.study_config import BASELINE_ARM, StudyConfig, StudyConfigError, fingerprint
+from segmentation.study.study_config import BASELINE_ARM, DatasetSpec, StudyConfig, StudyConfigError, fingerprint
 from segmentation.study.study_data import (IN_DISTRIBUTION, RealData, StudyData, StudyDataError, SyntheticData, TestSet,
-                                     load_synthetic, plan_runs, prepare_data, record_data)
+                                     instance_classes, load_synthetic, plan_runs, prepare_data, record_data)
 from segmentation.study.unet import budget_rule, build_unet, run_steps, train_unet
 from training.data import SliceCache, SliceDataset
 from training.data.fsutils import atomic_write_json, atomic_write_text, file_lock
@@ -62,7 +63,9 @@ from training.sampling import resolve_device as resolve_sampling_device
 
 RESULT_FORMAT = 1
 CSV_REBUILD_SECONDS = 60.0  # during a shard, cases.csv is rebuilt at most this often (and at its end)
-SCORE_COLUMNS = ("dice", "hd95", "nsd", "detected", "false_positive", "lesion_sensitivity")
+CASE_SCORES = ("dice", "hd95", "nsd", "detected", "false_positive", "lesion_sensitivity")   # `ClassScore`'s
+OBJECT_SCORES = ("object_sensitivity", "object_false_positives")    # per case, instance classes (`instances`)
+SCORE_COLUMNS = (*CASE_SCORES, *OBJECT_SCORES, *TEST_SET_METRICS)
 CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_real", "run_id", "test_set", "case",
                 "class", "in_reference", *SCORE_COLUMNS)
 
@@ -76,12 +79,15 @@ CASE_COLUMNS = ("dataset", "fold", "repeat", "arm", "source", "n_synthetic", "n_
 
 @dataclass(frozen=True)
 class RunPatients:
-    """Case ids of one run: real training (subsampled), synthetic training, real validation, test."""
+    """Case ids of one run: real training (subsampled), synthetic training, real validation, test, and
+    the real patients a procedural arm is made from (its raw material: the run's training patients or
+    the fold's, `ArmSpec.raw_material`; never validation or test patients)."""
 
     train_real: list[str]
     train_synthetic: list[str]
     val: list[str]
     test: list[str]
+    raw_material: list[str]
 
 
 def _ordered_subset(ids: list[str], count: int, seed: list[int]) -> list[str]:
@@ -103,8 +109,11 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
     if run.n_real_requested is not None:
         train = _ordered_subset(train, run.n_real, [run.seed])
     synthetic: list[str] = []
+    raw_material = train
     if run.arm != BASELINE_ARM:
         control = config.arm(run.arm).control
+        if config.arm(run.arm).raw_material == "fold":
+            raw_material = list(fold.train)
         if config.arm(run.arm).procedural is not None:
             synthetic = [f"SYN_{j:04d}" for j in range(run.n_synthetic)]  # the block's own, nested in k
         elif control == "noise":
@@ -115,13 +124,13 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
             source = data.synthetic[(run.dataset, run.arm)].dataset
             synthetic = _ordered_subset(source.case_ids, run.n_synthetic, arm_entropy(run))
     val = {"fold": list(fold.val), "own": list(train), "none": []}[config.train.validation]
-    return RunPatients(train, synthetic, val, list(real.splits.test))
+    return RunPatients(train, synthetic, val, list(real.splits.test), raw_material)
 
 
 def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients, results: Path
                      ) -> tuple[SyntheticData, dict[str, list[str]]]:
     """The procedural patients of ``run``'s block, made on first use (under a lock: shards share
-    them) from the block's real training patients only, and checked to be made from nothing else;
+    them) from the block's raw material (its real training patients, or the fold's) only, and checked to be made from nothing else;
     with the recorded real source patients of each synthetic one.  Every k of the block reuses what
     the first of them made, read, checked and recorded (kept in ``data``)."""
     key = f"procedural/{run.arm}/{run.block_name}"
@@ -132,11 +141,11 @@ def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: R
     count = data.procedural_patients[(run.dataset, arm.name, run.n_real_requested)]
     with file_lock(folder.parent / f".{folder.name}.lock"):
         try:
-            report = synthesise_to_directory(real.dataset, patients.train_real, arm.procedural, arm.config, count,
+            report = synthesise_to_directory(real.dataset, patients.raw_material, arm.procedural, arm.config, count,
                                              arm_seed(run), folder, progress=False)
         except (ProceduralError, ValueError) as exc:
             raise StudyDataError(f"arm {arm.name!r} ({arm.procedural} into {folder}): {exc}") from exc
-    leaked = sorted({s for sources in report.sources.values() for s in sources} - set(patients.train_real))
+    leaked = sorted({s for sources in report.sources.values() for s in sources} - set(patients.raw_material))
     if leaked:
         raise StudyDataError(f"{folder}: procedural patients were made from {leaked}, which are not this block's "
                              f"real training patients (validation or test patients must never reach a synthesiser); "
@@ -208,17 +217,30 @@ class CaseVolumes(Sequence):
 
 
 def run_config(run: Run, config: StudyConfig) -> dict:
-    """The configuration that decides a run's result (stored in its JSON and fingerprinted)."""
-    arm = None if run.arm == BASELINE_ARM else dataclasses.asdict(config.arm(run.arm))
+    """The configuration that decides a run's result (stored in its JSON and fingerprinted).  Settings
+    added later are left out at their defaults, so the runs of older results folders keep their
+    fingerprints."""
+    arm = None if run.arm == BASELINE_ARM else _without(dataclasses.asdict(config.arm(run.arm)), raw_material="run")
     return json.loads(json.dumps({
-        "run": dataclasses.asdict(run), "dataset": dataclasses.asdict(config.dataset(run.dataset)), "arm": arm,
+        "run": dataclasses.asdict(run), "dataset": _dataset_config(config.dataset(run.dataset)), "arm": arm,
         "splits": dataclasses.asdict(config.splits), "unet": dataclasses.asdict(config.unet),
         "train": dataclasses.asdict(config.train), "metrics": list(config.metrics),
         "empty_class": config.empty_class, "seed_scheme": SEED_SCHEME,
-        **({"test_datasets": [dataclasses.asdict(t) for t in config.test_datasets]} if config.test_datasets else {}),
+        **({"test_datasets": [_dataset_config(t) for t in config.test_datasets]} if config.test_datasets else {}),
         **({"nsd_tolerance_mm": config.nsd_tolerance_mm} if "nsd" in config.metrics else {}),
         **({"hd95_missed": config.hd95_missed} if "hd95" in config.metrics else {}),
+        **({"instance_classes": config.instance_classes} if "map" in config.metrics else {}),
     }, default=list))
+
+
+def _without(values: dict, **defaults: object) -> dict:
+    """``values`` without the keys that hold the given default values."""
+    return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+
+
+def _dataset_config(spec: DatasetSpec) -> dict:
+    values = dataclasses.asdict(spec)
+    return {**values, "phantoms": _without(values["phantoms"], kind="mr")}
 
 
 def _source(run: Run, config: StudyConfig) -> str:
@@ -310,11 +332,18 @@ def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_i
     rows = []
     names = real.dataset.label_names if label_map is None else [real.dataset.label_names[i]
                                                                 for i in np.argsort(label_map)]
+    classes = instance_classes(config, real.dataset) if "map" in config.metrics else []
+    objects = InstanceEvaluation(classes, [names.index(c) for c in classes]) if classes else None
     for case_id in test_ids:
         images, reference = real.cache.volume(case_id)
         if label_map is not None:
             reference = label_map[reference].astype(np.uint8)
-        prediction = predict_volume(model, images, config.train.batch_size, device)
+        if objects is not None:
+            probabilities = predict_probabilities(model, images, config.train.batch_size, device)
+            prediction = probabilities.argmax(axis=0).astype(np.uint8)
+            objects.add_case(case_id, probabilities, reference)
+        else:
+            prediction = predict_volume(model, images, config.train.batch_size, device)
         spacing = real.cache.case_info(case_id).slice_spacing
         diagonal = float(np.linalg.norm(np.array(reference.shape) * np.array(spacing)))
         present = {name: bool((reference == index).any()) for index, name in enumerate(names)}
@@ -324,14 +353,30 @@ def score_test_patients(model: torch.nn.Module, real: RealData | TestSet, test_i
                                    hd95="hd95" in config.metrics, nsd_tolerance_mm=tolerances,
                                    detection="detection" in config.metrics):
             scored = present[score.name] or config.empty_class == "score"
-            row = {"test_set": test_set, "case": case_id, "class": score.name, "in_reference": present[score.name]}
-            for column in SCORE_COLUMNS:
+            row = {"test_set": test_set, "case": case_id, "class": score.name, "in_reference": present[score.name],
+                   **dict.fromkeys(SCORE_COLUMNS)}
+            for column in CASE_SCORES:
                 value = getattr(score, column)
                 if column == "hd95" and math.isinf(value):  # a missed structure: see hd95_missed
                     value = diagonal if config.hd95_missed == "diagonal" else math.nan
                 row[column] = _json_number(value if scored or column == "false_positive" else math.nan)
             rows.append(row)
+    if objects is not None:
+        rows += _object_rows(objects, rows, test_set)
     return rows
+
+
+def _object_rows(objects: InstanceEvaluation, rows: list[dict], test_set: str) -> list[dict]:
+    """Fill the per-case object scores into ``rows`` and return the test-set rows (ap50, map per
+    instance class and "foreground", case `TEST_SET_CASE`)."""
+    per_class, per_case = objects.scores()
+    for row in rows:
+        if row["class"] in objects.class_names:
+            for column, value in per_case[row["case"]][row["class"]].items():
+                row[column] = _json_number(value)
+    return [{"test_set": test_set, "case": TEST_SET_CASE, "class": name, "in_reference": not math.isnan(scores["map"]),
+             **dict.fromkeys(SCORE_COLUMNS), **{column: _json_number(value) for column, value in scores.items()}}
+            for name, scores in per_class.items()]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,15 +26,21 @@ keys anywhere are errors naming the key)::
       - {name: gan, gan: checkpoints/run, mask_gan: null, psi: 0.7, patients: null}
       - {name: oracle, control: oracle}   # built-in controls: oracle (phantoms only), noise, shuffled
       - {name: lesions, procedural: lesion-insertion, config: configs/procedural/phantom-lesions.yaml}
+      - {name: objects, procedural: shape-insertion, config: configs/procedural/cxr-foreign-objects.yaml,
+         raw_material: fold}     # made from all the fold's training images (see `ArmSpec`)
     k: [10, "1x"]                  # synthetic patients added: absolute, or multiples of n ("0.5x"; for
                                    # n_real null, n = the dataset's smallest training fold)
     n_real: [null]                 # real training patients (null = all of the fold): data-scaling curves;
-                                   # 0 = synthetic only (absolute k; arms made from real patients,
-                                   # shuffled and procedural, have no runs there)
+                                   # 0 = synthetic only (absolute k; arms made from the run's real
+                                   # patients, shuffled and procedural with raw_material: run, have no
+                                   # runs there)
     unet: {channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2, norm: instance, dropout: 0.0}
     train: {budget: steps, iterations: 2000, batch_size: 16, validation: fold, ...}   # see `UNetTrainConfig`
-    metrics: [dice, hd95]           # also nsd (normalised surface Dice) and detection (detected,
-                                   # false_positive, lesion_sensitivity per case and class)
+    metrics: [dice, hd95]           # also nsd (normalised surface Dice), detection (detected,
+                                   # false_positive, lesion_sensitivity per case and class) and map
+                                   # (objects one by one: COCO mask AP50 and mAP per test set, object
+                                   # sensitivity and false positives per case; `segmentation.study.instances`)
+    instance_classes: [wire, device]   # the classes map scores (default: the dataset's instance_labels)
     nsd_tolerance_mm: {default: 2.0, core: 1.0}   # NSD tolerance per class name (default: 2 mm)
     empty_class: exclude           # a class absent from a test patient's reference: exclude | score
     hd95_missed: diagonal          # HD95 of a structure the model missed: the image diagonal in mm | exclude
@@ -62,8 +68,10 @@ from training.data.preprocess import preprocess_preset_values
 from training.data.typed_config import ConfigError, from_mapping, read_yaml_mapping
 
 PHANTOMS = "phantoms"
-METRICS = ("dice", "hd95", "nsd", "detection")
+METRICS = ("dice", "hd95", "nsd", "detection", "map")
 CONTROLS = ("oracle", "noise", "shuffled")
+PHANTOM_KINDS = ("mr", "radiograph")
+RAW_MATERIALS = ("run", "fold")
 BUDGETS = ("steps", "epochs")
 VALIDATIONS = ("fold", "own", "none")
 EMPTY_CLASS = ("exclude", "score")
@@ -80,12 +88,15 @@ class StudyConfigError(ConfigError):
 @dataclass(frozen=True)
 class PhantomSpec:
     """Size of the generated phantom dataset used when a dataset's path is ``phantoms``; shifted:
-    imaged with another acquisition (`training.data.phantoms.SHIFTED`, an out-of-distribution set)."""
+    imaged with another acquisition (`training.data.phantoms.SHIFTED`, an out-of-distribution set);
+    kind: "mr" (multi-modal head volumes) or "radiograph" (2D chest X-rays with foreign objects,
+    `training.data.phantoms_radiograph`; shape [rows, columns, 1])."""
 
     n_patients: int = 20
     shape: tuple[int, int, int] = (64, 64, 24)
     seed: int = 0
     shifted: bool = False
+    kind: str = "mr"
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,11 @@ class ArmSpec:
 
     mask_gan: the mask generator run of a two-stage pair (with ``gan`` = the image generator);
     patients: how many patients to sample from a GAN (default: enough for every block to draw its
-    own subset); control: "oracle" (fresh phantom patients of unseen seeds: the ideal synthetic
+    own subset); raw_material (procedural arms): "run" makes the patients from the run's real
+    training patients (the n it trains on; no runs at n_real 0), "fold" from every training patient
+    of the fold, as unlabelled raw material (the foreign-object study: objects inserted into plentiful
+    radiographs; runs at n_real 0 are then synthetic-only, and a synthesiser setting such as
+    shape-insertion's ``exclude_sources_with`` keeps real objects out); control: "oracle" (fresh phantom patients of unseen seeds: the ideal synthetic
     data; phantom datasets only), "noise" (random images with random label maps) or "shuffled"
     (the run's real training images with another training patient's labels).  The report expects
     the oracle better than real-only and the other two not better, and warns when they are not.
@@ -125,11 +140,12 @@ class ArmSpec:
     control: str | None = None
     procedural: str | None = None
     config: str | None = None
+    raw_material: str = "run"
 
     @property
     def needs_real_patients(self) -> bool:
         """Whether the arm is made from the run's real training patients (none at n_real 0)."""
-        return self.control == "shuffled" or self.procedural is not None
+        return self.control == "shuffled" or (self.procedural is not None and self.raw_material == "run")
 
     @property
     def kind(self) -> str:
@@ -238,6 +254,8 @@ class StudyConfig:
     """A whole study; see the module docstring for the YAML.
 
     nsd_tolerance_mm: NSD tolerance in mm per class name, "default" for the rest (None: 2 mm for all).
+    instance_classes: the classes metric ``map`` scores object by object (None: the dataset's
+    ``instance_labels``).
     hd95_missed: the HD95 of a structure the reference has and the prediction misses: "diagonal"
     (the test volume's diagonal in mm, the largest distance there is -- a number every statistic can
     use, as several challenges score it) or "exclude" (left out; the report counts empty values).
@@ -259,6 +277,7 @@ class StudyConfig:
     unet: UNetConfig = UNetConfig()
     train: UNetTrainConfig = UNetTrainConfig()
     metrics: tuple[str, ...] = ("dice", "hd95")
+    instance_classes: tuple[str, ...] | None = None
     nsd_tolerance_mm: dict | None = None
     empty_class: str = "exclude"
     hd95_missed: str = "diagonal"
@@ -373,6 +392,10 @@ def _check_dataset(spec: DatasetSpec, key: str, where: str) -> None:
         raise _fail(where, f"{key}.phantoms", f"only allowed with path: {PHANTOMS}")
     if spec.phantoms.n_patients < 1:
         raise _fail(where, f"{key}.phantoms.n_patients", f"must be >= 1, got {spec.phantoms.n_patients}")
+    if spec.phantoms.kind not in PHANTOM_KINDS:
+        raise _fail(where, f"{key}.phantoms.kind", f"choose from {list(PHANTOM_KINDS)}, got {spec.phantoms.kind!r}")
+    if spec.phantoms.kind == "radiograph" and (spec.phantoms.shape[2] != 1 or spec.phantoms.shifted):
+        raise _fail(where, f"{key}.phantoms", "radiographs are 2D: shape [rows, columns, 1], not shifted")
 
 
 def _check_arm(spec: ArmSpec, key: str, where: str) -> None:
@@ -381,6 +404,9 @@ def _check_arm(spec: ArmSpec, key: str, where: str) -> None:
         raise _fail(where, f"{key}.name", f"{BASELINE_ARM!r} is the real-only baseline; give the source another name")
     if sum(x is not None for x in (spec.folder, spec.gan, spec.control, spec.procedural)) != 1:
         raise _fail(where, key, f"arm {spec.name!r} needs exactly one of 'folder', 'gan', 'control' or 'procedural'")
+    if spec.raw_material not in RAW_MATERIALS or (spec.raw_material != "run" and spec.procedural is None):
+        raise _fail(where, f"{key}.raw_material", f"one of {list(RAW_MATERIALS)}, for procedural arms only; got "
+                                                  f"{spec.raw_material!r}")
     if spec.config is not None and spec.procedural is None:
         raise _fail(where, f"{key}.config", f"arm {spec.name!r}: config only applies to a 'procedural' source")
     if spec.procedural is not None:
@@ -424,7 +450,8 @@ def _check(config: StudyConfig, where: str) -> None:
                                       "absolute k > 0 (a multiple of n is 0)")
         if all(a.needs_real_patients for a in config.arms):
             raise _fail(where, "n_real", "n_real 0 leaves no real patient for the arms, which are all made from the "
-                                      "run's real training patients (shuffled, procedural); add another arm or drop 0")
+                                      "run's real training patients (shuffled, procedural with raw_material: run); "
+                                      "add another arm, give a procedural arm raw_material: fold, or drop 0")
     if config.repeats < 1:
         raise _fail(where, "repeats", f"must be >= 1, got {config.repeats}")
     splits = config.splits

@@ -17,7 +17,7 @@ import numpy as np
 from segmentation.study.controls import oracle_seed
 from segmentation.study.grid import Run, expand_grid, max_synthetic
 from segmentation.study.provenance import ChangedDataError, cache_fingerprints, check_and_record
-from segmentation.study.study_config import PHANTOMS, ArmSpec, DatasetSpec, StudyConfig
+from segmentation.study.study_config import PHANTOMS, ArmSpec, DatasetSpec, PhantomSpec, StudyConfig
 from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.data import (Dataset, SliceCache, Splits, default_phantom_dataset, load_dataset, load_or_make_splits,
@@ -26,6 +26,7 @@ from training.data.records import meaning_differences
 from training.data.splits import minimum_patients
 from training.data.fsutils import file_lock
 from training.data.phantoms import SHIFTED, STANDARD, default_phantom_spec
+from training.data.phantoms_radiograph import default_radiograph_dataset
 from training.sampling import QualityGateError, load_source, sample_to_directory
 from training.sampling.synthetic_dataset import SamplingSettings, SynthesisLog
 
@@ -106,10 +107,16 @@ class StudyData:
 def dataset_root(spec: DatasetSpec) -> Path:
     """The folder of ``spec``: its path, or the generated phantom dataset for ``phantoms``."""
     if spec.path == PHANTOMS:
-        p = spec.phantoms
-        return default_phantom_dataset(n_patients=p.n_patients, shape=tuple(p.shape), seed=p.seed,
-                                       acquisition=SHIFTED if p.shifted else STANDARD)
+        return phantom_root(spec.phantoms, spec.phantoms.n_patients, spec.phantoms.seed)
     return Path(spec.path)
+
+
+def phantom_root(p: PhantomSpec, n_patients: int, seed: int) -> Path:
+    """The cached phantom dataset of ``p``'s kind and shape with ``n_patients`` of population ``seed``."""
+    if p.kind == "radiograph":
+        return default_radiograph_dataset(n_images=n_patients, shape=tuple(p.shape[:2]), seed=seed)
+    return default_phantom_dataset(n_patients=n_patients, shape=tuple(p.shape), seed=seed,
+                                   acquisition=SHIFTED if p.shifted else STANDARD)
 
 
 def read_real(spec: DatasetSpec, config: StudyConfig, results: Path, full_check: bool = True
@@ -121,6 +128,8 @@ def read_real(spec: DatasetSpec, config: StudyConfig, results: Path, full_check:
     dataset = load_dataset(dataset_root(spec), layout=spec.layout, modalities=modalities, check_voxels=full_check)
     s, path = config.splits, results / "splits" / f"{spec.name}.json"
     check_patient_count(spec.name, len(dataset.case_ids), config)
+    if "map" in config.metrics:
+        instance_classes(config, dataset)
     try:
         expected = make_splits(dataset.case_ids, s.n_folds, s.seed, s.test_fraction)
         splits = load_or_make_splits(path, dataset.case_ids, s.n_folds, s.seed, s.test_fraction) \
@@ -149,6 +158,21 @@ def check_patient_count(name: str, patients: int, config: StudyConfig) -> None:
             f"(a {s.test_fraction:g} share as test patients, then {s.n_folds} folds each with a validation "
             f"patient and {per_fold} training patient{'s' if per_fold > 1 else ''}); add patients, or lower "
             f"splits.n_folds (>= 2) / n_real")
+
+
+def instance_classes(config: StudyConfig, dataset: Dataset) -> list[str]:
+    """The classes scored object by object (metric ``map``): the study's ``instance_classes``, else
+    the dataset's ``instance_labels``; `StudyDataError` when there are none or one is not a label."""
+    classes = list(config.instance_classes) if config.instance_classes is not None else list(dataset.instance_labels)
+    if not classes:
+        raise StudyDataError(f"dataset {dataset.name!r}: metric map scores objects one by one, but no class is an "
+                             f"instance class: set instance_classes in the study (e.g. [wire, device]) or "
+                             f"instance_labels in the dataset's dataset.json")
+    unknown = [c for c in classes if c not in dataset.label_names[1:]]
+    if unknown:
+        raise StudyDataError(f"dataset {dataset.name!r}: instance classes {unknown} are not among its labels "
+                             f"{dataset.label_names[1:]}")
+    return classes
 
 
 def load_real(spec: DatasetSpec, config: StudyConfig, results: Path) -> RealData:
@@ -268,9 +292,7 @@ def prepare_data(config: StudyConfig, grid: list[Run], results: Path, device: st
                 for run in _generator_runs(folder):
                     _refuse_gan_trained_on_test(run, real[spec.name], arm.name)
             elif arm.control == "oracle":
-                p = spec.phantoms
-                folder = default_phantom_dataset(n_patients=pool_size(runs, arm.name), shape=tuple(p.shape),
-                                                 seed=oracle_seed(p.seed))
+                folder = phantom_root(spec.phantoms, pool_size(runs, arm.name), oracle_seed(spec.phantoms.seed))
             else:
                 for run in (arm.gan, arm.mask_gan):
                     if run is not None:

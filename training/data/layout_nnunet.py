@@ -1,4 +1,4 @@
-"""nnU-Net v2 raw layout: ``imagesTr/CASE_XXXX<ending>`` (one file per channel XXXX),
+"""nnU-Net v2 raw layout: ``imagesTr/CASE_XXXX<ending>`` (one file per channel XXXX; NIfTI, or .png for 2D images),
 ``labelsTr/CASE<ending>`` and ``dataset.json`` with ``channel_names``, ``labels``, ``file_ending``."""
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 
 from training.data.errors import DatasetError, DataWarning, PatientError
+from training.data.images2d import PNG_ENDING
+from training.data.layout_radiograph import read_radiograph_meta
 from training.data.nifti import NIFTI_ENDINGS
 from training.data.scan import (CaseFiles, LayoutScan, check_num_training, check_unique_case_ids,
                                 parse_channel_names, parse_labels, read_dataset_json)
@@ -30,8 +32,10 @@ def scan_nnunet(root: Path) -> LayoutScan:
     modalities = parse_channel_names(meta[names_key], json_path, names_key)
     label_values, label_names = parse_labels(meta["labels"], json_path)
     ending = meta.get("file_ending", ".nii.gz")
-    if ending not in NIFTI_ENDINGS:
-        raise DatasetError(json_path, f"file_ending {ending!r} is not supported (NIfTI only: {list(NIFTI_ENDINGS)})")
+    if ending not in (*NIFTI_ENDINGS, PNG_ENDING):
+        raise DatasetError(json_path, f"file_ending {ending!r} is not supported (NIfTI {list(NIFTI_ENDINGS)}, or "
+                                      f"{PNG_ENDING} for 2D images)")
+    spacing = read_radiograph_meta(root).get("pixel_spacing") if ending == PNG_ENDING else None
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
@@ -50,7 +54,7 @@ def scan_nnunet(root: Path) -> LayoutScan:
     for case_id in sorted(set(label_files) | set(channel_files)):
         found = channel_files.get(case_id, {})
         files = [found.get(c, images_dir / f"{case_id}_{c:04d}{ending}") for c in range(len(modalities))]
-        case = CaseFiles(case_id, files, [None] * len(modalities), label_files.get(case_id))
+        case = CaseFiles(case_id, files, [None] * len(modalities), label_files.get(case_id), pixel_spacing=spacing)
         missing = [c for c in range(len(modalities)) if c not in found]
         extra = sorted(c for c in found if c >= len(modalities))
         if missing:

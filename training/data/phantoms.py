@@ -19,6 +19,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -296,8 +297,16 @@ def default_phantom_dataset(n_patients: int = 20, shape: tuple[int, int, int] = 
 
     Safe when several processes ask at once (file lock).  Returns the dataset folder.
     """
-    root = Path(cache_dir) if cache_dir is not None else user_cache_root()
     name = default_phantom_name(n_patients, shape, seed, layout, acquisition)
+    return cached_phantoms(name, lambda out: write_phantom_dataset(out, n_patients, shape, seed, layout, acquisition),
+                           cache_dir)
+
+
+def cached_phantoms(name: str, write: Callable[[Path], object], cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/phantoms/NAME``, made once by ``write(folder)`` and reused after (a folder holding a
+    dataset.json is complete: the writers rename it into place).  Safe when several processes ask at
+    once (file lock)."""
+    root = Path(cache_dir) if cache_dir is not None else user_cache_root()
     out = root / "phantoms" / name
     marker = out / "dataset.json"
     if marker.is_file():
@@ -306,6 +315,6 @@ def default_phantom_dataset(n_patients: int = 20, shape: tuple[int, int, int] = 
         if not marker.is_file():
             if out.exists():  # left over from an interrupted run before the rename (cannot be complete)
                 shutil.rmtree(out)
-            write_phantom_dataset(out, n_patients, shape, seed, layout, acquisition)
+            write(out)
     json.loads(marker.read_text())
     return out

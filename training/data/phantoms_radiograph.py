@@ -26,7 +26,9 @@ from scipy import ndimage
 
 from training.data.fsutils import atomic_write_json
 from training.data.images2d import write_png
+from training.data.phantoms import cached_phantoms
 
+GENERATOR_VERSION = 1
 RADIOGRAPH_LABELS = ("background", "body", "lung", "heart", "trachea", "clavicle", "rib", "wire", "device")
 INSTANCE_LABELS = ("wire", "device")
 BODY, LUNG, HEART, TRACHEA, CLAVICLE, RIB, WIRE, DEVICE = range(1, 9)
@@ -167,3 +169,10 @@ def write_radiograph_dataset(out_dir: str | Path, n_images: int = 20, shape: tup
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def default_radiograph_dataset(n_images: int = 40, shape: tuple[int, int] = (128, 128), seed: int = 0,
+                               cache_dir: str | Path | None = None) -> Path:
+    """Phantom radiographs generated once into ``<cache>/phantoms/...`` and reused after."""
+    name = f"radiograph_n{n_images}_s{seed}_{shape[0]}x{shape[1]}_v{GENERATOR_VERSION}"
+    return cached_phantoms(name, lambda out: write_radiograph_dataset(out, n_images, shape, seed), cache_dir)

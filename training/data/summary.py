@@ -8,7 +8,7 @@ import numpy as np
 from nibabel.orientations import ornt2axcodes
 from scipy import ndimage
 
-from training.data.images2d import read_image2d_info
+from training.data.images2d import is_image2d_name, read_image2d_info
 from training.data.nifti import read_stored_style
 from training.data.preprocess import CT_NAMES
 from training.data.records import Dataset
@@ -73,7 +73,7 @@ def summarize(dataset: Dataset, problems: list[str] | None = None) -> str:
     slices = [p.shape[2] for p in patients]
     lines.append(f"shapes      {_counted(shapes, lambda s: 'x'.join(map(str, s)))}")
     lines.append(f"spacings    {_counted(spacings, lambda s: 'x'.join(f'{v:g}' for v in s) + ' mm')}")
-    if dataset.layout == "radiograph":
+    if _is_2d(dataset):
         lines += image2d_lines(dataset)
     else:
         lines.append(f"slices      {sum(slices)} axial slices, {min(slices)}..{max(slices)} per patient")
@@ -106,6 +106,10 @@ def stored_lines(dataset: Dataset) -> list[str]:
     codes = Counter(f"{st.qform_code}/{st.sform_code}" for st in styles)
     return [f"stored      orientation {_counted(orientation, str)} (read as RAS; synthetic patients are written back "
             f"like this); {_counted(types, str)}; qform/sform codes {_counted(codes, str)}"]
+
+
+def _is_2d(dataset: Dataset) -> bool:
+    return bool(dataset.patients) and is_image2d_name(dataset.patients[0].image_files[0])
 
 
 def image2d_lines(dataset: Dataset) -> list[str]:
@@ -158,7 +162,7 @@ def advice_lines(dataset: Dataset) -> list[str]:
     stats = [p.stats for p in dataset.patients if p.stats is not None]
     named_ct = [m for m in dataset.modalities if m.lower() in CT_NAMES]
     hu_like = [m for m in dataset.modalities if stats and min(s.intensity[m].minimum for s in stats) <= HU_AIR_BELOW]
-    if dataset.layout == "radiograph":
+    if _is_2d(dataset):
         preset = "radiograph (percentiles 0.5-99.5 of the whole image, every image kept)"
     elif named_ct:
         preset = f"ct (windows in HU for {', '.join(named_ct)}, MR percentiles for the rest)"

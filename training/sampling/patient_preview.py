@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from training.data.fsutils import atomic_write_bytes
+from training.data.images2d import PNG_ENDING, image2d_volume
 from training.sampling.synthetic_dataset import FILE_ENDING
 
 
@@ -22,11 +23,19 @@ class PreviewCase:
     images: np.ndarray
     labels: np.ndarray
     spacing: tuple[float, float, float] | None = None
+    instances: np.ndarray | None = None   # object ids [X, Y, Z] (0 = none), drawn one colour per object
 
 
 def read_case(root: Path, case_id: str, n_modalities: int) -> PreviewCase:
-    """Read back one case of an nnU-Net raw dataset written by NnUNetRawWriter (arrays as stored)."""
+    """Read back one case of an nnU-Net raw dataset written by NnUNetRawWriter (arrays as stored;
+    a PNG case as the one-slice volume [rows, columns, 1])."""
     root = Path(root)
+    if (root / "labelsTr" / f"{case_id}{PNG_ENDING}").is_file():
+        images = np.stack([image2d_volume(root / "imagesTr" / f"{case_id}_{m:04d}{PNG_ENDING}", case_id)
+                           for m in range(n_modalities)])
+        objects = root / "instancesTr" / f"{case_id}{PNG_ENDING}"
+        return PreviewCase(case_id, images, image2d_volume(root / "labelsTr" / f"{case_id}{PNG_ENDING}", case_id),
+                           instances=image2d_volume(objects, case_id).astype(np.int64) if objects.is_file() else None)
     images = np.stack([np.asarray(nib.load(root / "imagesTr" / f"{case_id}_{m:04d}{FILE_ENDING}").dataobj,
                                   dtype=np.float32) for m in range(n_modalities)])
     label_image = nib.load(root / "labelsTr" / f"{case_id}{FILE_ENDING}")
@@ -55,7 +64,10 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
             raise ValueError(f"preview case {case.name}: images {case.images.shape} and labels {case.labels.shape} "
                              f"do not match [{len(modalities)}, X, Y, Z] and [X, Y, Z]")
     colours = [colormaps["tab10"].colors[i % 10] for i in range(len(label_values))]
-    columns = slices_per_case * (len(modalities) + 1)
+    if all(case.labels.shape[2] == 1 for _, case in cases):
+        slices_per_case = 1  # 2D images
+    with_objects = any(case.instances is not None for _, case in cases)
+    columns = slices_per_case * (len(modalities) + 1) + with_objects
     legend_columns = max(1, min(len(label_values) - 1, columns, 8))
     legend_rows = -(-max(1, len(label_values) - 1) // legend_columns)  # wrapped: 116 atlas labels fit too
     height = 1.3 * len(cases) + 0.25 + 0.2 * legend_rows
@@ -65,6 +77,8 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
     for row, (group, case) in enumerate(cases):
         _draw_case(axes[row], f"{group}\n{case.name}", case, modalities, np.asarray(label_values),
                    ListedColormap(colours), slices_per_case, long_titles=row == 0)
+        if with_objects:
+            _draw_objects(axes[row][-1], case, long_titles=row == 0)
     handles = [Patch(color=colours[i], label=f"{value}: {name}")
                for i, (value, name) in enumerate(zip(label_values, label_names)) if i > 0]
     figure.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=7, frameon=False)
@@ -75,10 +89,38 @@ def write_preview(path: Path, groups: Sequence[tuple[str, Sequence[PreviewCase]]
     return Path(path)
 
 
+def _plane(volume: np.ndarray, k: int) -> tuple[np.ndarray, str]:
+    """Slice k of [X, Y, Z] as drawn, with its imshow origin: a 2D image (Z = 1) as it is displayed
+    (rows x down), a volume's axial slice with x to the right and y (anterior) up."""
+    return (volume[:, :, k], "upper") if volume.shape[2] == 1 else (volume[:, :, k].T, "lower")
+
+
+def _draw_objects(ax, case: PreviewCase, long_titles: bool) -> None:
+    """The middle slice of modality 0 with every object (instance id) in its own colour."""
+    from matplotlib import colormaps
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if case.instances is None:
+        ax.set_axis_off()
+        return
+    k = case.labels.shape[2] // 2
+    image, origin = _plane(case.images[0], k)
+    objects, _ = _plane(case.instances, k)
+    low, high = np.percentile(case.images[0], [1, 99])
+    ax.imshow(image, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), origin=origin)
+    ids = objects.astype(np.int64)
+    coloured = np.ma.masked_equal(np.where(ids > 0, (ids - 1) % 20 + 1, 0), 0)
+    ax.imshow(coloured, cmap=colormaps["tab20"], vmin=1, vmax=20, origin=origin, interpolation="nearest")
+    count = len(np.setdiff1d(np.unique(ids), [0]))
+    ax.set_title(f"objects\n{count}" if long_titles else f"{count} objects", fontsize=7 if long_titles else 6)
+
+
 def _draw_case(axes: Sequence, title: str, case: PreviewCase, modalities: Sequence[str], label_values: np.ndarray,
                label_cmap, slices_per_case: int, long_titles: bool) -> None:
     """One montage row: per chosen slice k, the modalities then modality 0 with the mask overlaid.
-    Slices are drawn with x to the right and y (anterior) up: plane.T with origin "lower"."""
+    Slices are drawn with x to the right and y (anterior) up: plane.T with origin "lower" (a 2D image
+    as it is displayed)."""
     M, depth = len(modalities), case.labels.shape[2]
     windows = [np.percentile(case.images[m], [1, 99]) for m in range(M)]
     indices = np.searchsorted(label_values, case.labels).clip(0, len(label_values) - 1)  # value -> colour
@@ -92,12 +134,14 @@ def _draw_case(axes: Sequence, title: str, case: PreviewCase, modalities: Sequen
             shown = min(m, M - 1)
             low, high = windows[shown]
             aspect = 1.0 if case.spacing is None else case.spacing[1] / case.spacing[0]  # drawn rows are y
-            ax.imshow(case.images[shown, :, :, k].T, cmap="gray", vmin=low, vmax=max(high, low + 1e-6),
-                      origin="lower", aspect=aspect)
+            plane, origin = _plane(case.images[shown], k)
+            if origin == "upper":
+                aspect = 1.0 / aspect  # drawn rows are x
+            ax.imshow(plane, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), origin=origin, aspect=aspect)
             if m == M:
-                overlay = np.ma.masked_equal(indices[:, :, k].T, 0)
+                overlay = np.ma.masked_equal(_plane(indices, k)[0], 0)
                 ax.imshow(overlay, cmap=label_cmap, vmin=0, vmax=len(label_values) - 1, alpha=0.55,
-                          origin="lower", interpolation="nearest", aspect=aspect)
+                          origin=origin, interpolation="nearest", aspect=aspect)
             name = modalities[m] if m < M else "mask"
             ax.set_title(f"{name}\nz {k + 1}/{depth}" if long_titles else f"z {k + 1}/{depth}",
                          fontsize=7 if long_titles else 6)

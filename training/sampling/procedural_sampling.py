@@ -27,7 +27,7 @@ from training.data import Dataset
 from training.data.nifti import read_stored_style
 from training.progress import LogLines
 from training.sampling.patient_preview import PreviewCase, read_case, write_preview
-from training.sampling.synthetic_dataset import (FILE_ENDING, PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
+from training.sampling.synthetic_dataset import (PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
                                         atomic_write_json, exclusive_output, now_utc, software_versions)
 
 PROCEDURAL_FORMAT = "stylepair-procedural/1"
@@ -132,7 +132,7 @@ def _write_patient(writer: NnUNetRawWriter, case_id: str, patient: VolumePatient
     if patient.instances is not None:
         folder = writer.root / "instancesTr"
         folder.mkdir(parents=True, exist_ok=True)
-        writer.write_file(folder / f"{case_id}{FILE_ENDING}", writer.encode(patient.instances, patient.affine,
+        writer.write_file(folder / f"{case_id}{writer.file_ending}", writer.encode(patient.instances, patient.affine,
                                                                               patient.instances.dtype.name))
     writer.write_case(case_id, patient.images, patient.labels, patient.affine)
 
@@ -143,7 +143,8 @@ def _preview(out_dir: Path, dataset: Dataset, log: dict) -> Path:
     for record in log["patients"][:PREVIEW_CASES]:
         synthetic = read_case(out_dir, record["case_id"], len(dataset.modalities))
         source = volume_patient(dataset, record["sources"][0])
+        objects = dataset.patient(source.case_id).load_instances()
         rows += [(f"source {source.case_id}", [PreviewCase(source.case_id, source.images, source.labels,
-                                                           tuple(source.spacing))]),
+                                                           tuple(source.spacing), objects)]),
                  (f"{log['synthesiser']}", [synthetic])]
     return write_preview(out_dir / PREVIEW_NAME, rows, dataset.modalities, dataset.label_values, dataset.label_names)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from training.data.fsutils import atomic_write_bytes, atomic_write_json
-from training.data.nifti import StoredStyle, stored_nifti
+from training.data.images2d import PNG_ENDING, png_bytes
+from training.data.nifti import StoredStyle, cast_voxels, stored_nifti
 from training.data.records import meaning_differences
 
 SYNTHESIS_FORMAT = "stylepair-synthesis/1"
@@ -119,6 +120,9 @@ class NnUNetRawWriter:
         self.label_values = list(label_values)
         self.label_names = list(label_names)
         self.style, self.descrip = style, descrip
+        # 2D sources (PNG or DICOM radiographs) are written as PNG, nnU-Net v2's format for 2D images
+        self.file_ending = PNG_ENDING if style.file_format == "png" else FILE_ENDING
+        self.pixel_spacing: list[float] | None = None  # a PNG cannot hold it: dataset.json does
         fits = np.iinfo(np.dtype(style.label_dtype))
         values = self.label_values or [0]
         self.label_dtype = (style.label_dtype if fits.min <= min(values) and max(values) <= fits.max
@@ -136,8 +140,8 @@ class NnUNetRawWriter:
 
     def case_files(self, case_id: str) -> list[Path]:
         """The files of one case: one image per modality, then the label file (written last)."""
-        images = [self.images_dir / f"{case_id}_{m:04d}{FILE_ENDING}" for m in range(len(self.modalities))]
-        return images + [self.labels_dir / f"{case_id}{FILE_ENDING}"]
+        images = [self.images_dir / f"{case_id}_{m:04d}{self.file_ending}" for m in range(len(self.modalities))]
+        return images + [self.labels_dir / f"{case_id}{self.file_ending}"]
 
     def write_case(self, case_id: str, images: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> None:
         """images [M, X, Y, Z] float32, labels [X, Y, Z] real label values, both canonical (RAS+), affine
@@ -153,6 +157,8 @@ class NnUNetRawWriter:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.labels_dir.mkdir(parents=True, exist_ok=True)
         *image_paths, label_path = self.case_files(case_id)
+        if self.file_ending == PNG_ENDING:
+            self.pixel_spacing = [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :2], axis=0)]
         contents = [(path, self.encode(images[m], affine, self.style.image_dtype)) for m, path in enumerate(image_paths)]
         contents.append((label_path, self.encode(labels, affine, self.label_dtype)))
         self._remember(contents)
@@ -160,7 +166,12 @@ class NnUNetRawWriter:
             self._write(path, data)
 
     def encode(self, volume: np.ndarray, affine: np.ndarray, dtype: str) -> bytes:
-        """The gzipped NIfTI bytes of a canonical volume [X, Y, Z] stored in this writer's style as ``dtype``."""
+        """The file bytes of a canonical volume [X, Y, Z] stored in this writer's style as ``dtype``:
+        gzipped NIfTI, or a PNG of the one slice of a 2D image (integers rounded and clipped to ``dtype``)."""
+        if self.file_ending == PNG_ENDING:
+            if volume.ndim != 3 or volume.shape[2] != 1:
+                raise ValueError(f"a PNG holds one 2D image, got a volume of shape {volume.shape}")
+            return png_bytes(cast_voxels(volume[:, :, 0], dtype if np.dtype(dtype).kind in "iu" else "uint16"))
         return _nifti_gz_bytes(stored_nifti(volume, affine, self.style, dtype, self.descrip))
 
     def _written(self) -> dict[str, str]:
@@ -206,8 +217,8 @@ class NnUNetRawWriter:
     def existing_case_ids(self) -> set[str]:
         """Case ids with at least one file in imagesTr or labelsTr."""
         ids = set()
-        for path in list(self.labels_dir.glob(f"*{FILE_ENDING}")) + list(self.images_dir.glob(f"*{FILE_ENDING}")):
-            name = path.name[: -len(FILE_ENDING)]
+        for path in list(self.labels_dir.glob(f"*{self.file_ending}")) + list(self.images_dir.glob(f"*{self.file_ending}")):
+            name = path.name[: -len(self.file_ending)]
             ids.add(name[:-5] if path.parent == self.images_dir and name[-5:-4] == "_" else name)
         return ids
 
@@ -222,9 +233,10 @@ class NnUNetRawWriter:
             "channel_names": {str(m): name for m, name in enumerate(self.modalities)},
             "labels": {name: int(value) for name, value in zip(self.label_names, self.label_values)},
             "numTraining": int(num_training),
-            "file_ending": FILE_ENDING,
+            "file_ending": self.file_ending,
             "name": self.root.name,
             "description": description,
+            **({"pixel_spacing": self.pixel_spacing} if self.pixel_spacing is not None else {}),
         }
 
     def write_dataset_json(self, num_training: int, description: str) -> None:
