@@ -217,3 +217,24 @@ def test_a_micro_study_on_radiographs_compares_real_synthetic_only_and_both_by_m
     assert table.n_rows == 3 and table.scores.shape == (1, 3)         # one test-set value per run, by map
     dice = load_score_table(tmp_path / "results" / "cases.csv", ScoreTableConfig(metric="dice", condition_columns=by_run))
     assert dice.n_rows == 3 * 3                               # per test case, the test-set rows left out
+
+
+def test_cut_and_paste_copies_the_real_annotated_objects_into_other_radiographs(tmp_path):
+    from procedural import LabelSet, build_synthesiser
+    from training.sampling.procedural_sampling import volume_patient
+
+    dataset = load_dataset(write_radiograph_dataset(tmp_path / "cxr", n_images=8, shape=(64, 64), seed=1))
+    patients = [volume_patient(dataset, c) for c in dataset.case_ids]
+    synthesiser = build_synthesiser("cut-and-paste", "configs/procedural/cxr-cut-and-paste.yaml", patients,
+                                    LabelSet(tuple(dataset.label_names), tuple(dataset.label_values)),
+                                    dataset.modalities)
+    pasted = 0
+    for j in range(8):
+        made = synthesiser.make(j, np.random.default_rng([3, j]))
+        host = next(p for p in patients if p.case_id == made.sources[0])
+        for record in made.objects:
+            voxels = made.instances == record["id"]
+            assert set(np.unique(made.labels[voxels])) <= {LABEL["wire"], LABEL["device"]}
+            assert np.isin(host.labels[voxels], [LABEL[n] for n in ("body", "lung", "heart")]).mean() >= 0.9
+            pasted += 1
+    assert pasted > 0
