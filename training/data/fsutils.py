@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -100,3 +101,24 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def atomic_write_json(path: Path, obj: object) -> Path:
     """`atomic_write_text` of ``json.dumps(obj, indent=2)``."""
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def build_folder(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Make the folder ``out_dir`` whole or not at all: ``fill(temporary)`` writes into a folder beside
+    it, which is then renamed into place (an empty ``out_dir`` is replaced; a non-empty one is never
+    touched: FileExistsError).  Returns ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: folder exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

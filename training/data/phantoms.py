@@ -14,7 +14,6 @@ through exactly the readers real data uses.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from training.data.fsutils import atomic_write_json, file_lock, user_cache_root
+from training.data.fsutils import atomic_write_json, build_folder, file_lock, user_cache_root
 from training.data.nifti import write_nifti
 
 GENERATOR_VERSION = 3
@@ -239,14 +238,8 @@ def write_phantom_dataset(out_dir: str | Path, n_patients: int = 20, shape: tupl
         raise ValueError(f"layout must be 'msd', 'nnunet' or 'folder', got {layout!r}")
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
         training = [_write_patient(tmp, layout, f"phantom_{i:03d}",
                                    generate_phantom_patient(seed, i, shape, acquisition))
                     for i in range(n_patients)]
@@ -257,12 +250,8 @@ def write_phantom_dataset(out_dir: str | Path, n_patients: int = 20, shape: tupl
         else:
             atomic_write_json(tmp / "dataset.json", _dataset_json(layout, n_patients, training, shape, seed,
                                                                   acquisition))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return build_folder(out_dir, fill)
 
 
 _DEFAULT_NAME = re.compile(r"^(msd|nnunet|folder)_n(\d+)_s(\d+)_(\d+)x(\d+)x(\d+)_v(\d+)(?:_(\w+))?$")

@@ -16,15 +16,13 @@ chest along circular arcs and end in the heart's silhouette.  Every object is an
 """
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from training.data.fsutils import atomic_write_json
+from training.data.fsutils import atomic_write_json, build_folder
 from training.data.images2d import write_png
 from training.data.phantoms import cached_phantoms
 
@@ -143,15 +141,10 @@ def write_radiograph_dataset(out_dir: str | Path, n_images: int = 20, shape: tup
     beside ``out_dir`` and renamed into place.  FileExistsError for a non-empty ``out_dir``."""
     if n_images < 1 or min(shape) < 16:
         raise ValueError(f"need n_images >= 1 and images of at least 16 x 16 pixels, got {n_images}, {shape}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for folder in ("images", "masks", "instances"):
-        (tmp / folder).mkdir(parents=True)
-    try:
+
+    def fill(tmp: Path) -> None:
+        for folder in ("images", "masks", "instances"):
+            (tmp / folder).mkdir()
         for i in range(n_images):
             image = generate_radiograph(seed, i, shape, object_fraction)
             case = f"cxr_{i:03d}"
@@ -163,12 +156,8 @@ def write_radiograph_dataset(out_dir: str | Path, n_images: int = 20, shape: tup
             "name": "cxr_phantom", "description": f"stylepair chest-radiograph phantoms (seed {seed})",
             "modality": "CXR", "labels": {str(i): name for i, name in enumerate(RADIOGRAPH_LABELS)},
             "instance_labels": list(INSTANCE_LABELS), "pixel_spacing": [spacing, spacing], "numTraining": n_images})
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return build_folder(out_dir, fill)
 
 
 def default_radiograph_dataset(n_images: int = 40, shape: tuple[int, int] = (128, 128), seed: int = 0,
