@@ -66,7 +66,8 @@ def _slice_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int, d
 def predict_volume(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Label indices uint8 [X, Y, Z] for one volume of images float32 [M, X, Y, Z] in [-1, 1],
     predicted slice by slice (argmax of the logits) in batches of ``batch_size`` slices."""
-    predicted = [logits.argmax(dim=1).to("cpu", torch.uint8) for logits in _slice_logits(model, images, batch_size, device)]
+    batches = _slice_logits(model, images, batch_size, device)
+    predicted = [logits.argmax(dim=1).to("cpu", torch.uint8) for logits in batches]
     labels = torch.cat(predicted).permute(1, 2, 0).numpy()
     assert labels.shape == images.shape[1:], labels.shape
     return labels
@@ -76,7 +77,8 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size
                           device: torch.device) -> np.ndarray:
     """Softmax probabilities float32 [C, X, Y, Z] of one volume (as `predict_volume`; its argmax
     over C is `predict_volume`'s prediction)."""
-    chunks = [torch.softmax(logits.float(), dim=1).to("cpu") for logits in _slice_logits(model, images, batch_size, device)]
+    batches = _slice_logits(model, images, batch_size, device)
+    chunks = [torch.softmax(logits.float(), dim=1).to("cpu") for logits in batches]
     probabilities = torch.cat(chunks).permute(1, 2, 3, 0).numpy()
     assert probabilities.shape[1:] == images.shape[1:], probabilities.shape
     return probabilities

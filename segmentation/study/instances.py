@@ -111,7 +111,8 @@ class InstanceEvaluation:
             truth.createIndex()
             detections = truth.loadRes(self._detections) if self._detections else COCO()
             if not self._detections:
-                detections.dataset = {"images": self._images, "annotations": [], "categories": truth.dataset["categories"]}
+                detections.dataset = {"images": self._images, "annotations": [],
+                                      "categories": truth.dataset["categories"]}
                 detections.createIndex()
             evaluation = COCOeval(truth, detections, iouType="segm")
             evaluation.params.iouThrs = IOU_THRESHOLDS

@@ -130,9 +130,10 @@ def run_patients(run: Run, config: StudyConfig, data: StudyData) -> RunPatients:
 def procedural_block(run: Run, config: StudyConfig, data: StudyData, patients: RunPatients, results: Path
                      ) -> tuple[SyntheticData, dict[str, list[str]]]:
     """The procedural patients of ``run``'s block, made on first use (under a lock: shards share
-    them) from the block's raw material (its real training patients, or the fold's) only, and checked to be made from nothing else;
-    with the recorded real source patients of each synthetic one.  Every k of the block reuses what
-    the first of them made, read, checked and recorded (kept in ``data``)."""
+    them) from the block's raw material only (its real training patients, or the fold's), and checked
+    to be made from nothing else; with the recorded real source patients of each synthetic one.
+    Every k of the block reuses what the first of them made, read, checked and recorded (kept in
+    ``data``)."""
     key = f"procedural/{run.arm}/{run.block_name}"
     if key in data.procedural_blocks:
         return data.procedural_blocks[key]

@@ -117,7 +117,7 @@ class ArmSpec:
     ``sample_patients.py`` writes), ``gan`` (a GAN run directory sampled with ``psi``),
     ``control`` (a built-in control arm, `segmentation.study.controls`) or ``procedural`` (a synthesiser of
     the `procedural` package with the settings file ``config``, run per block on that block's real
-    training patients only) is set.
+    training patients only -- see raw_material) is set.
 
     mask_gan: the mask generator run of a two-stage pair (with ``gan`` = the image generator);
     patients: how many patients to sample from a GAN (default: enough for every block to draw its
@@ -125,8 +125,8 @@ class ArmSpec:
     training patients (the n it trains on; no runs at n_real 0), "fold" from every training patient
     of the fold, as unlabelled raw material (the foreign-object study: objects inserted into plentiful
     radiographs; runs at n_real 0 are then synthetic-only, and a synthesiser setting such as
-    shape-insertion's ``exclude_sources_with`` keeps real objects out); control: "oracle" (fresh phantom patients of unseen seeds: the ideal synthetic
-    data; phantom datasets only), "noise" (random images with random label maps) or "shuffled"
+    shape-insertion's ``exclude_sources_with`` keeps real objects out); control: "oracle" (fresh
+    phantom patients of unseen seeds: the ideal synthetic data; phantom datasets only), "noise" (random images with random label maps) or "shuffled"
     (the run's real training images with another training patient's labels).  The report expects
     the oracle better than real-only and the other two not better, and warns when they are not.
     """
