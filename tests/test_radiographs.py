@@ -12,6 +12,8 @@ from training.data.nifti import read_header, read_voxels
 from training.data.phantoms_radiograph import (INSTANCE_LABELS, RADIOGRAPH_LABELS, generate_radiograph,
                                                write_radiograph_dataset)
 
+from tiny import TINY_GAN_ARGS
+
 LABEL = {name: i for i, name in enumerate(RADIOGRAPH_LABELS)}
 
 
@@ -238,3 +240,19 @@ def test_cut_and_paste_copies_the_real_annotated_objects_into_other_radiographs(
             assert np.isin(host.labels[voxels], [LABEL[n] for n in ("body", "lung", "heart")]).mean() >= 0.9
             pasted += 1
     assert pasted > 0
+
+
+def test_a_gan_trains_on_radiographs_and_samples_them_back_as_png_on_the_real_grid(tmp_path):
+    from training.cli_train import main as train_main
+    from training.sampling.cli_sample import main as sample_main
+
+    data = write_radiograph_dataset(tmp_path / "cxr", n_images=3, shape=(40, 48), seed=5)
+    assert train_main(TINY_GAN_ARGS + ["--variant", "baseline", "--data", str(data), "--out", str(tmp_path / "run"),
+                                       "--preprocess", "radiograph", "--kimg", "0.004", "--metrics", "none"]) == 0
+    assert sample_main(["--gan", str(tmp_path / "run"), "--patients", "2", "--out", str(tmp_path / "syn")]) == 0
+    written, real = load_dataset(tmp_path / "syn"), load_dataset(data)
+    assert [p.shape for p in written.patients] == [(40, 48, 1)] * 2            # the radiographs' own size
+    assert written.patients[0].spacing == pytest.approx(real.patients[0].spacing)
+    assert sorted(p.name for p in (tmp_path / "syn" / "imagesTr").iterdir()) == ["SYN_0000_0000.png",
+                                                                                  "SYN_0001_0000.png"]
+    assert np.asarray(Image.open(tmp_path / "syn" / "imagesTr" / "SYN_0000_0000.png")).dtype == np.uint16
