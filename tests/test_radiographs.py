@@ -9,6 +9,7 @@ from training.data import load_dataset
 from training.data.cli import main as data_main
 from training.data.errors import PatientErrors
 from training.data.nifti import read_header, read_voxels
+from training.data.summary import objects_per_class
 from training.data.phantoms_radiograph import (INSTANCE_LABELS, RADIOGRAPH_LABELS, generate_radiograph,
                                                write_radiograph_dataset)
 
@@ -155,6 +156,10 @@ def test_synthetic_radiographs_are_written_as_png_with_their_instances(tmp_path)
     assert json.loads((tmp_path / "syn" / "dataset.json").read_text())["file_ending"] == ".png"
     assert written.label_names == dataset.label_names and written.patients[0].spacing == dataset.patients[0].spacing
     log = json.loads((tmp_path / "syn" / "synthesis.json").read_text())
+    assert written.instance_labels == list(INSTANCE_LABELS)            # read back by the nnU-Net reader
+    for patient, record in zip(written.patients, log["patients"]):
+        assert objects_per_class(patient, written) == {name: sum(o["label"] == name for o in record["objects"])
+                                                       for name in INSTANCE_LABELS}
     for record in log["patients"]:
         labels = np.asarray(Image.open(tmp_path / "syn" / "labelsTr" / f"{record['case_id']}.png"))
         instances = np.asarray(Image.open(tmp_path / "syn" / "instancesTr" / f"{record['case_id']}.png"))

@@ -1,5 +1,7 @@
 """nnU-Net v2 raw layout: ``imagesTr/CASE_XXXX<ending>`` (one file per channel XXXX; NIfTI, or .png for 2D images),
-``labelsTr/CASE<ending>`` and ``dataset.json`` with ``channel_names``, ``labels``, ``file_ending``."""
+``labelsTr/CASE<ending>`` and ``dataset.json`` with ``channel_names``, ``labels``, ``file_ending``;
+stylepair's synthetic datasets add ``instancesTr/CASE<ending>`` (object ids) with ``instance_labels``,
+and ``pixel_spacing`` for PNG cases."""
 from __future__ import annotations
 
 import re
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from training.data.errors import DatasetError, DataWarning, PatientError
 from training.data.images2d import PNG_ENDING
-from training.data.layout_radiograph import read_radiograph_meta
+from training.data.layout_radiograph import instance_labels, pixel_spacing
 from training.data.nifti import NIFTI_ENDINGS
 from training.data.scan import (CaseFiles, LayoutScan, check_num_training, check_unique_case_ids,
                                 parse_channel_names, parse_labels, read_dataset_json)
@@ -35,7 +37,7 @@ def scan_nnunet(root: Path) -> LayoutScan:
     if ending not in (*NIFTI_ENDINGS, PNG_ENDING):
         raise DatasetError(json_path, f"file_ending {ending!r} is not supported (NIfTI {list(NIFTI_ENDINGS)}, or "
                                       f"{PNG_ENDING} for 2D images)")
-    spacing = read_radiograph_meta(root).get("pixel_spacing") if ending == PNG_ENDING else None
+    spacing = pixel_spacing(meta, json_path) if ending == PNG_ENDING else None
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
@@ -54,7 +56,9 @@ def scan_nnunet(root: Path) -> LayoutScan:
     for case_id in sorted(set(label_files) | set(channel_files)):
         found = channel_files.get(case_id, {})
         files = [found.get(c, images_dir / f"{case_id}_{c:04d}{ending}") for c in range(len(modalities))]
-        case = CaseFiles(case_id, files, [None] * len(modalities), label_files.get(case_id), pixel_spacing=spacing)
+        objects = root / "instancesTr" / f"{case_id}{ending}"
+        case = CaseFiles(case_id, files, [None] * len(modalities), label_files.get(case_id), pixel_spacing=spacing,
+                         instance_file=objects if objects.is_file() else None)
         missing = [c for c in range(len(modalities)) if c not in found]
         extra = sorted(c for c in found if c >= len(modalities))
         if missing:
@@ -68,4 +72,4 @@ def scan_nnunet(root: Path) -> LayoutScan:
             case.problem = PatientError(case_id, labels_dir / f"{case_id}{ending}", "label file is missing")
         cases.append(case)
     return LayoutScan(str(meta.get("name", root.name)), "nnunet", modalities, label_values, label_names,
-                      cases, [json_path])
+                      cases, [json_path], instance_labels(meta, json_path))

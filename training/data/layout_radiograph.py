@@ -47,19 +47,31 @@ def _visible(folder: Path, endings: tuple[str, ...]) -> dict[str, Path]:
     return files
 
 
+def pixel_spacing(meta: dict, json_path: Path) -> tuple[float, float] | None:
+    """dataset.json's ``pixel_spacing`` [rows_mm, columns_mm] (None when absent)."""
+    spacing = meta.get("pixel_spacing")
+    if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)):
+        raise DatasetError(json_path, f"pixel_spacing must be [rows_mm, columns_mm] > 0, got {spacing!r}")
+    return None if spacing is None else (float(spacing[0]), float(spacing[1]))
+
+
+def instance_labels(meta: dict, json_path: Path) -> list[str]:
+    """dataset.json's ``instance_labels``: the label names whose objects are instances ([] when absent)."""
+    names = meta.get("instance_labels", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(json_path, f"instance_labels must be a list of label names, got {names!r}")
+    return list(names)
+
+
 def read_radiograph_meta(root: Path) -> dict:
     """dataset.json of a radiograph dataset ({} when there is none), its fields checked."""
     if not (root / DATASET_JSON).is_file():
         return {}
     meta = read_dataset_json(root)
     json_path = root / DATASET_JSON
-    spacing = meta.get("pixel_spacing")
-    if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)):
-        raise DatasetError(json_path, f"pixel_spacing must be [rows_mm, columns_mm] > 0, got {spacing!r}")
-    instance_labels = meta.get("instance_labels", [])
-    if not isinstance(instance_labels, list) or not all(isinstance(n, str) for n in instance_labels):
-        raise DatasetError(json_path, f"instance_labels must be a list of label names, got {instance_labels!r}")
+    pixel_spacing(meta, json_path)
+    instance_labels(meta, json_path)
     if not isinstance(meta.get("modality", DEFAULT_MODALITY), str):
         raise DatasetError(json_path, f"modality must be a name such as 'CXR', got {meta['modality']!r}")
     return meta
@@ -75,7 +87,7 @@ def scan_radiograph(root: Path) -> LayoutScan:
         unknown = sorted(set(meta.get("instance_labels", [])) - set(label_names))
         if unknown:
             raise DatasetError(json_path, f"instance_labels {unknown} are not among the labels {label_names}")
-    spacing = tuple(float(v) for v in meta["pixel_spacing"]) if "pixel_spacing" in meta else None
+    spacing = pixel_spacing(meta, json_path)
     images = _visible(root / IMAGES, IMAGE2D_ENDINGS)
     masks = _visible(root / MASKS, (PNG_ENDING,))
     instances = _visible(root / INSTANCES, (PNG_ENDING,)) if (root / INSTANCES).is_dir() else {}
@@ -95,4 +107,4 @@ def scan_radiograph(root: Path) -> LayoutScan:
     modality = meta.get("modality", DEFAULT_MODALITY)
     extra = [json_path] if json_path.is_file() else []
     return LayoutScan(str(meta.get("name", root.name)), "radiograph", [modality], label_values, label_names,
-                      cases, extra, list(meta.get("instance_labels", [])))
+                      cases, extra, instance_labels(meta, json_path))

@@ -101,6 +101,7 @@ def synthesise_to_directory(dataset: Dataset, case_ids: list[str], name: str, co
         writer = NnUNetRawWriter(out_dir, dataset.modalities, dataset.label_values, dataset.label_names,
                                  style=read_stored_style(first.image_files[0], first.label_file, first.case_id),
                                  descrip=f"stylepair synthetic {name}")
+        writer.instance_labels = list(dataset.instance_labels)
         writer.remove_partial_files()
         if done < patients:
             sources = [volume_patient(dataset, c) for c in case_ids]

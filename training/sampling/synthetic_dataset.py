@@ -123,6 +123,7 @@ class NnUNetRawWriter:
         # 2D sources (PNG or DICOM radiographs) are written as PNG, nnU-Net v2's format for 2D images
         self.file_ending = PNG_ENDING if style.file_format == "png" else FILE_ENDING
         self.pixel_spacing: list[float] | None = None  # a PNG cannot hold it: dataset.json does
+        self.instance_labels: list[str] = []           # classes whose objects instancesTr/ numbers
         fits = np.iinfo(np.dtype(style.label_dtype))
         values = self.label_values or [0]
         self.label_dtype = (style.label_dtype if fits.min <= min(values) and max(values) <= fits.max
@@ -237,6 +238,7 @@ class NnUNetRawWriter:
             "name": self.root.name,
             "description": description,
             **({"pixel_spacing": self.pixel_spacing} if self.pixel_spacing is not None else {}),
+            **({"instance_labels": self.instance_labels} if self.instance_labels else {}),
         }
 
     def write_dataset_json(self, num_training: int, description: str) -> None:
