@@ -93,3 +93,18 @@ def test_every_config_reads_and_overrides_the_same_way(tmp_path):
             read()
     assert issubclass(StudyConfigError, ConfigError)
     assert from_mapping(PreprocessConfig, to_mapping(load_preprocess_config("ct")), "x") == load_preprocess_config("ct")
+
+
+def test_whole_numbers_of_a_preprocessing_config_keep_the_keys_of_caches_and_results_made_before():
+    """Before the typed reader, IntensityNorm(**yaml) kept 2000 as an int, and cache keys and study
+    fingerprints hash the JSON text: reading the same YAML must give the same keys."""
+    from training.data.preprocess import IntensityNorm, preprocess_config_from_dict
+
+    written = {"resolution": 128, "min_label_fraction": 0,
+               "ct_norm": {"method": "window", "lower": -1000, "upper": 2000, "foreground_only": False},
+               "modality_norm": {"T2": {"method": "window", "lower": 0, "upper": 1900, "foreground_only": False}}}
+    before = PreprocessConfig(resolution=128, min_label_fraction=0, ct_norm=IntensityNorm(**written["ct_norm"]),
+                              modality_norm={"T2": IntensityNorm(**written["modality_norm"]["T2"])})
+    read = preprocess_config_from_dict(written)
+    assert read.cache_key(["CT", "T2"]) == before.cache_key(["CT", "T2"])
+    assert to_mapping(read) == to_mapping(before) and repr(to_mapping(read)) == repr(to_mapping(before))

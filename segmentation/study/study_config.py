@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from procedural import ProceduralError, load_synthesiser_config
-from training.data import PreprocessConfig, load_preprocess_config, typed_config
+from training.data import PreprocessConfig, load_preprocess_config, preprocess_config_from_dict, typed_config
 from training.data.preprocess import preprocess_preset_values
 from training.data.typed_config import ConfigError, from_mapping, read_yaml_mapping
 
@@ -332,7 +332,7 @@ def _preprocess_reader(value: Any, where: str, key: str) -> PreprocessConfig:
             return load_preprocess_config(value)
         except (FileNotFoundError, ConfigError) as exc:
             raise ConfigError(f"{where}: {key}: {exc}") from None
-    return from_mapping(PreprocessConfig, value, where, key)
+    return preprocess_config_from_dict(value, where, key)
 
 
 def _with_default_names(items: Any) -> Any:

@@ -110,9 +110,24 @@ class PreprocessConfig:
         return dataclasses.asdict(self)
 
 
-def preprocess_config_from_dict(values: dict, where: str = "preprocessing config") -> PreprocessConfig:
-    """Build a `PreprocessConfig` from a mapping (YAML); `ConfigError` names ``where`` and the key."""
-    return from_mapping(PreprocessConfig, values, where)
+def preprocess_config_from_dict(values: dict, where: str = "preprocessing config", key: str = "") -> PreprocessConfig:
+    """Build a `PreprocessConfig` from a mapping (YAML); `ConfigError` names ``where`` and the key path."""
+    return _numbers_as_written(from_mapping(PreprocessConfig, values, where, key, readers=_READERS), values)
+
+
+def _numbers_as_written(built, values: dict):
+    """``built`` with its float fields holding whole numbers as written (2000, not 2000.0): slice caches,
+    GAN runs and study results made before the typed reader keyed their preprocessing that way."""
+    kept = {f.name: values[f.name] for f in dataclasses.fields(built)
+            if isinstance(getattr(built, f.name), float) and type(values.get(f.name)) is int}
+    return dataclasses.replace(built, **kept) if kept else built
+
+
+def _read_norm(value: dict, where: str, key: str) -> IntensityNorm:
+    return _numbers_as_written(from_mapping(IntensityNorm, value, where, key), value)
+
+
+_READERS = {IntensityNorm: _read_norm}
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
