@@ -203,3 +203,19 @@ def test_sample_patients_procedural_writes_resumes_and_refuses_other_settings(tm
     with pytest.raises(SystemExit):
         main(base + ["--patients", "1", "--out", str(tmp_path / "user"), "--quiet"])
     assert "holds no synthesis.json" in capsys.readouterr().err and (tmp_path / "user" / "notes.txt").is_file()
+
+
+def test_a_folder_made_before_a_setting_existed_still_resumes(tmp_path):
+    from training.data import load_dataset, write_phantom_dataset
+    from training.sampling.procedural_sampling import synthesise_to_directory
+
+    dataset = load_dataset(write_phantom_dataset(tmp_path / "ph", n_patients=2, shape=(32, 32, 8)))
+    shapes = "configs/procedural/phantom-shapes.yaml"
+    synthesise_to_directory(dataset, dataset.case_ids, "shape-insertion", shapes, 1, 0, tmp_path / "out", progress=False)
+    log_path = tmp_path / "out" / "synthesis.json"
+    log = json.loads(log_path.read_text())
+    del log["config"]["exclude_sources_with"]          # as written before the setting existed
+    log_path.write_text(json.dumps(log))
+    report = synthesise_to_directory(dataset, dataset.case_ids, "shape-insertion", shapes, 2, 0, tmp_path / "out",
+                                     progress=False)
+    assert report.action == "resume" and len(json.loads(log_path.read_text())["patients"]) == 2

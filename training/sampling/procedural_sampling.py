@@ -59,16 +59,20 @@ def _identity(name: str, config, seed: int, dataset: Dataset, case_ids: list[str
                                      "fingerprint": dataset.fingerprint(), "cases": list(case_ids)}}
 
 
-def _open_log(out_dir: Path, identity: dict, dataset: Dataset) -> tuple[dict, str]:
+def _open_log(out_dir: Path, identity: dict, dataset: Dataset, defaults: dict) -> tuple[dict, str]:
     """The log to continue (or a new one) and "new" / "resume"; OutputDirError for a folder that
-    holds anything else."""
+    holds anything else.  ``defaults``: the config's default settings, which a log written before a
+    setting existed had (so its folder still resumes)."""
     log_path = out_dir / "synthesis.json"
     if log_path.is_file():
         try:
             log = json.loads(log_path.read_text())
         except json.JSONDecodeError as exc:
             raise OutputDirError(f"{log_path}: unreadable ({exc}); choose another --out") from None
-        if log.get("format") != PROCEDURAL_FORMAT or {k: log.get(k) for k in identity} != identity:
+        stored = {k: log.get(k) for k in identity}
+        if isinstance(stored["config"], dict):
+            stored["config"] = {**defaults, **stored["config"]}
+        if log.get("format") != PROCEDURAL_FORMAT or stored != identity:
             raise OutputDirError(f"{out_dir}: holds synthetic patients made with other settings (another synthesiser, "
                                  f"config, seed or source patients); choose another --out")
         return log, "resume"
@@ -95,7 +99,8 @@ def synthesise_to_directory(dataset: Dataset, case_ids: list[str], name: str, co
     config = load_synthesiser_config(name, config) if not dataclasses.is_dataclass(config) else config
     identity = _identity(name, config, seed, dataset, case_ids)
     with exclusive_output(out_dir):
-        log, action = _open_log(out_dir, identity, dataset)
+        defaults = json.loads(json.dumps(dataclasses.asdict(type(config)()), default=list))
+        log, action = _open_log(out_dir, identity, dataset, defaults)
         done = len(log["patients"])
         first = dataset.patient(case_ids[0])   # stored like the real files (orientation, voxel types, codes)
         writer = NnUNetRawWriter(out_dir, dataset.modalities, dataset.label_values, dataset.label_names,
