@@ -33,7 +33,6 @@ from gan.masks import channels_to_labels
 from gan.synthesis import SynthesisNetwork, block_resolutions
 
 
-
 @dataclass(frozen=True)
 class Variant:
     """What a variant is -- the one place the loss, the loop, sampling, the config and the CLI read.

@@ -29,7 +29,8 @@ from training.sampling.patient_preview import PreviewCase, write_preview
 from training.sampling import (BaselineSlices, PairSlices, PatientSampler, QualityGateError, SamplingSource,
                                SourceDataset, load_source, plan_patient, sample_to_directory, slice_positions,
                                to_volumes)
-from training.sampling.synthetic_dataset import (GeneratorRecord, NnUNetRawWriter, OutputDirError, QualityGate,
+from training.sampling.nnunet_writer import NnUNetRawWriter
+from training.sampling.synthetic_dataset import (GeneratorRecord, OutputDirError, QualityGate,
                                         SamplingSettings, SynthesisLog, exclusive_output)
 
 from tiny import tiny_network

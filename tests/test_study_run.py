@@ -8,10 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segmentation.study import results as study_results
 from segmentation.study import runner, study_data
 from segmentation.study.controls import oracle_seed
 from segmentation.study.grid import SEED_SCHEME, block_seed
-from segmentation.study.runner import CASE_COLUMNS, run_study
+from segmentation.study.results import CASE_COLUMNS
+from segmentation.study.runner import run_study
 from segmentation.study.study_data import StudyDataError, prepare_data
 from segmentation.study.study_config import StudyConfigError, load_study_config
 from training.data import PHANTOM_LABELS, PHANTOM_MODALITIES, write_phantom_dataset
@@ -256,7 +258,7 @@ def test_cli_runs_a_study_with_synthetic_folders_and_prints_the_dice_table(sourc
 
 
 def test_cases_table_writes_undefined_and_infinite_distances_readably():
-    from segmentation.study.runner import cases_table
+    from segmentation.study.results import cases_table
 
     run = {"dataset": "d", "fold": 0, "repeat": 0, "arm": "real", "n_synthetic": 0, "n_real": 3}
     record = {"run_id": "d-f0-r0-real-k0-nall", "source": "real", "config": {"run": run},
@@ -278,7 +280,7 @@ def test_unusable_gan_run_is_named(tmp_path):
 def test_useless_source_is_reported_and_every_run_has_its_curves(micro_study):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from segmentation.study.runner import mean_dice_table, read_results
+    from segmentation.study.results import mean_dice_table, read_results
 
     config, results, summary = micro_study
     table = mean_dice_table(read_results(results))
@@ -302,7 +304,7 @@ def control_study(tmp_path_factory):
     results = tmp_path_factory.mktemp("controls")
     config = control_config()
     summary = run_study(config, results, device="cpu", progress=False, threads=1)
-    records = {r["run_id"]: r for r in runner.read_results(results)}
+    records = {r["run_id"]: r for r in study_results.read_results(results)}
     return config, results, summary, records
 
 
@@ -389,7 +391,7 @@ def test_a_procedural_arm_is_made_per_block_from_the_block_s_training_patients_o
                                        "train.val_every=2", "n_real=[3]", "repeats=2"])
     summary = run_study(config, tmp_path, device="cpu", progress=False, threads=1)
     assert len(summary.ran) == 2 * 2 * 3
-    for record in runner.read_results(tmp_path):
+    for record in study_results.read_results(tmp_path):
         patients = record["patients"]
         if record["config"]["run"]["arm"] != "lesions":
             continue

@@ -364,7 +364,8 @@ def read_snapshot(snapshot: Path | VerifiedSnapshot, skip: Iterable[str] = ()) -
     """Every file of a snapshot, verified (once: a `VerifiedSnapshot`'s checked files are not hashed
     again; tensor files named in ``skip`` are neither checked nor read)."""
     listed = verify_snapshot(snapshot, files=())            # the manifest, checked; nothing hashed yet
-    files = [name for name in listed.manifest["files"] if name.rsplit(".", 1)[0] not in set(skip)]
+    skipped = set(skip)
+    files = [name for name in listed.manifest["files"] if name.rsplit(".", 1)[0] not in skipped]
     snapshot = verify_snapshot(listed, files).path
     content = SnapshotContent()
     for name in files:

@@ -9,8 +9,10 @@ The path of one run through this package:
                   procedural patients made per block, controls) -- every leakage and compatibility check
                   before any training; provenance: the data fingerprints a results folder is bound to
     unet          the run's slices (real + its k synthetic) -> a MONAI U-Net trained under the budget
-    evaluation    the trained U-Net on the held-out test patients -> Dice / HD95 / NSD / detection per class
-    runner        RESULTS/runs/RUN.json per finished run (resumable, sharded, --jobs workers), cases.csv
+    evaluation    the trained U-Net on the held-out test patients -> Dice / HD95 / NSD / detection per class;
+                  instances: objects one by one -> COCO AP50 / mAP per test set
+    runner        runs the runs (resumable, sharded, --jobs workers)
+    results       RESULTS/runs/RUN.json per finished run (its config and fingerprint), cases.csv
     cli_study     ``run_study.py``: the dry run (grid, cost, power) and the run
 
 The report (stage 5) reads RESULTS/cases.csv: `segmentation.report`.

@@ -10,8 +10,8 @@ import numpy as np
 
 from segmentation.study.grid import Run, describe_grid, parse_shard, shard
 from segmentation.report.power import blocks_needed, describe_design
-from segmentation.study.runner import (check_results_folder, mean_dice_table, read_results, resolve_device, run_study,
-                                 run_study_parallel, torch_threads)
+from segmentation.study.results import check_results_folder, mean_dice_table, read_results
+from segmentation.study.runner import resolve_device, run_study, run_study_parallel, torch_threads
 from segmentation.report.score_table import ScoreTableConfig, drop_incomplete_blocks, load_score_table
 from segmentation.report.stats import compare_paired_to_control
 from segmentation.study.study_config import (BASELINE_ARM, StudyConfig, StudyConfigError, load_study_config,

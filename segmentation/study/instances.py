@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,11 +39,15 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 MAX_DETECTIONS = 100
 
 
-def components(mask: np.ndarray) -> list[np.ndarray]:
+def components(mask: np.ndarray) -> Iterator[np.ndarray]:
     """The connected components (full connectivity: 8 in 2D slices, 26 in volumes) of a boolean
-    volume [X, Y, Z], each as a boolean volume, in label order."""
-    labelled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
-    return [labelled == i for i in range(1, n + 1)]
+    volume [X, Y, Z], each as a boolean volume, in label order -- one at a time, so a noisy prediction
+    with thousands of specks never holds thousands of volumes."""
+    labelled, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    for index, box in enumerate(ndimage.find_objects(labelled), start=1):
+        component = np.zeros(mask.shape, dtype=bool)
+        component[box] = labelled[box] == index
+        yield component
 
 
 def _rle(mask: np.ndarray) -> dict:

@@ -30,11 +30,9 @@ from training.data.phantoms_radiograph import default_radiograph_dataset
 from training.sampling import QualityGateError, load_source, sample_to_directory
 from training.sampling.synthetic_dataset import SamplingSettings, SynthesisLog
 
+
 class StudyDataError(ValueError):
     """A dataset or synthetic source cannot be used in the study (the message names the folder)."""
-
-
-
 
 
 @dataclass

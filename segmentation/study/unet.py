@@ -42,7 +42,6 @@ from segmentation.study.evaluation import mean_class_dice, predict_volume
 from segmentation.study.study_config import UNetAugmentConfig, UNetTrainConfig, UNetConfig
 
 
-
 def budget_rule(config: UNetTrainConfig) -> str:
     """The budget, the batch mix and the validation policy of ``config`` in words (stored with each
     run and printed by the study)."""

@@ -52,23 +52,20 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _phantoms(args: argparse.Namespace) -> int:
     started = time.time()
-    args.shape_given = args.shape is not None
-    want = 2 if args.kind == "radiograph" else 3
-    if args.shape is None:
-        args.shape = [64, 64, 24]
-    elif len(args.shape) != want:
-        raise ValueError(f"--shape takes {want} sizes for --kind {args.kind}, got {args.shape}")
+    default = (128, 128) if args.kind == "radiograph" else (64, 64, 24)
+    shape = default if args.shape is None else tuple(args.shape)
+    if len(shape) != len(default):
+        raise ValueError(f"--shape takes {len(default)} sizes for --kind {args.kind}, got {list(shape)}")
     if args.kind == "radiograph":
-        shape = tuple(args.shape[:2]) if args.shape_given else (128, 128)
         out = write_radiograph_dataset(args.out, n_images=args.patients, shape=shape, seed=args.seed,
                                        object_fraction=args.object_fraction)
         print(f"wrote {args.patients} phantom chest radiographs ({shape[0]}x{shape[1]}, foreign objects in "
               f"{args.object_fraction:.0%} of them) to {out} in {time.time() - started:.1f} s")
         return 0
     acquisition = SHIFTED if args.shifted else STANDARD
-    out = write_phantom_dataset(args.out, n_patients=args.patients, shape=tuple(args.shape), seed=args.seed,
+    out = write_phantom_dataset(args.out, n_patients=args.patients, shape=shape, seed=args.seed,
                                 layout=args.layout, acquisition=acquisition)
-    print(f"wrote {args.patients} phantom patients ({args.layout}, {'x'.join(map(str, args.shape))}, "
+    print(f"wrote {args.patients} phantom patients ({args.layout}, {'x'.join(map(str, shape))}, "
           f"{acquisition.name} acquisition) to {out} in {time.time() - started:.1f} s")
     return 0
 

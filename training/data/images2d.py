@@ -107,14 +107,21 @@ def read_image2d_info(path: Path, case_id: str) -> Image2DInfo:
     path = Path(path)
     if path.name.lower().endswith(PNG_ENDING):
         with _open_png(path, case_id) as image:
-            mode, (columns, rows) = image.mode, image.size
-        if mode not in GREY_PNG_MODES:
-            raise PatientError(case_id, path, f"colour PNG (mode {mode}); radiographs and masks are grey: "
-                                              f"save it as 8- or 16-bit greyscale")
-        _check_size(rows, columns, path, case_id)
-        photometric = "PALETTE" if mode == "P" else "MONOCHROME2"
-        return Image2DInfo(path, rows, columns, GREY_PNG_MODES[mode], photometric, None)
-    ds = _read_dicom(path, case_id, pixels=False)
+            return _png_info(image, path, case_id)
+    return _dicom_info(_read_dicom(path, case_id, pixels=False), path, case_id)
+
+
+def _png_info(image, path: Path, case_id: str) -> Image2DInfo:
+    mode, (columns, rows) = image.mode, image.size
+    if mode not in GREY_PNG_MODES:
+        raise PatientError(case_id, path, f"colour PNG (mode {mode}); radiographs and masks are grey: "
+                                          f"save it as 8- or 16-bit greyscale")
+    _check_size(rows, columns, path, case_id)
+    photometric = "PALETTE" if mode == "P" else "MONOCHROME2"
+    return Image2DInfo(path, rows, columns, GREY_PNG_MODES[mode], photometric, None)
+
+
+def _dicom_info(ds, path: Path, case_id: str) -> Image2DInfo:
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         bits = int(ds.get("BitsStored", ds.BitsAllocated))
@@ -135,14 +142,16 @@ def read_image2d_info(path: Path, case_id: str) -> Image2DInfo:
 def read_image2d(path: Path, case_id: str) -> np.ndarray:
     """The pixels of a PNG or DICOM image as float32 [rows, columns] (see the module docstring)."""
     path = Path(path)
-    info = read_image2d_info(path, case_id)
-    try:
+    try:  # one read of the file: its header is checked before the pixels are decoded
         if path.name.lower().endswith(PNG_ENDING):
             with _open_png(path, case_id) as image:
+                info = _png_info(image, path, case_id)
                 image.load()
                 pixels = np.asarray(image)
         else:
-            pixels = _dicom_pixels(_read_dicom(path, case_id, pixels=True), info)
+            ds = _read_dicom(path, case_id, pixels=True)
+            info = _dicom_info(ds, path, case_id)
+            pixels = _dicom_pixels(ds, info)
     except PatientError:
         raise
     except (OSError, ValueError, SyntaxError, AttributeError, RuntimeError) as exc:

@@ -98,11 +98,10 @@ def stored_lines(dataset: Dataset) -> list[str]:
     """How the files store the volumes (read as RAS+ whatever they say): orientation codes, voxel
     types and qform/sform codes, counted over the patients."""
     styles = [read_stored_style(p.image_files[0], p.label_file, p.case_id) for p in dataset.patients]
+    types = Counter(f"images {st.image_dtype}, labels {st.label_dtype}" for st in styles)
     if styles and styles[0].file_format == "png":
-        types = Counter(f"images {st.image_dtype}, labels {st.label_dtype}" for st in styles)
         return [f"stored      PNG, {_counted(types, str)} (synthetic images are written back as PNG like this)"]
     orientation = Counter("".join(ornt2axcodes(st.orientation)) for st in styles)
-    types = Counter(f"images {st.image_dtype}, labels {st.label_dtype}" for st in styles)
     codes = Counter(f"{st.qform_code}/{st.sform_code}" for st in styles)
     return [f"stored      orientation {_counted(orientation, str)} (read as RAS; synthetic patients are written back "
             f"like this); {_counted(types, str)}; qform/sform codes {_counted(codes, str)}"]

@@ -15,9 +15,9 @@ The path of one patient through this package (module in brackets):
                         -> images [S, M, H, W] in [-1, 1], label indices [S, H, W]
     QualityGate         [synthetic_dataset] rejects empty / implausible masks and non-finite images (counted)
     to_volumes          [volumes] -> images [M, X, Y, Z] in intensity units, labels [X, Y, Z] real values
-    sample_to_directory [stage] writes them with training.sampling.synthetic_dataset (nnU-Net v2 raw layout,
-                        dataset.json, synthesis.json; resume / append / overwrite / refuse) and
-                        training.sampling.patient_preview (PNG montage)
+    sample_to_directory [stage] writes them with training.sampling.nnunet_writer (nnU-Net v2 raw layout,
+                        dataset.json) and training.sampling.synthetic_dataset (synthesis.json; resume /
+                        append / overwrite / refuse), and training.sampling.patient_preview (PNG montage)
 
 Every random number of candidate j is drawn from a generator seeded by (seed, j), so a patient does
 not depend on the batch size, on the device or on where an interrupted run resumed.

@@ -11,7 +11,7 @@ import numpy as np
 
 from training.data.fsutils import atomic_write_bytes
 from training.data.images2d import PNG_ENDING, image2d_volume
-from training.sampling.synthetic_dataset import FILE_ENDING
+from training.sampling.nnunet_writer import FILE_ENDING
 
 
 @dataclass

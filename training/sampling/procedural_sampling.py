@@ -24,11 +24,13 @@ from tqdm.auto import tqdm
 
 from procedural import LabelSet, VolumePatient, build_synthesiser, load_synthesiser_config
 from training.data import Dataset
+from training.data.fsutils import atomic_write_json
 from training.data.nifti import read_stored_style
 from training.progress import LogLines
+from training.sampling.nnunet_writer import NnUNetRawWriter
 from training.sampling.patient_preview import PreviewCase, read_case, write_preview
-from training.sampling.synthetic_dataset import (PREVIEW_NAME, NnUNetRawWriter, OutputDirError,
-                                        atomic_write_json, exclusive_output, now_utc, software_versions)
+from training.sampling.synthetic_dataset import (PREVIEW_NAME, OutputDirError, exclusive_output, now_utc,
+                                                 software_versions)
 
 PROCEDURAL_FORMAT = "stylepair-procedural/1"
 PREVIEW_CASES = 3
@@ -105,8 +107,7 @@ def synthesise_to_directory(dataset: Dataset, case_ids: list[str], name: str, co
         first = dataset.patient(case_ids[0])   # stored like the real files (orientation, voxel types, codes)
         writer = NnUNetRawWriter(out_dir, dataset.modalities, dataset.label_values, dataset.label_names,
                                  style=read_stored_style(first.image_files[0], first.label_file, first.case_id),
-                                 descrip=f"stylepair synthetic {name}")
-        writer.instance_labels = list(dataset.instance_labels)
+                                 descrip=f"stylepair synthetic {name}", instance_labels=dataset.instance_labels)
         writer.remove_partial_files()
         if done < patients:
             sources = [volume_patient(dataset, c) for c in case_ids]

@@ -16,7 +16,8 @@ from training.sampling.generators import SamplingSource
 from training.sampling.planning import PatientSampler, candidate_seed
 from training.sampling.volumes import SourceDataset, to_volumes
 from training.sampling.patient_preview import PreviewCase, read_case, write_preview
-from training.sampling.synthetic_dataset import (OutputDirError, PREVIEW_NAME, NnUNetRawWriter, PatientRecord,
+from training.sampling.nnunet_writer import NnUNetRawWriter
+from training.sampling.synthetic_dataset import (OutputDirError, PREVIEW_NAME, PatientRecord,
                                                  SamplingSession, SamplingSettings, SynthesisLog,
                                                  exclusive_output, now_utc, open_output)
 
