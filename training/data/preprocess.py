@@ -26,12 +26,11 @@ import torch.nn.functional as F
 
 from training.data.errors import PatientError
 from training.data.nifti import StoredStyle
-from training.data.records import Patient
+from training.data.records import CT_NAMES, Patient
 from training.data.typed_config import apply_overrides, from_mapping, read_yaml_mapping, to_mapping
 
 MAX_RESOLUTION = 4096  # cached slices are resolution^2 floats per channel: 65536^2 would be 16 GiB
 
-CT_NAMES = ("ct",)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ from training.data.errors import PatientError
 from training.data.nifti import read_header, read_voxels
 
 
+CT_NAMES = ("ct",)  # modality names (lower case) that mean CT: Hounsfield units, windowed not percentiled
+
+
 @dataclass(frozen=True)
 class IntensityStats:
     """Intensity summary of one modality of one patient, over its foreground (voxels > minimum)."""

@@ -10,8 +10,7 @@ from scipy import ndimage
 
 from training.data.images2d import is_image2d_name, read_image2d_info
 from training.data.nifti import read_stored_style
-from training.data.preprocess import CT_NAMES
-from training.data.records import Dataset
+from training.data.records import CT_NAMES, Dataset
 from training.data.splits import minimum_patients
 
 # Minimum intensity below which a modality holds air in Hounsfield units (-1000): CT, not MR.
